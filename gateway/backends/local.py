@@ -1,0 +1,181 @@
+"""Backend for an in-process transformers causal LM (CPU here, GPU where present)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import aclosing
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gateway.backends.base import Backend, Request
+from gateway.backends.embedded import embedded_model_dir
+from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams
+from gateway.config import ModelConfig
+from gateway.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.protocol import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    Endpoint,
+    chunk_dict,
+    new_completion_id,
+    response_choice,
+    response_dict,
+    usage_dict,
+)
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def load_causal_lm(path: Path, device: str) -> tuple[Any, Any]:
+    """Model and tokenizer from a transformers directory, ready for inference on ``device``."""
+    device = resolve_device(device)
+    dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    return model, tokenizer
+
+
+class LocalBackend(Backend):
+    """Serves chat and legacy completions from a model loaded in this process.
+
+    Loading starts in the background at start-up (``/ready`` says when it is done); requests that arrive
+    earlier get 503.
+    """
+
+    def __init__(self, config: ModelConfig, cache_dir: Path) -> None:
+        super().__init__(config)
+        self._cache_dir = cache_dir
+        self._generator: LocalGenerator | None = None
+        self._load_error: str | None = None
+        self._loading: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        self._loading = asyncio.create_task(self._load(), name=f"load-{self.name}")
+
+    async def _load(self) -> None:
+        try:
+            model, tokenizer = await asyncio.to_thread(self._load_blocking)
+        except Exception as exc:  # reported by /ready and to every request
+            logger.exception("loading local model '%s' failed", self.name)
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            return
+        self._generator = LocalGenerator(model, tokenizer, name=self.name,
+                                         max_concurrency=self.config.max_concurrency,
+                                         max_queue=self.config.max_queue)
+        logger.info("local model '%s' loaded on %s", self.name, model.device)
+
+    def _load_blocking(self) -> tuple[Any, Any]:
+        path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
+        return load_causal_lm(path, self.config.device)
+
+    async def wait_loaded(self) -> None:
+        if self._loading is not None:
+            await asyncio.shield(self._loading)
+
+    async def aclose(self) -> None:
+        if self._loading is not None and not self._loading.done():
+            self._loading.cancel()
+        if self._generator is not None:
+            self._generator.shutdown()
+
+    async def check_ready(self) -> tuple[bool, str]:
+        if self._generator is not None:
+            return True, "loaded"
+        if self._load_error:
+            return False, f"failed to load: {self._load_error}"
+        return False, "loading"
+
+    @property
+    def generator(self) -> LocalGenerator:
+        if self._generator is None:
+            if self._load_error:
+                raise UpstreamUnavailableError(f"local model '{self.name}' failed to load: {self._load_error}")
+            raise UpstreamUnavailableError(f"local model '{self.name}' is still loading; retry shortly")
+        return self._generator
+
+    # ---- requests ----------------------------------------------------------------------------------------
+
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        prompts = self._prompt_ids(request)
+        choices, prompt_tokens, completion_tokens = [], 0, 0
+        for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
+            outcome = Generation()
+            async with aclosing(self.generator.stream_text(prompt, self._params(request, prompt), outcome)) as deltas:
+                text = "".join([delta async for delta in deltas])
+            choices.append(response_choice(endpoint, index, echo + text, outcome.finish_reason))
+            prompt_tokens += len(prompt)
+            completion_tokens += outcome.completion_tokens
+        return response_dict(endpoint, new_completion_id(endpoint), self.name, choices,
+                             usage_dict(prompt_tokens, completion_tokens))
+
+    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        prompts = self._prompt_ids(request)
+        completion_id = new_completion_id(endpoint)
+        prompt_tokens = completion_tokens = 0
+        for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
+            outcome = Generation()
+            params = self._params(request, prompt)
+            async with aclosing(self.generator.stream_text(prompt, params, outcome)) as deltas:
+                first = True
+                async for delta in deltas:
+                    yield chunk_dict(endpoint, completion_id, self.name, index=index,
+                                     text=echo + delta if first else delta, role=first)
+                    first = False
+            if first:  # nothing was generated: still announce the choice
+                yield chunk_dict(endpoint, completion_id, self.name, index=index, text=echo, role=True)
+            yield chunk_dict(endpoint, completion_id, self.name, index=index,
+                             text=None if endpoint == "chat" else "", finish_reason=outcome.finish_reason)
+            prompt_tokens += len(prompt)
+            completion_tokens += outcome.completion_tokens
+        yield chunk_dict(endpoint, completion_id, self.name, usage=usage_dict(prompt_tokens, completion_tokens))
+
+    def _choices(self, request: Request, prompts: list[list[int]]) -> list[tuple[list[int], str]]:
+        """(prompt ids, echoed text) per choice: n choices per prompt, in prompt order."""
+        echo = isinstance(request, CompletionRequest) and request.echo
+        tokenizer = self.generator.tokenizer
+        return [(prompt, tokenizer.decode(prompt) if echo else "") for prompt in prompts for _ in range(request.n)]
+
+    def _prompt_ids(self, request: Request) -> list[list[int]]:
+        tokenizer = self.generator.tokenizer
+        if isinstance(request, ChatCompletionRequest):
+            if request.has_images and not self.config.vision:
+                raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
+            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
+                        for m in request.messages]
+            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            return [tokenizer(text, add_special_tokens=False)["input_ids"]]
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            return [tokenizer(prompt)["input_ids"]]
+        if all(isinstance(item, int) for item in prompt):
+            return [list(prompt)]  # type: ignore[arg-type]
+        return [tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
+
+    def _params(self, request: Request, prompt: list[int]) -> SamplingParams:
+        context = int(getattr(self.generator.model.config, "max_position_embeddings", 0) or 0)
+        wanted = request.completion_token_limit
+        if context and len(prompt) >= context:
+            raise InvalidRequestError(
+                f"this model's maximum context length is {context} tokens; the prompt has {len(prompt)}",
+                param="messages" if isinstance(request, ChatCompletionRequest) else "prompt")
+        if wanted is None:
+            wanted = self.config.default_max_tokens if isinstance(request, ChatCompletionRequest) else 16
+        if context and len(prompt) + wanted > context:
+            if request.completion_token_limit is not None:
+                raise InvalidRequestError(
+                    f"this model's maximum context length is {context} tokens: {len(prompt)} in the prompt "
+                    f"plus max_tokens {wanted} is too many", param="max_tokens")
+            wanted = context - len(prompt)
+        return SamplingParams(max_new_tokens=wanted, temperature=request.temperature, top_p=request.top_p,
+                              stop=tuple(request.stop_sequences), seed=request.seed)

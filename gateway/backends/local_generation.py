@@ -1,0 +1,201 @@
+"""Runs ``model.generate`` off the event loop and streams its text as it is produced.
+
+Each local model owns a thread pool of ``max_concurrency`` workers; at most ``max_queue`` more requests
+wait for one, beyond that a request is refused with 503 at once. Tokens travel from the worker thread
+to the event loop through an ``asyncio.Queue``; closing the consumer sets a flag that a stopping criterion
+checks after every token, so a disconnected client stops its generation within one decoding step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import threading
+from collections.abc import AsyncIterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import StoppingCriteria, StoppingCriteriaList
+from transformers.generation.streamers import BaseStreamer
+
+from gateway.errors import OverloadedError, UpstreamError
+
+# torch's global RNG is shared by all threads: seeded generations take it exclusively.
+_SEEDED_GENERATION = threading.Lock()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float | None = None  # None: the model's generation_config decides
+    top_p: float | None = None
+    stop: tuple[str, ...] = ()
+    seed: int | None = None
+
+
+@dataclass
+class Generation:
+    """Outcome of one generation, filled in while its text is consumed."""
+
+    completion_tokens: int = 0
+    finish_reason: str | None = None
+    token_ids: list[int] = field(default_factory=list)
+
+
+class _TokenSink(BaseStreamer):
+    """transformers streamer forwarding each new token id to the event loop."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, queue: asyncio.Queue[Any]) -> None:
+        self._loop, self._queue, self._prompt_seen = loop, queue, False
+
+    def put(self, value: torch.Tensor) -> None:
+        if not self._prompt_seen:  # generate() first puts the prompt
+            self._prompt_seen = True
+            return
+        self._loop.call_soon_threadsafe(self._queue.put_nowait, value.reshape(-1).tolist())
+
+    def end(self) -> None:
+        pass
+
+
+class _Cancelled(StoppingCriteria):
+    def __init__(self, flag: threading.Event) -> None:
+        self._flag = flag
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor, **kwargs: Any) -> torch.Tensor:
+        return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
+class _IncrementalText:
+    """Turns a growing list of token ids into text deltas, cutting at the first stop sequence.
+
+    Text that could be the start of a stop sequence is held back until it is decided.
+    """
+
+    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+        self._tokenizer, self._stop = tokenizer, [s for s in stop if s]
+        self._ids: list[int] = []
+        self._emitted = 0
+        self.stopped = False
+
+    def add(self, ids: list[int]) -> str:
+        self._ids.extend(ids)
+        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
+            return ""
+        if not self._stop:
+            return self._take(text, len(text))
+        longest = max(len(s) for s in self._stop)
+        start = max(0, self._emitted - longest + 1)
+        hits = [pos for pos in (text.find(s, start) for s in self._stop) if pos >= 0]
+        if hits:
+            self.stopped = True
+            return self._take(text, min(hits))
+        return self._take(text, len(text) - self._undecided_suffix(text))
+
+    def flush(self) -> str:
+        if self.stopped:
+            return ""
+        return self._take(self._tokenizer.decode(self._ids, skip_special_tokens=True), None)
+
+    def _undecided_suffix(self, text: str) -> int:
+        for size in range(min(len(text), max(len(s) for s in self._stop) - 1), 0, -1):
+            if any(s.startswith(text[-size:]) for s in self._stop):
+                return size
+        return 0
+
+    def _take(self, text: str, end: int | None) -> str:
+        end = len(text) if end is None else end
+        if end <= self._emitted:
+            return ""
+        delta, self._emitted = text[self._emitted:end], end
+        return delta
+
+
+class LocalGenerator:
+    """Bounded, cancellable, streaming text generation for one in-process model."""
+
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_concurrency: int, max_queue: int) -> None:
+        self.model, self.tokenizer, self.name = model, tokenizer, name
+        self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"generate-{name}")
+        self._capacity = max_concurrency + max_queue
+        self._admitted = 0
+        eos = model.generation_config.eos_token_id
+        self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+        if tokenizer.eos_token_id is not None:
+            self._eos_ids.add(tokenizer.eos_token_id)
+
+    def shutdown(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
+
+    async def stream_text(self, prompt_ids: list[int], params: SamplingParams,
+                          outcome: Generation) -> AsyncIterator[str]:
+        """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
+        if self._admitted >= self._capacity:
+            raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "
+                                  "retry later")
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        self._admitted += 1
+        job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
+                                   cancel)
+        # The slot is freed when the worker is really done, not when the consumer stops listening.
+        job.add_done_callback(lambda _: self._release())
+        job.add_done_callback(lambda future: queue.put_nowait(future))
+        text = _IncrementalText(self.tokenizer, params.stop)
+        try:
+            while True:
+                item = await queue.get()
+                if isinstance(item, asyncio.Future):
+                    if (error := item.exception()) is not None:
+                        raise UpstreamError(f"local model '{self.name}' failed: {error}") from error
+                    break
+                outcome.token_ids.extend(item)
+                outcome.completion_tokens += len(item)
+                if delta := text.add(item):
+                    yield delta
+                if text.stopped:
+                    cancel.set()
+                    break
+            if tail := text.flush():
+                yield tail
+            outcome.finish_reason = self._finish_reason(outcome, params, text.stopped)
+        finally:
+            cancel.set()
+
+    def _release(self) -> None:
+        self._admitted -= 1
+
+    def _finish_reason(self, outcome: Generation, params: SamplingParams, stopped: bool) -> str:
+        if stopped or (outcome.token_ids and outcome.token_ids[-1] in self._eos_ids):
+            return "stop"
+        return "length" if outcome.completion_tokens >= params.max_new_tokens else "stop"
+
+    def _run(self, prompt_ids: list[int], params: SamplingParams, sink: _TokenSink,
+             cancel: threading.Event) -> None:
+        if cancel.is_set():  # the client left while this request was queued
+            return
+        config = copy.deepcopy(self.model.generation_config)
+        config.max_new_tokens = params.max_new_tokens
+        if params.temperature == 0:
+            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
+        elif params.temperature is not None or params.top_p is not None:
+            config.do_sample = True
+            config.temperature = params.temperature if params.temperature is not None else 1.0
+            config.top_p = params.top_p if params.top_p is not None else 1.0
+            config.top_k = None
+        if config.pad_token_id is None:
+            config.pad_token_id = self.tokenizer.pad_token_id or next(iter(self._eos_ids), 0)
+        input_ids = torch.tensor([prompt_ids], device=self.model.device)
+        kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": config,
+                  "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
+        with torch.inference_mode():
+            if params.seed is None:
+                self.model.generate(**kwargs)
+                return
+            with _SEEDED_GENERATION:
+                torch.manual_seed(params.seed)
+                self.model.generate(**kwargs)

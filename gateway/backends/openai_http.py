@@ -1,0 +1,180 @@
+"""Backend for any OpenAI-compatible HTTP server, first of all vLLM (``vllm serve``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import httpx
+
+from gateway.backends.base import Backend, Request
+from gateway.errors import (
+    GatewayError,
+    InvalidRequestError,
+    RateLimitError,
+    UpstreamError,
+    UpstreamTimeoutError,
+    UpstreamUnavailableError,
+)
+from gateway.protocol import Endpoint
+
+_PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions"}
+
+
+class OpenAIHTTPBackend(Backend):
+    """Forwards requests to ``base_url``, renaming the model and passing every other field through.
+
+    One pooled ``httpx.AsyncClient`` per upstream; ``connect_timeout_s`` bounds connecting and
+    ``timeout_s`` the whole request, streamed ones included. Streams are relayed event by event.
+    """
+
+    _client: httpx.AsyncClient
+
+    async def start(self) -> None:
+        headers = {}
+        key = self.config.upstream_api_key()
+        if key:
+            headers["authorization"] = f"Bearer {key}"
+        base_url = self.config.base_url or ""
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s),
+            limits=httpx.Limits(max_connections=self.config.max_connections,
+                                max_keepalive_connections=self.config.max_connections),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def check_ready(self) -> tuple[bool, str]:
+        try:
+            response = await self._client.get("models", timeout=min(5.0, self.config.timeout_s))
+        except httpx.HTTPError as exc:
+            return False, f"upstream unreachable: {type(exc).__name__}"
+        if response.status_code != 200:
+            return False, f"upstream answered {response.status_code}"
+        return True, "ok"
+
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        body = request.upstream_body(self.config.served_model)
+        try:
+            async with asyncio.timeout(self.config.timeout_s):
+                response = await self._client.post(_PATHS[endpoint], json=body)
+                if response.status_code >= 400:
+                    self._raise_for_status(response.status_code, response.content, response.headers)
+                data = response.json()
+        except (httpx.HTTPError, TimeoutError, json.JSONDecodeError) as exc:
+            self._raise_transport_error(exc)
+        data["model"] = self.name
+        return data
+
+    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        body = request.upstream_body(self.config.served_model)
+        # Always ask for usage: token metrics and per-key limits count it; the caller drops the usage
+        # chunk when the client did not ask for it.
+        body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        deadline = asyncio.get_running_loop().time() + self.config.timeout_s
+        try:
+            async with asyncio.timeout_at(deadline):
+                response = await self._client.send(
+                    self._client.build_request("POST", _PATHS[endpoint], json=body), stream=True)
+        except (httpx.HTTPError, TimeoutError) as exc:
+            self._raise_transport_error(exc)
+        try:
+            if response.status_code >= 400:
+                async with asyncio.timeout_at(deadline):
+                    content = await response.aread()
+                self._raise_for_status(response.status_code, content, response.headers)
+            events = _sse_events(response.aiter_lines())
+            while True:
+                # The deadline covers only the wait for the next event: never wrap a `yield` in a timeout.
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await anext(events, None)
+                except (httpx.HTTPError, TimeoutError) as exc:
+                    self._raise_transport_error(exc)
+                if data is None:
+                    return
+                chunk = json.loads(data)
+                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                    raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
+                chunk["model"] = self.name
+                yield chunk
+        except json.JSONDecodeError as exc:
+            raise UpstreamError(f"upstream '{self.name}' sent an unreadable stream event: {exc}") from exc
+        finally:
+            await response.aclose()
+
+    def _raise_transport_error(self, exc: BaseException) -> NoReturn:
+        """Translate httpx/timeout failures, most specific first."""
+        if isinstance(exc, GatewayError):
+            raise exc
+        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+            raise UpstreamUnavailableError(f"upstream '{self.name}' is unreachable: {exc or type(exc).__name__}"
+                                           ) from exc
+        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+            raise UpstreamTimeoutError(
+                f"upstream '{self.name}' did not answer within {self.config.timeout_s:g} s") from exc
+        if isinstance(exc, json.JSONDecodeError):
+            raise UpstreamError(f"upstream '{self.name}' returned invalid JSON") from exc
+        raise UpstreamError(f"upstream '{self.name}' connection failed: {type(exc).__name__}: {exc}") from exc
+
+    def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> NoReturn:
+        message = f"upstream '{self.name}' answered {status}: {_message_of(_json_or_text(content))}"
+        if status in (400, 413, 422):
+            # The request itself is at fault (too long a prompt, bad vLLM parameter): the client's error.
+            raise InvalidRequestError(message)
+        if status == 429:
+            raise RateLimitError(message, retry_after_s=_float_or(headers.get("retry-after"), 1.0))
+        if status == 503:
+            raise UpstreamUnavailableError(message, upstream_status=status)
+        if status == 504:
+            raise UpstreamTimeoutError(message, upstream_status=status)
+        raise UpstreamError(message, upstream_status=status)
+
+
+async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
+    """The ``data`` payloads of a server-sent event stream, ending at ``[DONE]``."""
+    data_lines: list[str] = []
+    async for line in lines:
+        if line.startswith("data:"):
+            data_lines.append(line[5:].lstrip(" "))
+            continue
+        if line == "" and data_lines:
+            data = "\n".join(data_lines)
+            data_lines = []
+            if data.strip() == "[DONE]":
+                return
+            yield data
+    if data_lines and "\n".join(data_lines).strip() != "[DONE]":
+        yield "\n".join(data_lines)
+
+
+def _json_or_text(content: bytes) -> Any:
+    try:
+        return json.loads(content)
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return content.decode("utf-8", "replace")
+
+
+def _message_of(payload: Any) -> str:
+    """The human message in an upstream error payload (OpenAI, vLLM, FastAPI or plain text)."""
+    if isinstance(payload, dict):
+        error = payload.get("error")
+        if isinstance(error, dict) and error.get("message"):
+            return str(error["message"])
+        for key in ("message", "detail", "error"):
+            if payload.get(key):
+                return str(payload[key])[:1000]
+        return json.dumps(payload)[:1000]
+    return str(payload).strip()[:1000] or "(empty body)"
+
+
+def _float_or(value: str | None, default: float) -> float:
+    try:
+        return float(value) if value is not None else default
+    except ValueError:
+        return default

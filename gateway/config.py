@@ -1,0 +1,159 @@
+"""Gateway configuration: a YAML file validated by pydantic, plus environment settings.
+
+The file's shape (contract keys in the first lines of each model)::
+
+    models:
+      - name: llama-3-8b
+        backend: openai                 # local | openai
+        base_url: http://vllm:8000/v1   # openai only
+        upstream_model: meta-llama/Meta-Llama-3-8B-Instruct   # optional, defaults to name
+        timeout_s: 60                   # optional
+      - name: smollm2-135m
+        backend: local                  # no other field: the embedded SmolLM2-135M-Instruct
+
+No file means the embedded default model alone.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_MODEL_NAME = "smollm2-135m"
+EMBEDDED_MODEL_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+
+
+class ConfigError(Exception):
+    """The configuration is invalid; the message names the file and the offending field."""
+
+
+class StrictModel(BaseModel):
+    """Config sections refuse unknown keys, so a typo is an error rather than a silently ignored line."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(StrictModel):
+    name: str = Field(min_length=1, description="public model name clients send")
+    backend: Literal["local", "openai"]
+    base_url: str | None = Field(default=None, description="openai: the upstream's /v1 URL")
+    upstream_model: str | None = Field(default=None, description="openai: model name upstream (default: name)")
+    timeout_s: float = Field(default=600.0, gt=0, description="total deadline of one upstream request")
+
+    aliases: list[str] = Field(default_factory=list, description="other names clients may use")
+    connect_timeout_s: float = Field(default=5.0, gt=0)
+    api_key: str | None = Field(default=None, description="openai: bearer key for the upstream")
+    api_key_env: str | None = Field(default=None, description="openai: env var holding the upstream key")
+    max_connections: int = Field(default=256, ge=1, description="openai: pooled connections to the upstream")
+
+    path: str | None = Field(default=None, description="local: a transformers model dir (default: embedded)")
+    device: str = Field(default="auto", description="local: cpu, cuda, cuda:1 or auto")
+    max_concurrency: int = Field(default=1, ge=1, description="local: generations running at once")
+    max_queue: int = Field(default=32, ge=0, description="local: requests waiting beyond that; more get 503")
+    default_max_tokens: int = Field(default=512, ge=1, description="local: completion length when unset")
+
+    max_tokens_cap: int | None = Field(default=None, ge=1, description="largest max_tokens a request may ask")
+    cost_per_1k_tokens: float | None = Field(default=None, ge=0)
+    vision: bool = Field(default=False, description="accepts image inputs")
+
+    @model_validator(mode="after")
+    def _check_backend_fields(self) -> ModelConfig:
+        if self.backend == "openai" and not self.base_url:
+            raise ValueError(f"model '{self.name}': backend 'openai' needs 'base_url'")
+        if self.backend == "local" and self.base_url:
+            raise ValueError(f"model '{self.name}': 'base_url' is only for backend 'openai'")
+        return self
+
+    @property
+    def is_embedded(self) -> bool:
+        return self.backend == "local" and self.path is None
+
+    @property
+    def served_model(self) -> str:
+        return self.upstream_model or self.name
+
+    def upstream_api_key(self) -> str | None:
+        if self.api_key_env:
+            return os.environ.get(self.api_key_env)
+        return self.api_key
+
+
+class ServerConfig(StrictModel):
+    shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time given to in-flight work")
+    log_level: str = "info"
+
+
+def _embedded_default() -> list[ModelConfig]:
+    return [ModelConfig(name=EMBEDDED_MODEL_NAME, backend="local", aliases=list(EMBEDDED_MODEL_ALIASES))]
+
+
+class GatewayConfig(StrictModel):
+    models: list[ModelConfig] = Field(default_factory=_embedded_default, min_length=1)
+    server: ServerConfig = Field(default_factory=ServerConfig)
+
+    @model_validator(mode="after")
+    def _check_names(self) -> GatewayConfig:
+        seen: set[str] = set()
+        for model in self.models:
+            for name in (model.name, *model.aliases):
+                if name in seen:
+                    raise ValueError(f"model name '{name}' is used twice")
+                seen.add(name)
+        return self
+
+    def model(self, name: str) -> ModelConfig | None:
+        for model in self.models:
+            if name == model.name or name in model.aliases:
+                return model
+        return None
+
+
+class Settings(BaseSettings):
+    """Environment settings (``LLM_GATEWAY_*``); command-line flags override them."""
+
+    model_config = SettingsConfigDict(env_prefix="LLM_GATEWAY_")
+
+    config: Path | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    cache_dir: Path = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-gateway"
+
+
+def format_validation_error(exc: ValidationError, source: str) -> str:
+    lines = [f"invalid configuration in {source}:"]
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        lines.append(f"  {where}: {error['msg']}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"invalid configuration in {source}: the top level must be a mapping")
+    try:
+        return GatewayConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_config(path: Path | str | None) -> GatewayConfig:
+    """Read and validate a YAML config; ``None`` gives the embedded default alone."""
+    if path is None:
+        return GatewayConfig()
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    return parse_config(data, str(path))

@@ -1,0 +1,186 @@
+"""Endpoints: thin glue between HTTP and ``CompletionService``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable
+from typing import Annotated, Any, TypeVar
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ValidationError
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
+from gateway.runtime import Gateway
+from gateway.serving import StreamAnswer, sse_lines
+
+RequestModel = TypeVar("RequestModel", bound=BaseModel)
+CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
+
+ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
+    "type": "object", "required": ["message", "type", "param", "code"],
+    "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                   "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}
+ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"description": description, "content": {"application/json": {"schema": ERROR_SCHEMA}}}
+    for status, description in [(400, "Invalid request"), (401, "Missing or wrong API key"),
+                                (404, "Unknown model"), (413, "Body too large"), (429, "Rate limited"),
+                                (502, "Upstream error"), (503, "Upstream unavailable or busy"),
+                                (504, "Upstream timeout")]}
+
+
+def _gateway(request: Request) -> Gateway:
+    return request.app.state.gateway  # type: ignore[no-any-return]
+
+
+GatewayDep = Annotated[Gateway, Depends(_gateway)]
+router = APIRouter()
+
+
+def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI request body for endpoints that parse their body themselves (for exact error control)."""
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+
+
+async def read_json_request(request: Request, model: type[RequestModel]) -> RequestModel:
+    """Parse and validate the body; every failure is a 400 naming the offending parameter."""
+    raw = await request.body()
+    if not raw.strip():
+        raise InvalidRequestError("the request body is empty; expected a JSON object")
+    try:
+        data = json.loads(raw)
+    except (ValueError, RecursionError) as exc:
+        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
+        raise InvalidRequestError(f"the request body is not valid JSON: {reason}") from None
+    if not isinstance(data, dict):
+        raise InvalidRequestError("the request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(exc) from None
+    except RecursionError:
+        raise InvalidRequestError("the request body is nested too deeply") from None
+
+
+def validation_error(exc: ValidationError) -> InvalidRequestError:
+    first = exc.errors(include_url=False)[0]
+    param = ".".join(str(part) for part in first["loc"] if part != "body") or None
+    message = first["msg"]
+    if first["type"] == "missing":
+        message = f"'{param}' is a required property"
+    elif param:
+        message = f"invalid value for '{param}': {message}"
+    more = len(exc.errors()) - 1
+    if more:
+        message += f" (and {more} more error{'s' if more > 1 else ''})"
+    return InvalidRequestError(message, param=param)
+
+
+async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+    """Await ``work`` unless the client disconnects first; then cancel it (which stops the upstream call
+    or the local generation) and raise ``ClientDisconnected``."""
+    task = asyncio.ensure_future(work)
+
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":
+            pass
+
+    watcher = asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        task.cancel()
+        raise
+    finally:
+        watcher.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    try:
+        await task
+    except BaseException:  # noqa: S110 - it was cancelled on purpose; only the disconnect matters
+        pass
+    raise ClientDisconnected()
+
+
+class ClientDisconnected(Exception):
+    pass
+
+
+async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
+                   parsed: ChatCompletionRequest | CompletionRequest) -> Response:
+    request.state.log.update(model=parsed.model, stream=parsed.stream)
+    record = gateway.new_record(endpoint, parsed.model, request.state.log)
+    try:
+        answer = await cancel_on_disconnect(request, gateway.service.serve(endpoint, parsed, record))
+    except ClientDisconnected:
+        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    except GatewayError as exc:
+        record.finish(exc.status_code, exc.code)
+        raise
+    except BaseException:
+        record.finish(500, "internal_error")
+        raise
+    if isinstance(answer, StreamAnswer):
+        return StreamingResponse(sse_lines(answer, record, parsed.include_usage), media_type="text/event-stream",
+                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
+                                          **answer.headers})
+    record.finish(200)
+    return JSONResponse(answer.body, headers=answer.headers)
+
+
+@router.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), responses=ERROR_RESPONSES)
+async def create_chat_completion(request: Request, gateway: GatewayDep) -> Response:
+    """OpenAI chat completions (``stream`` for SSE)."""
+    return await _respond(request, gateway, "chat", await read_json_request(request, ChatCompletionRequest))
+
+
+@router.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), responses=ERROR_RESPONSES)
+async def create_completion(request: Request, gateway: GatewayDep) -> Response:
+    """OpenAI legacy completions."""
+    return await _respond(request, gateway, "completions", await read_json_request(request, CompletionRequest))
+
+
+def _model_card(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway"}
+
+
+@router.get("/v1/models", responses=ERROR_RESPONSES)
+async def list_models(gateway: GatewayDep) -> dict[str, Any]:
+    """The public model names (``auto`` included when a router is configured)."""
+    names = gateway.service.public_model_names()
+    return {"object": "list", "data": [_model_card(name, gateway.started_at) for name in names]}
+
+
+@router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
+async def retrieve_model(model_id: str, gateway: GatewayDep) -> dict[str, Any]:
+    if model_id not in gateway.service.public_model_names():
+        raise ModelNotFoundError(f"The model '{model_id}' does not exist", param="model")
+    return _model_card(model_id, gateway.started_at)
+
+
+@router.get("/health")
+async def health() -> dict[str, str]:
+    """Liveness: the process answers."""
+    return {"status": "ok"}
+
+
+@router.get("/ready", responses={503: {"description": "Not ready yet"}})
+async def ready(gateway: GatewayDep) -> JSONResponse:
+    """Readiness: every local model loaded and every upstream reachable."""
+    models = await gateway.pool.readiness()
+    is_ready = all(entry["ready"] for entry in models.values())
+    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models,
+                         "uptime_s": round(time.time() - gateway.started_at, 1)},
+                        status_code=200 if is_ready else 503)
+
+
+@router.get("/metrics")
+async def metrics(gateway: GatewayDep) -> Response:
+    """Prometheus text format."""
+    return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,72 @@
+"""The FastAPI app factory: wires endpoints, middleware, error handlers and the gateway's life cycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import JSONResponse
+
+from gateway.config import GatewayConfig, Settings
+from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
+from gateway.http.api import router
+from gateway.http.middleware import RequestContextMiddleware
+from gateway.runtime import Gateway
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = None) -> FastAPI:
+    config = config or GatewayConfig()
+    gateway = Gateway(config, cache_dir or Settings().cache_dir)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        try:
+            yield
+        finally:
+            await gateway.aclose()
+
+    app = FastAPI(title="llm-gateway", version="0.1.0", lifespan=lifespan,
+                  description="OpenAI-compatible gateway with learned routing and safety stages")
+    app.state.gateway = gateway
+    app.include_router(router)
+    app.add_middleware(RequestContextMiddleware)
+    _install_error_handlers(app)
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    """Every error leaves in the OpenAI shape; unexpected ones are logged and never show a stack trace."""
+
+    @app.exception_handler(GatewayError)
+    async def on_gateway_error(request: Request, exc: GatewayError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = exc.errors()
+        first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
+        param = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")) or None
+        return error_response(InvalidRequestError(f"invalid value for '{param}': {first.get('msg')}", param=param))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        error = HTTPStatusError(str(exc.detail), status_code=exc.status_code)
+        return error_response(error, headers=dict(exc.headers or {}))
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> JSONResponse:
+        logger.error("unhandled error", exc_info=exc,
+                     extra={"fields": {"request_id": request.scope.get("state", {}).get("request_id")}})
+        return error_response(InternalError(
+            "the gateway hit an internal error; the request id is in the x-request-id header"))
+
+    del on_gateway_error, on_validation_error, on_http_error, on_unexpected
+

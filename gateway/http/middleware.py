@@ -1,0 +1,62 @@
+"""Pure ASGI middleware: request ids and the one-line structured access log."""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+access_logger = logging.getLogger("gateway.access")
+REQUEST_ID_HEADER = "x-request-id"
+_SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    """Gives every HTTP request an id (the client's ``x-request-id`` when sane), returns it as a header,
+    and logs one line per request when its last byte is sent. Handlers add fields to the line through
+    ``request.state.log`` (a dict). Bodies are never touched, so streams pass straight through.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, REQUEST_ID_HEADER.encode())
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex}"
+        state = scope.setdefault("state", {})
+        state["request_id"] = request_id
+        log_fields: dict[str, Any] = {}
+        state["log"] = log_fields
+        status = 500
+        started = time.monotonic()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                headers = list(message.get("headers", []))
+                headers.append((REQUEST_ID_HEADER.encode(), request_id.encode()))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            access_logger.info("request", extra={"fields": {
+                "request_id": request_id, "method": scope.get("method"), "path": scope.get("path"),
+                "status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1),
+                "client": (scope.get("client") or ("", 0))[0], **log_fields}})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", []):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None

@@ -1,0 +1,90 @@
+"""Prometheus metrics of one gateway app (own registry, so several apps can live in one process)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
+
+
+class GatewayMetrics:
+    """Every metric the gateway exports; label ``model`` is the public name of the model that answered."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("gateway_requests", "Requests finished, by endpoint, model and HTTP status",
+                                ["endpoint", "model", "status"], registry=r)
+        self.errors = Counter("gateway_request_errors", "Requests that ended in an error, by error code",
+                              ["endpoint", "model", "code"], registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds", "Whole-request latency (streams: until "
+                                 "the last byte)", ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.time_to_first_chunk = Histogram("gateway_time_to_first_chunk_seconds", "Streams: latency until the "
+                                             "first chunk", ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served", ["model"], registry=r)
+        self.tokens = Counter("gateway_tokens", "Tokens processed, from real usage", ["model", "kind"], registry=r)
+        self.routed = Counter("gateway_routed_requests", "Requests routed by the router, by chosen model",
+                              ["router_model", "model"], registry=r)
+        self.failovers = Counter("gateway_failovers", "Attempts abandoned for the next candidate",
+                                 ["from_model", "reason"], registry=r)
+        self.routing_seconds = Histogram("gateway_routing_decision_seconds", "Time to rank candidates",
+                                         buckets=FAST_BUCKETS, registry=r)
+        self.circuit_open = Gauge("gateway_circuit_open", "1 while a model's circuit breaker is open", ["model"],
+                                  registry=r)
+        self.stage_runs = Counter("gateway_stage_runs", "Safety stage runs, by stage and outcome",
+                                  ["stage", "outcome"], registry=r)
+        self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a per-key limit",
+                                    ["key", "limit"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class RequestRecord:
+    """Accounting of one request from arrival to its last byte."""
+
+    def __init__(self, metrics: GatewayMetrics, endpoint: str, model: str,
+                 log_fields: dict[str, Any] | None = None) -> None:
+        self._metrics, self.endpoint, self.model = metrics, endpoint, model
+        self.log_fields = log_fields if log_fields is not None else {}
+        self.started = time.monotonic()
+        self.prompt_tokens = self.completion_tokens = 0
+        self._finished = False
+        self._in_flight_model: str | None = None
+
+    def answered_by(self, model: str) -> None:
+        """The model serving this request is known: count it in flight under that name."""
+        if self._in_flight_model is not None:
+            self._metrics.in_flight.labels(self._in_flight_model).dec()
+        self.model = self._in_flight_model = model
+        self._metrics.in_flight.labels(model).inc()
+
+    def add_usage(self, usage: dict[str, Any] | None) -> None:
+        if usage:
+            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
+            self.completion_tokens += int(usage.get("completion_tokens") or 0)
+
+    def first_chunk(self) -> None:
+        self._metrics.time_to_first_chunk.labels(self.model).observe(time.monotonic() - self.started)
+
+    def finish(self, status: int, error_code: str | None = None) -> None:
+        if self._finished:
+            return
+        self._finished = True
+        self.log_fields.update(answered_by=self.model, prompt_tokens=self.prompt_tokens,
+                               completion_tokens=self.completion_tokens)
+        m = self._metrics
+        if self._in_flight_model is not None:
+            m.in_flight.labels(self._in_flight_model).dec()
+        m.requests.labels(self.endpoint, self.model, str(status)).inc()
+        m.latency.labels(self.endpoint, self.model).observe(time.monotonic() - self.started)
+        if error_code is not None:
+            m.errors.labels(self.endpoint, self.model, error_code).inc()
+        if self.prompt_tokens:
+            m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
+        if self.completion_tokens:
+            m.tokens.labels(self.model, "completion").inc(self.completion_tokens)

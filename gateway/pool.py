@@ -1,0 +1,34 @@
+"""The configured models: one backend per entry, looked up by public name or alias."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from gateway.backends import Backend, create_backend
+from gateway.config import GatewayConfig
+
+
+class ModelPool:
+    def __init__(self, config: GatewayConfig, cache_dir: Path) -> None:
+        self.config = config
+        self.backends: dict[str, Backend] = {m.name: create_backend(m, cache_dir) for m in config.models}
+        self._by_alias = {alias: m.name for m in config.models for alias in m.aliases}
+
+    def get(self, name: str) -> Backend | None:
+        backend = self.backends.get(name)
+        if backend is None and name in self._by_alias:
+            backend = self.backends[self._by_alias[name]]
+        return backend
+
+    async def start(self) -> None:
+        for backend in self.backends.values():
+            await backend.start()
+
+    async def aclose(self) -> None:
+        await asyncio.gather(*(backend.aclose() for backend in self.backends.values()), return_exceptions=True)
+
+    async def readiness(self) -> dict[str, dict[str, object]]:
+        names = list(self.backends)
+        checks = await asyncio.gather(*(self.backends[name].check_ready() for name in names))
+        return {name: {"ready": ready, "detail": detail} for name, (ready, detail) in zip(names, checks, strict=True)}

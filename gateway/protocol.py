@@ -1,0 +1,207 @@
+"""OpenAI wire models: requests (pydantic, validated) and the response/chunk builders.
+
+Every request model accepts unknown fields and keeps them, so backend-specific parameters (vLLM's
+``top_k``, ``guided_json``, ``chat_template_kwargs``, ...) reach an OpenAI-compatible upstream unchanged.
+Fields the gateway itself consumes (``routing``, ``aligncot``) are listed in ``GATEWAY_ONLY_FIELDS`` and
+never sent upstream.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+GATEWAY_ONLY_FIELDS = frozenset({"routing", "aligncot"})
+
+
+class OpenAIBaseModel(BaseModel):
+    """Base of all wire models: unknown fields are accepted and passed on."""
+
+    model_config = ConfigDict(extra="allow", populate_by_name=True)
+
+
+class ImageURL(OpenAIBaseModel):
+    url: str
+    detail: str | None = None
+
+
+class ContentPart(OpenAIBaseModel):
+    """One part of a multi-part message; unknown part types pass through to upstreams untouched."""
+
+    type: str
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+    @model_validator(mode="after")
+    def _check_part(self) -> ContentPart:
+        if self.type == "text" and self.text is None:
+            raise ValueError("a content part of type 'text' needs a 'text' string")
+        if self.type == "image_url" and self.image_url is None:
+            raise ValueError("a content part of type 'image_url' needs an 'image_url' object with a 'url'")
+        return self
+
+
+class ChatMessage(OpenAIBaseModel):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    @property
+    def text(self) -> str:
+        """The message's text, the text parts joined by newlines (images and other parts left out)."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "\n".join(part.text or "" for part in self.content if part.type == "text")
+
+    @property
+    def image_urls(self) -> list[str]:
+        if not isinstance(self.content, list):
+            return []
+        return [part.image_url.url for part in self.content if part.type == "image_url" and part.image_url]
+
+
+class StreamOptions(OpenAIBaseModel):
+    include_usage: bool = False
+
+
+class RoutingOptions(OpenAIBaseModel):
+    """Gateway extension (``extra_body={"routing": {...}}``): how ``auto`` picks a model."""
+
+    cost_weight: float | None = Field(default=None, ge=0, description="score - w * normalised cost")
+
+
+class AlignCotOptions(OpenAIBaseModel):
+    """Gateway extension (``extra_body={"aligncot": {...}}``)."""
+
+    return_chain: bool = Field(default=False, description="include the AlignCoT chain in the response")
+
+
+class SamplingRequest(OpenAIBaseModel):
+    """Fields shared by chat and legacy completions."""
+
+    model: str = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, gt=0, le=1)
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    n: int = Field(default=1, ge=1, le=16)
+    routing: RoutingOptions | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _check_stop(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(value, list) and len(value) > 16:
+            raise ValueError("at most 16 stop sequences are allowed")
+        return value
+
+    @property
+    def stop_sequences(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else [s for s in self.stop if s]
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+    @property
+    def completion_token_limit(self) -> int | None:
+        return self.max_tokens
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The JSON to send an OpenAI-compatible upstream: everything the client sent, model renamed."""
+        body = self.model_dump(exclude_unset=True, exclude=set(GATEWAY_ONLY_FIELDS))
+        body["model"] = upstream_model
+        return body
+
+
+class ChatCompletionRequest(SamplingRequest):
+    messages: list[ChatMessage] = Field(min_length=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    aligncot: AlignCotOptions | None = None
+
+    @property
+    def completion_token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    @property
+    def has_images(self) -> bool:
+        return any(message.image_urls for message in self.messages)
+
+    def last_user_text(self) -> str:
+        for message in reversed(self.messages):
+            if message.role == "user":
+                return message.text
+        return ""
+
+
+class CompletionRequest(SamplingRequest):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    echo: bool = False
+
+    @field_validator("prompt")
+    @classmethod
+    def _check_prompt(cls, value: Any) -> Any:
+        if isinstance(value, list) and not value:
+            raise ValueError("prompt must not be an empty list")
+        return value
+
+
+# ---- responses -------------------------------------------------------------------------------------------
+
+Endpoint = Literal["chat", "completions"]
+
+
+def new_completion_id(endpoint: Endpoint) -> str:
+    return f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+
+
+def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
+def response_dict(endpoint: Endpoint, completion_id: str, model: str, choices: list[dict[str, Any]],
+                  usage: dict[str, int] | None) -> dict[str, Any]:
+    return {"id": completion_id, "object": "chat.completion" if endpoint == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
+
+
+def response_choice(endpoint: Endpoint, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+    if endpoint == "chat":
+        return {"index": index, "message": {"role": "assistant", "content": text},
+                "logprobs": None, "finish_reason": finish_reason}
+    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+
+
+def chunk_dict(endpoint: Endpoint, completion_id: str, model: str, *, index: int = 0, text: str | None = None,
+               role: bool = False, finish_reason: str | None = None,
+               usage: dict[str, int] | None = None) -> dict[str, Any]:
+    """A streamed chunk; with ``usage`` and no text it is the final usage chunk (``choices: []``)."""
+    if usage is not None:
+        choices: list[dict[str, Any]] = []
+    elif endpoint == "chat":
+        delta: dict[str, Any] = {"role": "assistant"} if role else {}
+        if text is not None:
+            delta["content"] = text
+        choices = [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+    else:
+        choices = [{"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]
+    return {"id": completion_id, "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
+            "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
+
+
+def message_text_of(response: dict[str, Any], index: int = 0) -> str:
+    """The text of choice ``index`` in a chat or completion response dict."""
+    choice = response["choices"][index]
+    if "message" in choice:
+        return choice["message"].get("content") or ""
+    return choice.get("text") or ""

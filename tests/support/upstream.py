@@ -1,0 +1,203 @@
+"""A scripted OpenAI-compatible upstream (a stand-in for a vLLM server) that records what it receives.
+
+Each request is answered by ``upstream.responder(body) -> Reply``; the default answers
+``"<name>: <last user text>"``. Every call is recorded with its body, headers, timing and, when the
+gateway closes the connection early, the moment it did.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+
+from tests.support.servers import ServerThread
+
+
+@dataclass
+class Reply:
+    text: str = ""
+    status: int = 200
+    error_message: str = "scripted failure"
+    delay_s: float = 0.0  # before answering (non-stream) / before the first chunk (stream)
+    chunks: list[str] | None = None  # stream: these deltas (default: the text split in words)
+    chunk_delay_s: float = 0.0
+    hang: bool = False  # never answer (until the client goes away)
+    endless: bool = False  # stream: keep sending chunks until the client goes away
+    die_after_chunks: int | None = None  # stream: drop the connection after this many chunks
+    extra: dict[str, Any] = field(default_factory=dict)  # merged into the response body
+
+
+@dataclass
+class Call:
+    path: str
+    body: dict[str, Any]
+    headers: dict[str, str]
+    started: float
+    finished: float | None = None
+    disconnected: float | None = None
+    chunks_sent: int = 0
+
+    @property
+    def last_user_text(self) -> str:
+        for message in reversed(self.body.get("messages", [])):
+            if message.get("role") == "user":
+                content = message.get("content")
+                if isinstance(content, str):
+                    return content
+                return "\n".join(p.get("text", "") for p in content or [] if p.get("type") == "text")
+        return str(self.body.get("prompt", ""))
+
+    @property
+    def has_image(self) -> bool:
+        return any(isinstance(m.get("content"), list) and any(p.get("type") == "image_url" for p in m["content"])
+                   for m in self.body.get("messages", []))
+
+
+class ScriptedUpstream:
+    def __init__(self, name: str = "upstream") -> None:
+        self.name = name
+        self.calls: list[Call] = []
+        self.responder: Callable[[dict[str, Any]], Reply] = self.echo
+        self.healthy = True
+        self._lock = threading.Lock()
+        self.app = self._build_app()
+        self.server = ServerThread(self.app)
+
+    # ---- lifecycle
+    @property
+    def base_url(self) -> str:
+        return f"{self.server.url}/v1"
+
+    def start(self) -> ScriptedUpstream:
+        self.server.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def __enter__(self) -> ScriptedUpstream:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- scripting
+    def echo(self, body: dict[str, Any]) -> Reply:
+        call = Call("", body, {}, 0)
+        return Reply(text=f"{self.name}: {call.last_user_text}")
+
+    def wait_for_calls(self, count: int, timeout_s: float = 10.0) -> list[Call]:
+        deadline = time.monotonic() + timeout_s
+        while len(self.calls) < count and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return self.calls
+
+    # ---- the app
+    def _build_app(self) -> FastAPI:
+        app = FastAPI()
+
+        @app.get("/v1/models")
+        async def models() -> Response:
+            if not self.healthy:
+                return JSONResponse({"error": {"message": "down"}}, status_code=503)
+            return JSONResponse({"object": "list", "data": [{"id": self.name, "object": "model"}]})
+
+        @app.get("/health")
+        async def health() -> Response:
+            return Response(status_code=200 if self.healthy else 503)
+
+        @app.post("/v1/chat/completions")
+        async def chat(request: Request) -> Response:
+            return await self._handle(request, "chat")
+
+        @app.post("/v1/completions")
+        async def completions(request: Request) -> Response:
+            return await self._handle(request, "completions")
+
+        return app
+
+    async def _handle(self, request: Request, endpoint: str) -> Response:
+        body = json.loads(await request.body())
+        call = Call(request.url.path, body, dict(request.headers), time.monotonic())
+        with self._lock:
+            self.calls.append(call)
+        reply = self.responder(body)
+        if reply.hang:
+            while not await request.is_disconnected():
+                await asyncio.sleep(0.02)
+            call.disconnected = time.monotonic()
+            return Response(status_code=499)
+        if reply.delay_s:
+            await asyncio.sleep(reply.delay_s)
+        if reply.status >= 400:
+            call.finished = time.monotonic()
+            return JSONResponse({"error": {"message": reply.error_message, "type": "server_error", "code": None}},
+                                status_code=reply.status)
+        if body.get("stream"):
+            return StreamingResponse(self._stream(call, endpoint, body, reply), media_type="text/event-stream")
+        call.finished = time.monotonic()
+        return JSONResponse(self._response(endpoint, body, reply))
+
+    def _usage(self, body: dict[str, Any], text: str) -> dict[str, int]:
+        prompt = len(json.dumps(body.get("messages", body.get("prompt", ""))).split())
+        completion = max(1, len(text.split()))
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def _response(self, endpoint: str, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
+        choice: dict[str, Any]
+        if endpoint == "chat":
+            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+        else:
+            choice = {"index": 0, "text": reply.text, "finish_reason": "stop"}
+        return {"id": f"up-{uuid.uuid4().hex[:8]}", "object": "chat.completion" if endpoint == "chat" else
+                "text_completion", "created": int(time.time()), "model": body.get("model"), "choices": [choice],
+                "usage": self._usage(body, reply.text), **reply.extra}
+
+    async def _stream(self, call: Call, endpoint: str, body: dict[str, Any], reply: Reply) -> AsyncIterator[str]:
+        chunks = reply.chunks if reply.chunks is not None else [w + " " for w in reply.text.split()]
+        cid = f"up-{uuid.uuid4().hex[:8]}"
+
+        def event(delta: str | None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+            if usage is not None:
+                choices: list[dict[str, Any]] = []
+            elif endpoint == "chat":
+                choices = [{"index": 0, "delta": {} if delta is None else {"content": delta}, "finish_reason": finish}]
+            else:
+                choices = [{"index": 0, "text": delta or "", "finish_reason": finish}]
+            data = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                    "model": body.get("model"), "choices": choices, **({"usage": usage} if usage else {})}
+            return f"data: {json.dumps(data)}\n\n"
+
+        try:
+            index = 0
+            while True:
+                if reply.endless:
+                    delta = f"tick{index} "
+                elif index < len(chunks):
+                    delta = chunks[index]
+                else:
+                    break
+                if reply.die_after_chunks is not None and index >= reply.die_after_chunks:
+                    raise ConnectionAbortedError("scripted drop")
+                yield event(delta)
+                call.chunks_sent += 1
+                index += 1
+                if reply.chunk_delay_s:
+                    await asyncio.sleep(reply.chunk_delay_s)
+            yield event(None, "stop")
+            if (body.get("stream_options") or {}).get("include_usage"):
+                yield event(None, usage=self._usage(body, "".join(chunks)))
+            yield "data: [DONE]\n\n"
+            call.finished = time.monotonic()
+        except (asyncio.CancelledError, GeneratorExit):
+            call.disconnected = time.monotonic()
+            raise
