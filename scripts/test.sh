@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh --dev
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
-.venv/bin/python -m ruff check gateway routers safety training tests benchmarks
+.venv/bin/python -m ruff check .
 exec .venv/bin/python -m pytest "$@"
