@@ -1,6 +1,8 @@
 """The ``llm-gateway`` command line.
 
     llm-gateway serve [--config FILE] [--host H] [--port P]
+    llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
+    llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
 
 Each command group registers its sub-parser in its own module; heavy imports (torch, trainers) happen
 only when a command runs.
@@ -43,6 +45,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
     serve.set_defaults(handler=_serve)
+
+    from training.router_commands import add_router_commands
+
+    add_router_commands(commands)
     return parser
 
 
@@ -51,7 +57,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler: Command = args.handler
     try:
         return handler(args)
-    except ConfigError as exc:
+    except (ConfigError, ValueError) as exc:
+        # Bad input (config, data files, options): a message, not a stack trace.
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
 

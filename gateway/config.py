@@ -61,6 +61,10 @@ class ModelConfig(StrictModel):
     cost_per_1k_tokens: float | None = Field(default=None, ge=0)
     vision: bool = Field(default=False, description="accepts image inputs")
 
+    stages: list[str] = Field(default_factory=list, description="pipeline stages, in order: ecso, aligncot")
+    ecso_model: str | None = Field(default=None, description="model for ECSO's steps (default: this one)")
+    aligncot: dict[str, Any] | None = Field(default=None, description="AlignCoT stage settings")
+
     @model_validator(mode="after")
     def _check_backend_fields(self) -> ModelConfig:
         if self.backend == "openai" and not self.base_url:
@@ -83,6 +87,25 @@ class ModelConfig(StrictModel):
         return self.api_key
 
 
+class RouterConfig(StrictModel):
+    """``model: <model_name>`` requests are ranked by the checkpoint and sent to the best candidate."""
+
+    model_name: str = Field(default="auto", min_length=1, description="public name that gets routed")
+    checkpoint: Path = Field(description="a RouterDC checkpoint directory (llm-gateway router train)")
+    model_map: dict[str, str] = Field(default_factory=dict,
+                                      description="checkpoint LLM name -> configured model name (default: same)")
+    candidates: list[str] | None = Field(default=None, description="configured models routed to (default: all "
+                                                                   "the checkpoint maps to)")
+    query_turns: int = Field(default=1, ge=1, description="how many trailing user turns the router reads")
+    cost_weight: float = Field(default=0.0, ge=0, description="default w in score - w * normalised cost")
+    max_attempts: int = Field(default=3, ge=1, description="candidates tried before giving up (failover)")
+    batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batch window for router encoding")
+    max_batch: int = Field(default=64, ge=1)
+    failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open a circuit")
+    open_seconds: float = Field(default=10.0, gt=0, description="how long an open circuit waits before probing")
+    top_scores_in_header: int = Field(default=3, ge=1)
+
+
 class ServerConfig(StrictModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time given to in-flight work")
     log_level: str = "info"
@@ -94,6 +117,7 @@ def _embedded_default() -> list[ModelConfig]:
 
 class GatewayConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=_embedded_default, min_length=1)
+    router: RouterConfig | None = None
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")
@@ -104,6 +128,11 @@ class GatewayConfig(StrictModel):
                 if name in seen:
                     raise ValueError(f"model name '{name}' is used twice")
                 seen.add(name)
+        for model in self.models:
+            if model.ecso_model is not None and model.ecso_model not in seen:
+                raise ValueError(f"model '{model.name}': ecso_model '{model.ecso_model}' is not a configured model")
+        if self.router is not None and self.router.model_name in seen:
+            raise ValueError(f"router.model_name '{self.router.model_name}' is also a model's name")
         return self
 
     def model(self, name: str) -> ModelConfig | None:
@@ -156,4 +185,10 @@ def load_config(path: Path | str | None) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    return parse_config(data, str(path))
+    config = parse_config(data, str(path))
+    if config.router is not None and not config.router.checkpoint.is_absolute():
+        # A relative checkpoint is read relative to the config file when it is there (mounted configs).
+        beside = path.parent / config.router.checkpoint
+        if beside.exists():
+            config.router.checkpoint = beside
+    return config

@@ -205,3 +205,24 @@ def message_text_of(response: dict[str, Any], index: int = 0) -> str:
     if "message" in choice:
         return choice["message"].get("content") or ""
     return choice.get("text") or ""
+
+
+def response_to_chunks(response: dict[str, Any], piece_chars: int = 24) -> list[dict[str, Any]]:
+    """A whole chat response replayed as stream chunks: content in small pieces, then the finish and usage
+    chunks. Used when an answer had to be held back (e.g. until a safety check passed)."""
+    chunks: list[dict[str, Any]] = []
+    completion_id, model = response.get("id") or new_completion_id("chat"), response.get("model", "")
+    extra = {k: v for k, v in response.items() if k not in _RESPONSE_KEYS}
+    for choice in response["choices"]:
+        index, text = choice.get("index", 0), (choice.get("message") or {}).get("content") or ""
+        pieces = [text[i:i + piece_chars] for i in range(0, len(text), piece_chars)] or [""]
+        for number, piece in enumerate(pieces):
+            chunks.append(chunk_dict("chat", completion_id, model, index=index, text=piece, role=number == 0))
+        chunks.append(chunk_dict("chat", completion_id, model, index=index, finish_reason=choice.get("finish_reason")))
+    if response.get("usage"):
+        chunks.append(chunk_dict("chat", completion_id, model, usage=response["usage"]))
+    return [{**chunk, **extra} for chunk in chunks]
+
+
+_RESPONSE_KEYS = frozenset({"id", "object", "created", "model", "choices", "usage", "system_fingerprint",
+                            "service_tier", "prompt_logprobs", "kv_transfer_params"})

@@ -13,10 +13,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends import Backend, Request
-from gateway.errors import GatewayError, ModelNotFoundError, UpstreamError, sse_error_event
+from gateway.circuit import CircuitBreaker
+from gateway.config import RouterConfig
+from gateway.errors import (
+    GatewayError,
+    ModelNotFoundError,
+    OverloadedError,
+    RateLimitError,
+    UpstreamError,
+    sse_error_event,
+)
 from gateway.metrics import GatewayMetrics, RequestRecord
+from gateway.pipeline import Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.pool import ModelPool
-from gateway.protocol import Endpoint
+from gateway.protocol import ChatCompletionRequest, Endpoint
+from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecision, RoutedModel
+
+# Failures before any byte reached the client that the next-ranked candidate may fix.
+FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
 
 _COMPACT = (",", ":")
 
@@ -34,29 +48,91 @@ class StreamAnswer:
 
 
 class CompletionService:
-    def __init__(self, pool: ModelPool, metrics: GatewayMetrics) -> None:
+    """Resolves the requested model (or routes ``auto``), fails over down the ranking, accounts for usage."""
+
+    def __init__(self, pool: ModelPool, metrics: GatewayMetrics, routed: RoutedModel | None = None,
+                 router_config: RouterConfig | None = None) -> None:
         self.pool = pool
         self.metrics = metrics
+        self.routed = routed
+        threshold = router_config.failure_threshold if router_config else 3
+        open_seconds = router_config.open_seconds if router_config else 10.0
+        caller = PoolCaller(pool)
+        self.pipelines = {name: Pipeline(backend, stages, caller, metrics) for name, backend in pool.backends.items()
+                          if (stages := build_stages(backend.config, pool.config))}
+        self.breakers = {name: CircuitBreaker(name, threshold=threshold, open_seconds=open_seconds,
+                                              probe=backend.check_ready, on_change=self._circuit_changed)
+                         for name, backend in pool.backends.items()}
+
+    def _circuit_changed(self, model: str, is_open: bool) -> None:
+        self.metrics.circuit_open.labels(model).set(1 if is_open else 0)
 
     def public_model_names(self) -> list[str]:
-        return list(self.pool.backends)
+        return list(self.pool.backends) + ([self.routed.name] if self.routed else [])
 
-    def _backend_for(self, name: str) -> Backend:
-        backend = self.pool.get(name)
+    async def _plan(self, request: Request) -> tuple[list[Backend], RouteDecision | None]:
+        """The backends to try, in order, and the routing decision when the request was routed."""
+        if self.routed is not None and request.model == self.routed.name:
+            decision = await self.routed.decide(request)
+            ranked = [self.pool.backends[name] for name in decision.models]
+            healthy = [b for b in ranked if not self.breakers[b.name].is_open]
+            # With every circuit open, still try in rank order: a success closes the circuit again.
+            return (healthy or ranked)[: self.routed.config.max_attempts], decision
+        backend = self.pool.get(request.model)
         if backend is None:
             known = ", ".join(self.public_model_names())
-            raise ModelNotFoundError(f"The model '{name}' does not exist; available models: {known}",
+            raise ModelNotFoundError(f"The model '{request.model}' does not exist; available models: {known}",
                                      param="model")
-        return backend
+        return [backend], None
 
     async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
-        backend = self._backend_for(request.model)
-        record.answered_by(backend.name)
+        backends, decision = await self._plan(request)
+        failures: list[str] = []
+        for attempt, backend in enumerate(backends):
+            record.answered_by(backend.name)
+            try:
+                answer = await self._attempt(backend, endpoint, request, record)
+            except FAILOVER_ERRORS as exc:
+                if isinstance(exc, UpstreamError):
+                    self.breakers[backend.name].record_failure()
+                if attempt + 1 == len(backends):
+                    if failures:
+                        exc.message = f"{exc.message} (after failing over from: {'; '.join(failures)})"
+                    raise
+                failures.append(f"{backend.name}: {exc.code}")
+                self.metrics.failovers.labels(backend.name, exc.code or "error").inc()
+                continue
+            self.breakers[backend.name].record_success()
+            answer.headers[ROUTED_MODEL_HEADER] = backend.name
+            if decision is not None and self.routed is not None:
+                answer.headers[ROUTE_SCORES_HEADER] = decision.header_value(self.routed.config.top_scores_in_header)
+                self.metrics.routed.labels(self.routed.name, backend.name).inc()
+                record.log_fields["route"] = decision.models[: self.routed.config.top_scores_in_header]
+            return answer
+        raise AssertionError("unreachable: a plan has at least one backend")
+
+    async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
+                       record: RequestRecord) -> Answer | StreamAnswer:
+        pipeline = self.pipelines.get(backend.name)
+        if pipeline is not None and isinstance(request, ChatCompletionRequest):
+            ctx = pipeline.context()
+            if request.stream:
+                chunks = await _primed(pipeline.stream(ctx, request))  # stages report before their first chunk
+                return StreamAnswer(chunks, stage_headers(ctx))
+            body = await pipeline.complete(ctx, request)
+            record.add_usage(body.get("usage"))
+            return Answer(body, stage_headers(ctx))
         if request.stream:
             return StreamAnswer(await _primed(backend.stream(endpoint, request)))
         body = await backend.complete(endpoint, request)
         record.add_usage(body.get("usage"))
         return Answer(body)
+
+    def close(self) -> None:
+        for breaker in self.breakers.values():
+            breaker.close()
+        if self.routed is not None:
+            self.routed.close()
 
 
 async def _primed(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

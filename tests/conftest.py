@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import openai
@@ -84,3 +85,15 @@ def embedded_gateway() -> Iterator[LiveGateway]:
         yield LiveGateway(process.url, None, process)
     finally:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def router_checkpoint(tmp_path_factory) -> Path:
+    """A RouterDC checkpoint trained (frozen MiniLM) on the committed slice of the RouterDC benchmark."""
+    from routers.data import load_routing_files
+    from tests.routers.conftest import TRAIN_FILES
+    from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
+
+    config = RouterTrainingConfig(steps=200, eval_every=10, samples_per_task=200, batch_size=32, seed=0)
+    result = train_router(load_routing_files(TRAIN_FILES), config, progress=False)
+    return save_trained_router(result, tmp_path_factory.mktemp("router") / "checkpoint")

@@ -45,13 +45,19 @@ class OpenAIHTTPBackend(Backend):
             limits=httpx.Limits(max_connections=self.config.max_connections,
                                 max_keepalive_connections=self.config.max_connections),
         )
+        root = base_url.rstrip("/")
+        self._health_url = (root[: -len("/v1")] if root.endswith("/v1") else root) + "/health"
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
     async def check_ready(self) -> tuple[bool, str]:
+        """vLLM's ``GET /health`` next to ``/v1``; servers without it (404) are asked ``GET /v1/models``."""
+        timeout = min(5.0, self.config.timeout_s)
         try:
-            response = await self._client.get("models", timeout=min(5.0, self.config.timeout_s))
+            response = await self._client.get(self._health_url, timeout=timeout)
+            if response.status_code in (404, 405):
+                response = await self._client.get("models", timeout=timeout)
         except httpx.HTTPError as exc:
             return False, f"upstream unreachable: {type(exc).__name__}"
         if response.status_code != 200:

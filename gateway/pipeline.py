@@ -1,0 +1,104 @@
+"""Pipeline wiring: the stages configured on a model (``stages: [ecso]``) around its backend call.
+
+Stages are registered by name; each is built from the model's config entry. They run on chat requests.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from gateway.backends import Backend
+from gateway.config import ConfigError, GatewayConfig, ModelConfig
+from gateway.metrics import GatewayMetrics
+from gateway.pool import ModelPool
+from gateway.protocol import ChatCompletionRequest
+from safety.stage import Stage, StageContext
+
+STAGES_HEADER = "x-gateway-stages"
+
+
+def _build_ecso(model: ModelConfig, config: GatewayConfig) -> Stage:
+    from safety.ecso import ECSOStage
+
+    return ECSOStage(model.ecso_model)
+
+
+def _build_aligncot(model: ModelConfig, config: GatewayConfig) -> Stage:
+    from safety.aligncot import AlignCoTStage
+
+    return AlignCoTStage.from_config(model.aligncot)
+
+
+STAGE_BUILDERS: dict[str, Callable[[ModelConfig, GatewayConfig], Stage]] = {
+    "ecso": _build_ecso,
+    "aligncot": _build_aligncot,
+}
+
+
+def build_stages(model: ModelConfig, config: GatewayConfig) -> list[Stage]:
+    stages = []
+    for name in model.stages:
+        if name not in STAGE_BUILDERS:
+            raise ConfigError(f"model '{model.name}': unknown stage '{name}'; known stages: "
+                              f"{', '.join(STAGE_BUILDERS)}")
+        stages.append(STAGE_BUILDERS[name](model, config))
+    return stages
+
+
+class PoolCaller:
+    """Reaches configured models by name for stages (backend only: no stages, no failover)."""
+
+    def __init__(self, pool: ModelPool) -> None:
+        self._pool = pool
+
+    def _backend(self, model: str) -> Backend:
+        backend = self._pool.get(model)
+        if backend is None:
+            raise ConfigError(f"a stage asked for model '{model}', which is not configured")
+        return backend
+
+    async def complete(self, model: str, request: ChatCompletionRequest) -> dict[str, Any]:
+        return await self._backend(model).complete("chat", request)
+
+    def stream(self, model: str, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        return self._backend(model).stream("chat", request)
+
+
+class Pipeline:
+    """One model's stages around its backend."""
+
+    def __init__(self, backend: Backend, stages: list[Stage], caller: PoolCaller, metrics: GatewayMetrics) -> None:
+        self.backend, self.stages, self._caller, self._metrics = backend, stages, caller, metrics
+
+    def context(self) -> StageContext:
+        return StageContext(model=self.backend.name, models=self._caller,
+                            count_outcome=lambda stage, outcome: self._metrics.stage_runs.labels(stage, outcome).inc())
+
+    def complete(self, ctx: StageContext, request: ChatCompletionRequest, index: int = 0) -> Awaitable[dict[str, Any]]:
+        for position in range(index, len(self.stages)):
+            stage = self.stages[position]
+            if stage.applies(request):
+                ctx.applied.append(stage.name)
+                return stage.complete(ctx, request, lambda r, after=position + 1: self.complete(ctx, r, after))
+        return self.backend.complete("chat", request)
+
+    def stream(self, ctx: StageContext, request: ChatCompletionRequest, index: int = 0
+               ) -> AsyncIterator[dict[str, Any]]:
+        for position in range(index, len(self.stages)):
+            stage = self.stages[position]
+            if stage.applies(request):
+                ctx.applied.append(stage.name)
+                return stage.stream(ctx, request, lambda r, after=position + 1: self.complete(ctx, r, after),
+                                    lambda r, after=position + 1: self.stream(ctx, r, after))
+        return self.backend.stream("chat", request)
+
+
+def stage_headers(ctx: StageContext) -> dict[str, str]:
+    headers = {}
+    if ctx.applied:
+        headers[STAGES_HEADER] = ",".join(dict.fromkeys(ctx.applied))
+    for stage, outcome in ctx.report.items():
+        if isinstance(outcome, str):
+            headers[f"x-gateway-{stage}"] = outcome
+    return headers

@@ -1,0 +1,170 @@
+"""Routing data in the RouterDC format: ``{"question", "scores": {llm: score}, "cluster_id"?}`` records,
+as a JSON list or as JSONL. Bad records are errors naming the file and the line.
+
+Scoring rules (the RouterDC repository's ``evaluation()``): on ``probability`` tasks a routed LLM scores 1
+when its score is > 0, else 0; on ``multi_attempt`` tasks it scores its score (the fraction of sampled
+attempts that were correct).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+Scoring = Literal["probability", "multi_attempt"]
+SCORINGS: tuple[str, ...] = ("probability", "multi_attempt")
+
+
+class RoutingDataError(ValueError):
+    """A routing data file is unusable; the message names the file and the line."""
+
+
+@dataclass(frozen=True)
+class RoutingDataset:
+    """One task's questions and the score of every LLM on each (rows follow ``llm_names``)."""
+
+    task: str
+    path: str
+    questions: list[str]
+    llm_names: list[str]
+    scores: np.ndarray  # [n_questions, n_llms], float
+    cluster_ids: np.ndarray | None  # [n_questions] or None when the file has none
+    scoring: Scoring
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def subset(self, rows: Sequence[int] | np.ndarray) -> RoutingDataset:
+        rows = np.asarray(rows, dtype=int)
+        return RoutingDataset(self.task, self.path, [self.questions[i] for i in rows], self.llm_names,
+                              self.scores[rows], None if self.cluster_ids is None else self.cluster_ids[rows],
+                              self.scoring)
+
+    def outcome(self) -> np.ndarray:
+        """[n_questions, n_llms]: what choosing each LLM earns under this task's scoring rule."""
+        return score_outcome(self.scores, self.scoring)
+
+
+def score_outcome(scores: np.ndarray, scoring: Scoring) -> np.ndarray:
+    if scoring == "probability":
+        return (scores > 0).astype(np.float64)
+    return scores.astype(np.float64)
+
+
+def task_name(path: Path) -> str:
+    """``mmlu_train.json`` -> ``mmlu``; ``gsm8k-test.json`` -> ``gsm8k``."""
+    stem = path.name.split(".")[0]
+    return re.sub(r"[-_](train|test|val|valid|dev)$", "", stem) or stem
+
+
+def parse_file_spec(spec: str) -> tuple[Path, Scoring | None]:
+    """``FILE`` or ``FILE:SCORING``."""
+    head, sep, tail = spec.rpartition(":")
+    if sep and tail in SCORINGS:
+        return Path(head), tail  # type: ignore[return-value]
+    if sep and head and "/" not in tail and not Path(spec).exists():
+        raise RoutingDataError(f"{spec}: unknown scoring '{tail}'; expected one of {', '.join(SCORINGS)}")
+    return Path(spec), None
+
+
+def infer_scoring(scores: np.ndarray) -> Scoring:
+    """multi_attempt scores are fractions of 10 attempts; probability scores are free floats."""
+    tenths = np.abs(scores * 10 - np.round(scores * 10)) < 1e-6
+    return "multi_attempt" if bool(tenths.all()) else "probability"
+
+
+def _records_with_lines(text: str, path: Path) -> list[tuple[int, Any]]:
+    """The records of a JSON list (or of JSONL), each with the line it starts on."""
+    stripped = text.lstrip()
+    if not stripped:
+        raise RoutingDataError(f"{path}: the file is empty")
+    if not stripped.startswith("["):
+        records = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    records.append((number, json.loads(line)))
+                except json.JSONDecodeError as exc:
+                    raise RoutingDataError(f"{path}, line {number}: not valid JSON ({exc.msg})") from None
+        return records
+    decoder = json.JSONDecoder()
+    position = text.index("[") + 1
+    records = []
+    while True:
+        while position < len(text) and text[position] in " \t\r\n,":
+            position += 1
+        if position >= len(text):
+            raise RoutingDataError(f"{path}: the JSON list is not closed")
+        if text[position] == "]":
+            return records
+        line = text.count("\n", 0, position) + 1
+        try:
+            record, position = decoder.raw_decode(text, position)
+        except json.JSONDecodeError as exc:
+            raise RoutingDataError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
+        records.append((line, record))
+
+
+def load_routing_file(path: Path | str, scoring: Scoring | None = None,
+                      expected_llms: Sequence[str] | None = None) -> RoutingDataset:
+    """Read and check one file. ``expected_llms`` makes disagreeing LLM names an error."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RoutingDataError(f"{path}: cannot read ({exc.strerror})") from None
+    records = _records_with_lines(text, path)
+    if not records:
+        raise RoutingDataError(f"{path}: no records")
+    llm_names = list(expected_llms) if expected_llms is not None else None
+    questions, rows, clusters = [], [], []
+    for line, record in records:
+        where = f"{path}, line {line}"
+        if not isinstance(record, dict):
+            raise RoutingDataError(f"{where}: a record must be an object with 'question' and 'scores'")
+        question, scores = record.get("question"), record.get("scores")
+        if not isinstance(question, str) or not question.strip():
+            raise RoutingDataError(f"{where}: 'question' must be a non-empty string")
+        if not isinstance(scores, dict) or not scores:
+            raise RoutingDataError(f"{where}: 'scores' must be a non-empty object of LLM name -> score")
+        if llm_names is None:
+            llm_names = list(scores)
+        if set(scores) != set(llm_names):
+            missing, extra = sorted(set(llm_names) - set(scores)), sorted(set(scores) - set(llm_names))
+            raise RoutingDataError(f"{where}: the LLM names disagree with the rest of the data "
+                                   f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})")
+        row = []
+        for name in llm_names:
+            value = scores[name]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise RoutingDataError(f"{where}: score of '{name}' is {value!r}; expected a finite number")
+            row.append(float(value))
+        questions.append(question)
+        rows.append(row)
+        clusters.append(record.get("cluster_id"))
+    matrix = np.asarray(rows, dtype=np.float64)
+    has_clusters = all(isinstance(c, int) for c in clusters)
+    return RoutingDataset(task=task_name(path), path=str(path), questions=questions, llm_names=list(llm_names or []),
+                          scores=matrix, cluster_ids=np.asarray(clusters, dtype=int) if has_clusters else None,
+                          scoring=scoring or infer_scoring(matrix))
+
+
+def load_routing_files(specs: Sequence[str | Path]) -> list[RoutingDataset]:
+    """Several files (``FILE`` or ``FILE:SCORING``) that must agree on the LLM names; order from the first."""
+    datasets: list[RoutingDataset] = []
+    for spec in specs:
+        path, scoring = parse_file_spec(str(spec))
+        expected = datasets[0].llm_names if datasets else None
+        datasets.append(load_routing_file(path, scoring, expected))
+    names = [d.task for d in datasets]
+    for i, name in enumerate(names):  # two files of one task name: keep both, tell them apart
+        if names.count(name) > 1:
+            datasets[i] = replace(datasets[i], task=f"{name}#{names[:i].count(name) + 1}")
+    return datasets

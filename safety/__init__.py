@@ -1,0 +1,1 @@
+"""Safety stages of the pipeline (ECSO, AlignCoT) and their prompts; they never see backends."""

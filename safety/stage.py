@@ -1,0 +1,73 @@
+"""The pipeline-stage interface: a stage wraps the model call of a chat request.
+
+A stage sees the request, can call the rest of the pipeline (``call_next``: the remaining stages and
+finally the model that serves the request) and can reach any configured model by name through
+``StageContext.models``; it never knows which backend serves a model::
+
+    class ShoutStage(Stage):
+        name = "shout"
+
+        async def complete(self, ctx, request, call_next):
+            response = await call_next(request)
+            ctx.report[self.name] = "shouted"
+            response["choices"][0]["message"]["content"] = message_text_of(response).upper()
+            return response
+
+What a stage writes into ``ctx.report`` before its first chunk becomes response headers
+(``x-gateway-stages``, ``x-gateway-<stage>``) and a field of the response body.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Protocol
+
+from gateway.protocol import ChatCompletionRequest, response_to_chunks
+
+CompleteNext = Callable[[ChatCompletionRequest], Awaitable[dict[str, Any]]]
+StreamNext = Callable[[ChatCompletionRequest], AsyncIterator[dict[str, Any]]]
+
+
+class ModelCaller(Protocol):
+    """Calls a configured model by its public name, without running any stage."""
+
+    async def complete(self, model: str, request: ChatCompletionRequest) -> dict[str, Any]: ...
+
+    def stream(self, model: str, request: ChatCompletionRequest) -> AsyncIterator[dict[str, Any]]: ...
+
+
+@dataclass
+class StageContext:
+    model: str  # the model serving this request
+    models: ModelCaller
+    report: dict[str, Any] = field(default_factory=dict)  # stage name -> outcome, shown to the client
+    applied: list[str] = field(default_factory=list)  # stages that ran, in order
+    count_outcome: Callable[[str, str], None] = lambda stage, outcome: None  # metrics hook
+
+
+class Stage(ABC):
+    name: ClassVar[str]
+
+    def applies(self, request: ChatCompletionRequest) -> bool:
+        """Whether this request goes through the stage at all."""
+        return True
+
+    @abstractmethod
+    async def complete(self, ctx: StageContext, request: ChatCompletionRequest,
+                       call_next: CompleteNext) -> dict[str, Any]:
+        """The whole response."""
+
+    async def stream(self, ctx: StageContext, request: ChatCompletionRequest, call_next: CompleteNext,
+                     stream_next: StreamNext) -> AsyncIterator[dict[str, Any]]:
+        """The response as chunks; by default the whole answer is produced first, then streamed."""
+        for chunk in response_to_chunks(await self.complete(ctx, request, call_next)):
+            yield chunk
+
+
+def add_usage(*responses: dict[str, Any]) -> dict[str, int]:
+    """Summed usage of several model calls (a stage's client pays for all of them)."""
+    prompt = sum(int((r.get("usage") or {}).get("prompt_tokens") or 0) for r in responses)
+    completion = sum(int((r.get("usage") or {}).get("completion_tokens") or 0) for r in responses)
+    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}

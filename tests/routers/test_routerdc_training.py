@@ -1,0 +1,117 @@
+"""RouterDC trained on a slice of the real benchmark: it learns, it routes, its checkpoint round-trips."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+
+from routers import ROUTERS, RouterOptions, build_router, load_routerdc
+from routers.baselines import best_single_llm
+from routers.data import load_routing_files
+from routers.evaluation import evaluate
+from tests.routers.conftest import TEST_FILES, TRAIN_FILES
+from tests.support.servers import VENV_BIN
+from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def train_sets():
+    return load_routing_files(TRAIN_FILES)
+
+
+@pytest.fixture(scope="module")
+def test_sets():
+    return load_routing_files(TEST_FILES)
+
+
+@pytest.fixture(scope="module")
+def trained(train_sets, tmp_path_factory):
+    config = RouterTrainingConfig(steps=150, eval_every=10, samples_per_task=200, batch_size=32, seed=3)
+    return train_router(train_sets, config, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+
+
+def test_training_lowers_the_loss_and_beats_random_on_held_out_questions(trained, train_sets, test_sets):
+    losses = [h["loss"] for h in trained.history]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:2])
+    report = evaluate(trained.router, test_sets, best_single_llm(train_sets), "routerdc")
+    assert report.average.router > report.average.random + 3
+    assert 0 < trained.best_step <= 150
+    assert trained.router.metadata["validation"]["average"] == trained.validation["average"]
+
+
+def test_training_is_reproducible(train_sets, trained, tmp_path):
+    config = RouterTrainingConfig(steps=150, eval_every=10, samples_per_task=200, batch_size=32, seed=3)
+    again = train_router(train_sets, config, cache_dir=tmp_path, progress=False)
+    queries = [train_sets[0].questions[0], train_sets[1].questions[0]]
+    assert np.allclose(again.router.score(queries), trained.router.score(queries), atol=1e-5)
+
+
+def test_checkpoint_round_trip_gives_identical_scores(trained, test_sets, tmp_path):
+    directory = save_trained_router(trained, tmp_path / "ckpt")
+    metadata = json.loads((directory / "router.json").read_text())
+    assert metadata["llm_names"] == trained.router.llm_names
+    assert metadata["encoder"] == "minilm" and metadata["temperature"] == 1.0
+    assert metadata["training"]["mode"] == "frozen" and "validation" in metadata and metadata["best_single"]
+    loaded = load_routerdc(directory)
+    queries = [q for d in test_sets for q in d.questions[:5]]
+    assert np.array_equal(loaded.score(queries), trained.router.score(queries))
+    ranking = loaded.rank(queries[:1])[0]
+    assert [c.model for c in ranking][0] == trained.router.llm_names[int(np.argmax(loaded.score(queries[:1])))]
+    assert len(ranking) == 7 and ranking[0].score >= ranking[-1].score
+
+
+def test_loss_pair_defaults_follow_the_paper():
+    config = RouterTrainingConfig()
+    paper = (3, 3, 3, 1.0, 1.0)
+    assert (config.top_k, config.last_k, config.negatives_per_sample, config.temperature, config.lam) == paper
+    assert RouterTrainingConfig(mode="finetune").learning_rate == 5e-5
+    with pytest.raises(ValueError, match="cannot be fine-tuned"):
+        RouterTrainingConfig(mode="finetune", encoder="e5-small")
+
+
+@pytest.mark.parametrize("name", ["random", "best-single", "knn"])
+def test_baselines_route_through_the_same_interface(name, train_sets, test_sets, tmp_path):
+    router = build_router(name, train_sets, RouterOptions(cache_dir=tmp_path))
+    report = evaluate(router, test_sets, best_single_llm(train_sets), name)
+    assert set(report.tasks) == {d.task for d in test_sets}
+    if name == "best-single":
+        assert report.average.router == pytest.approx(report.average.best_single)
+    if name == "knn":
+        assert report.average.router > report.average.random
+
+
+def test_unknown_router_names_list_the_known_ones(train_sets):
+    with pytest.raises(ValueError, match="known routers: random, fixed, best-single, knn, cosine-classifier, routerdc"):
+        build_router("magic", train_sets)
+    assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "cosine-classifier", "routerdc"}
+
+
+def test_cli_train_and_eval_write_checkpoint_table_json_and_png(tmp_path):
+    out = tmp_path / "router"
+    env_bin = str(VENV_BIN / "llm-gateway")
+    train = subprocess.run([env_bin, "router", "train", "--data", *TRAIN_FILES, "--out", str(out), "--steps", "40",
+                            "--seed", "1", "--samples-per-task", "100"], capture_output=True, text=True, timeout=600)
+    assert train.returncode == 0, train.stderr
+    assert (out / "router.safetensors").exists() and "best validation step" in train.stdout
+    report_path = tmp_path / "eval" / "report.json"
+    evaluation = subprocess.run([env_bin, "router", "eval", "--checkpoint", str(out), "--test", *TEST_FILES,
+                                 "--json", str(report_path)], capture_output=True, text=True, timeout=600)
+    assert evaluation.returncode == 0, evaluation.stderr
+    assert "AVERAGE" in evaluation.stdout and "mmlu" in evaluation.stdout
+    report = json.loads(report_path.read_text())
+    assert set(report["tasks"]) == {"mmlu", "gsm8k", "cmmlu", "arc_challenge", "humaneval"}
+    assert set(report["tasks"]["mmlu"]) == {"router", "best_single", "oracle", "random"}
+    assert set(report["average"]) >= {"router", "best_single", "oracle", "random"}
+    assert report_path.with_suffix(".png").read_bytes()[:4] == b"\x89PNG"
+    baseline = subprocess.run([env_bin, "router", "eval", "--baseline", "fixed", "--model",
+                               "meta-llama/Meta-Llama-3-8B", "--data", *TRAIN_FILES, "--test", *TEST_FILES],
+                              capture_output=True, text=True, timeout=600)
+    assert baseline.returncode == 0, baseline.stderr
+    bad = subprocess.run([env_bin, "router", "eval", "--baseline", "magic", "--data", *TRAIN_FILES, "--test",
+                          *TEST_FILES], capture_output=True, text=True, timeout=600)
+    assert bad.returncode == 2 and "known routers" in bad.stderr and "Traceback" not in bad.stderr

@@ -1,0 +1,137 @@
+"""``llm-gateway router ...`` commands: train, eval (checkpoint or baseline)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from gateway.config import Settings
+
+
+def add_router_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
+    router = commands.add_parser("router", help="train and evaluate routers")
+    sub = router.add_subparsers(dest="router_command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser("train", help="train a RouterDC router on RouterDC-format data")
+    train.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                       help="training files (JSON list or JSONL; FILE:SCORING to set the scoring rule)")
+    train.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
+    train.add_argument("--mode", choices=["frozen", "finetune"], default="frozen")
+    train.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--encoder", default=None, help="minilm (default), e5-small, a+b or a local model dir")
+    train.add_argument("--batch-size", type=int, default=None)
+    train.add_argument("--lr", type=float, default=None, help="default 1e-3 frozen, 5e-5 finetune")
+    train.add_argument("--lam", type=float, default=None, help="weight of the sample-sample loss (default 1)")
+    train.add_argument("--top-k", type=int, default=None)
+    train.add_argument("--last-k", type=int, default=None)
+    train.add_argument("--val-fraction", type=float, default=None)
+    train.add_argument("--samples-per-task", type=int, default=None)
+    train.set_defaults(handler=_train)
+
+    evaluate = sub.add_parser("eval", help="evaluate a checkpoint or a baseline on test files")
+    source = evaluate.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", type=Path, help="a router checkpoint directory")
+    source.add_argument("--baseline", help="a registered router name (random, fixed, best-single, knn, "
+                                           "cosine-classifier, routerdc), built from --data")
+    evaluate.add_argument("--data", nargs="+", metavar="FILE", help="training files for --baseline")
+    evaluate.add_argument("--test", nargs="+", required=True, metavar="FILE:SCORING",
+                          help="test files, SCORING = probability or multi_attempt (inferred when left out)")
+    evaluate.add_argument("--json", type=Path, help="write the report here, and a PNG chart next to it")
+    evaluate.add_argument("--model", help="fixed: the LLM to always pick")
+    evaluate.add_argument("--k", type=int, default=10, help="knn: neighbours")
+    evaluate.add_argument("--encoder", default="minilm", help="knn / trained baselines: encoder spec")
+    evaluate.add_argument("--seed", type=int, default=0)
+    evaluate.add_argument("--steps", type=int, default=None, help="trained baselines: optimiser steps")
+    evaluate.set_defaults(handler=_eval)
+
+    calibrate = sub.add_parser("calibrate", help="share of calls per model and expected accuracy per cost weight")
+    calibrate.add_argument("--config", required=True, type=Path, help="the gateway config (models, costs, router)")
+    calibrate.add_argument("--data", nargs="+", required=True, metavar="FILE:SCORING", help="labelled files")
+    calibrate.add_argument("--weights", nargs="+", type=float, default=[0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
+    calibrate.add_argument("--json", type=Path, help="also write the rows as JSON")
+    calibrate.set_defaults(handler=_calibrate)
+    return router
+
+
+def _train(args: argparse.Namespace) -> int:
+    from routers.data import load_routing_files
+    from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
+
+    overrides = {name: value for name, value in {
+        "mode": args.mode, "steps": args.steps, "seed": args.seed, "encoder": args.encoder,
+        "batch_size": args.batch_size, "learning_rate": args.lr, "lam": args.lam, "top_k": args.top_k,
+        "last_k": args.last_k, "val_fraction": args.val_fraction, "samples_per_task": args.samples_per_task,
+    }.items() if value is not None}
+    config = RouterTrainingConfig(**overrides)
+    datasets = load_routing_files(args.data)
+    print(f"training RouterDC ({config.mode}, encoder {config.encoder}) on "
+          + ", ".join(f"{d.task} ({len(d)}, {d.scoring})" for d in datasets), file=sys.stderr)
+    result = train_router(datasets, config, cache_dir=Settings().cache_dir)
+    save_trained_router(result, args.out)
+    validation = result.validation
+    print(f"best validation step {result.best_step}: task-averaged accuracy {validation['average']:.2f} ("
+          + ", ".join(f"{t} {a:.2f}" for t, a in validation["tasks"].items())
+          + f"); trained in {result.seconds:.1f} s; checkpoint written to {args.out}")
+    return 0
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from routers.baselines import best_single_llm
+    from routers.data import load_routing_files
+    from routers.encoders import with_cache
+    from routers.evaluation import evaluate, format_table, write_report
+    from routers.registry import RouterOptions, build_router
+    from routers.routerdc import load_routerdc, read_metadata
+
+    cache_dir = Settings().cache_dir
+    tests = load_routing_files(args.test)
+    if args.checkpoint:
+        metadata = read_metadata(args.checkpoint)
+        router = load_routerdc(args.checkpoint)
+        router.encoder = with_cache(router.encoder, cache_dir / "embeddings")
+        best_single = metadata.get("best_single") or tests[0].llm_names[0]
+        name = f"routerdc ({args.checkpoint})"
+    else:
+        if not args.data:
+            raise SystemExit("llm-gateway router eval: --baseline needs --data TRAIN_FILES")
+        train = load_routing_files(args.data)
+        options = RouterOptions(seed=args.seed, model=args.model, k=args.k, encoder=args.encoder, steps=args.steps,
+                                cache_dir=cache_dir)
+        router = build_router(args.baseline, train, options)
+        best_single = best_single_llm(train)
+        name = args.baseline
+    started = time.monotonic()
+    report = evaluate(router, tests, best_single, name)
+    print(format_table(report))
+    print(f"({sum(len(t) for t in tests)} test questions routed in {time.monotonic() - started:.1f} s)")
+    if args.json:
+        json_path, png_path = write_report(report, args.json)
+        print(f"wrote {json_path} and {png_path}")
+    return 0
+
+
+def _calibrate(args: argparse.Namespace) -> int:
+    import json
+    from dataclasses import asdict
+
+    from gateway.config import ConfigError, load_config
+    from gateway.metrics import GatewayMetrics
+    from gateway.routing import RoutedModel
+    from routers.data import load_routing_files
+    from routers.routerdc import load_routerdc
+    from training.calibration import calibrate, format_calibration
+
+    config = load_config(args.config)
+    if config.router is None:
+        raise ConfigError(f"{args.config}: calibrate needs a 'router:' section")
+    routed = RoutedModel(config.router, config, load_routerdc(config.router.checkpoint), GatewayMetrics())
+    costs = {m.name: m.cost_per_1k_tokens or 0.0 for m in config.models}
+    rows = calibrate(routed, load_routing_files(args.data), args.weights, costs)
+    print(format_calibration(rows))
+    if args.json:
+        args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2))
+    routed.close()
+    return 0
