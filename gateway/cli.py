@@ -3,6 +3,8 @@
     llm-gateway serve [--config FILE] [--host H] [--port P]
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
+    llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
+    llm-gateway safety eval --data FILE.jsonl --judge MODEL [--stage ecso|none] [--config GW.yaml | --url URL]
 
 Each command group registers its sub-parser in its own module; heavy imports (torch, trainers) happen
 only when a command runs.
@@ -47,8 +49,10 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(handler=_serve)
 
     from training.router_commands import add_router_commands
+    from training.safety_commands import add_safety_commands
 
     add_router_commands(commands)
+    add_safety_commands(commands)
     return parser
 
 

@@ -24,6 +24,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from gateway.images import ImagePolicy
+
 EMBEDDED_MODEL_NAME = "smollm2-135m"
 EMBEDDED_MODEL_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 
@@ -118,6 +120,7 @@ def _embedded_default() -> list[ModelConfig]:
 class GatewayConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=_embedded_default, min_length=1)
     router: RouterConfig | None = None
+    images: ImagePolicy = Field(default_factory=ImagePolicy)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")

@@ -12,7 +12,8 @@ from gateway.config import GatewayConfig
 class ModelPool:
     def __init__(self, config: GatewayConfig, cache_dir: Path) -> None:
         self.config = config
-        self.backends: dict[str, Backend] = {m.name: create_backend(m, cache_dir) for m in config.models}
+        self.backends: dict[str, Backend] = {m.name: create_backend(m, cache_dir, config.images)
+                                             for m in config.models}
         self._by_alias = {alias: m.name for m in config.models for alias in m.aliases}
 
     def get(self, name: str) -> Backend | None:

@@ -8,12 +8,13 @@ from gateway.backends.base import Backend, Request
 from gateway.backends.local import LocalBackend
 from gateway.backends.openai_http import OpenAIHTTPBackend
 from gateway.config import ModelConfig
+from gateway.images import ImagePolicy
 
 __all__ = ["Backend", "LocalBackend", "OpenAIHTTPBackend", "Request", "create_backend"]
 
 
-def create_backend(config: ModelConfig, cache_dir: Path) -> Backend:
+def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePolicy | None = None) -> Backend:
     """The backend a model entry asks for."""
     if config.backend == "local":
-        return LocalBackend(config, cache_dir)
+        return LocalBackend(config, cache_dir, image_policy)
     return OpenAIHTTPBackend(config)

@@ -6,17 +6,19 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from gateway.backends.base import Backend, Request
 from gateway.backends.embedded import embedded_model_dir
 from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.images import ImagePolicy, load_image
 from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
@@ -31,19 +33,32 @@ from gateway.protocol import (
 logger = logging.getLogger(__name__)
 
 
+@dataclass
+class PromptInputs:
+    """One prompt's token ids, plus any other model inputs (e.g. ``pixel_values``)."""
+
+    ids: list[int]
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
 def resolve_device(device: str) -> str:
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
 
 
-def load_causal_lm(path: Path, device: str) -> tuple[Any, Any]:
-    """Model and tokenizer from a transformers directory, ready for inference on ``device``."""
+def load_causal_lm(path: Path, device: str, vision: bool = False) -> tuple[Any, Any, Any]:
+    """(model, tokenizer, processor or None) from a transformers directory, ready for inference on
+    ``device``; ``vision`` loads an image-text-to-text model with its processor."""
     device = resolve_device(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    if vision:
+        processor = AutoProcessor.from_pretrained(path)
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        return model, processor.tokenizer, processor
     tokenizer = AutoTokenizer.from_pretrained(path)
     model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
-    return model, tokenizer
+    return model, tokenizer, None
 
 
 class LocalBackend(Backend):
@@ -53,9 +68,11 @@ class LocalBackend(Backend):
     earlier get 503.
     """
 
-    def __init__(self, config: ModelConfig, cache_dir: Path) -> None:
+    def __init__(self, config: ModelConfig, cache_dir: Path, image_policy: ImagePolicy | None = None) -> None:
         super().__init__(config)
         self._cache_dir = cache_dir
+        self._image_policy = image_policy or ImagePolicy()
+        self._processor: Any = None
         self._generator: LocalGenerator | None = None
         self._load_error: str | None = None
         self._loading: asyncio.Task[None] | None = None
@@ -65,7 +82,7 @@ class LocalBackend(Backend):
 
     async def _load(self) -> None:
         try:
-            model, tokenizer = await asyncio.to_thread(self._load_blocking)
+            model, tokenizer, self._processor = await asyncio.to_thread(self._load_blocking)
         except Exception as exc:  # reported by /ready and to every request
             logger.exception("loading local model '%s' failed", self.name)
             self._load_error = f"{type(exc).__name__}: {exc}"
@@ -75,9 +92,9 @@ class LocalBackend(Backend):
                                          max_queue=self.config.max_queue)
         logger.info("local model '%s' loaded on %s", self.name, model.device)
 
-    def _load_blocking(self) -> tuple[Any, Any]:
+    def _load_blocking(self) -> tuple[Any, Any, Any]:
         path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
-        return load_causal_lm(path, self.config.device)
+        return load_causal_lm(path, self.config.device, vision=self.config.vision)
 
     async def wait_loaded(self) -> None:
         if self._loading is not None:
@@ -107,26 +124,27 @@ class LocalBackend(Backend):
     # ---- requests ----------------------------------------------------------------------------------------
 
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
-        prompts = self._prompt_ids(request)
+        prompts = await self._prompts(request)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            async with aclosing(self.generator.stream_text(prompt, self._params(request, prompt), outcome)) as deltas:
+            params = self._params(request, prompt.ids)
+            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra)) as deltas:
                 text = "".join([delta async for delta in deltas])
             choices.append(response_choice(endpoint, index, echo + text, outcome.finish_reason))
-            prompt_tokens += len(prompt)
+            prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
         return response_dict(endpoint, new_completion_id(endpoint), self.name, choices,
                              usage_dict(prompt_tokens, completion_tokens))
 
     async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
-        prompts = self._prompt_ids(request)
+        prompts = await self._prompts(request)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            params = self._params(request, prompt)
-            async with aclosing(self.generator.stream_text(prompt, params, outcome)) as deltas:
+            params = self._params(request, prompt.ids)
+            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra)) as deltas:
                 first = True
                 async for delta in deltas:
                     yield chunk_dict(endpoint, completion_id, self.name, index=index,
@@ -136,34 +154,59 @@ class LocalBackend(Backend):
                 yield chunk_dict(endpoint, completion_id, self.name, index=index, text=echo, role=True)
             yield chunk_dict(endpoint, completion_id, self.name, index=index,
                              text=None if endpoint == "chat" else "", finish_reason=outcome.finish_reason)
-            prompt_tokens += len(prompt)
+            prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
         yield chunk_dict(endpoint, completion_id, self.name, usage=usage_dict(prompt_tokens, completion_tokens))
 
-    def _choices(self, request: Request, prompts: list[list[int]]) -> list[tuple[list[int], str]]:
-        """(prompt ids, echoed text) per choice: n choices per prompt, in prompt order."""
+    def _choices(self, request: Request, prompts: list[PromptInputs]) -> list[tuple[PromptInputs, str]]:
+        """(prompt, echoed text) per choice: n choices per prompt, in prompt order."""
         echo = isinstance(request, CompletionRequest) and request.echo
         tokenizer = self.generator.tokenizer
-        return [(prompt, tokenizer.decode(prompt) if echo else "") for prompt in prompts for _ in range(request.n)]
+        return [(prompt, tokenizer.decode(prompt.ids) if echo else "") for prompt in prompts for _ in range(request.n)]
 
-    def _prompt_ids(self, request: Request) -> list[list[int]]:
+    async def _prompts(self, request: Request) -> list[PromptInputs]:
         tokenizer = self.generator.tokenizer
         if isinstance(request, ChatCompletionRequest):
-            if request.has_images and not self.config.vision:
-                raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
+            if request.has_images:
+                if self._processor is None:
+                    raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
+                return [await self._vision_prompt(request)]
             messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
                         for m in request.messages]
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-            return [tokenizer(text, add_special_tokens=False)["input_ids"]]
+            return [PromptInputs(tokenizer(text, add_special_tokens=False)["input_ids"])]
         prompt = request.prompt
         if isinstance(prompt, str):
-            return [tokenizer(prompt)["input_ids"]]
+            return [PromptInputs(tokenizer(prompt)["input_ids"])]
         if all(isinstance(item, int) for item in prompt):
-            return [list(prompt)]  # type: ignore[arg-type]
-        return [tokenizer(p)["input_ids"] if isinstance(p, str) else list(p) for p in prompt]  # type: ignore[union-attr]
+            return [PromptInputs(list(prompt))]  # type: ignore[arg-type]
+        return [PromptInputs(tokenizer(p)["input_ids"] if isinstance(p, str) else list(p))  # type: ignore[arg-type]
+                for p in prompt]
+
+    async def _vision_prompt(self, request: ChatCompletionRequest) -> PromptInputs:
+        """Text and pixels through the model's processor; images are read under the gateway's URL policy."""
+        images, messages = [], []
+        for message in request.messages:
+            if isinstance(message.content, list):
+                content = []
+                for part in message.content:
+                    if part.type == "image_url" and part.image_url is not None:
+                        images.append(await load_image(part.image_url.url, self._image_policy))
+                        content.append({"type": "image"})
+                    elif part.type == "text":
+                        content.append({"type": "text", "text": part.text or ""})
+                messages.append({"role": message.role, "content": content})
+            else:
+                messages.append({"role": message.role, "content": [{"type": "text", "text": message.text}]})
+        text = self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        inputs = self._processor(text=text, images=images, return_tensors="pt")
+        ids = inputs.pop("input_ids")[0].tolist()
+        inputs.pop("attention_mask", None)
+        return PromptInputs(ids, dict(inputs))
 
     def _params(self, request: Request, prompt: list[int]) -> SamplingParams:
-        context = int(getattr(self.generator.model.config, "max_position_embeddings", 0) or 0)
+        text_config = self.generator.model.config.get_text_config()
+        context = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         wanted = request.completion_token_limit
         if context and len(prompt) >= context:
             raise InvalidRequestError(

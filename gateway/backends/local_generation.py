@@ -130,8 +130,8 @@ class LocalGenerator:
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
-    async def stream_text(self, prompt_ids: list[int], params: SamplingParams,
-                          outcome: Generation) -> AsyncIterator[str]:
+    async def stream_text(self, prompt_ids: list[int], params: SamplingParams, outcome: Generation,
+                          extra_inputs: dict[str, Any] | None = None) -> AsyncIterator[str]:
         """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
         if self._admitted >= self._capacity:
             raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "
@@ -141,7 +141,7 @@ class LocalGenerator:
         cancel = threading.Event()
         self._admitted += 1
         job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
-                                   cancel)
+                                   cancel, extra_inputs or {})
         # The slot is freed when the worker is really done, not when the consumer stops listening.
         job.add_done_callback(lambda _: self._release())
         job.add_done_callback(lambda future: queue.put_nowait(future))
@@ -174,8 +174,8 @@ class LocalGenerator:
             return "stop"
         return "length" if outcome.completion_tokens >= params.max_new_tokens else "stop"
 
-    def _run(self, prompt_ids: list[int], params: SamplingParams, sink: _TokenSink,
-             cancel: threading.Event) -> None:
+    def _run(self, prompt_ids: list[int], params: SamplingParams, sink: _TokenSink, cancel: threading.Event,
+             extra_inputs: dict[str, Any]) -> None:
         if cancel.is_set():  # the client left while this request was queued
             return
         config = copy.deepcopy(self.model.generation_config)
@@ -192,6 +192,8 @@ class LocalGenerator:
         input_ids = torch.tensor([prompt_ids], device=self.model.device)
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": config,
                   "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
+        for name, value in extra_inputs.items():  # e.g. pixel_values of a vision model
+            kwargs[name] = value.to(self.model.device) if isinstance(value, torch.Tensor) else value
         with torch.inference_mode():
             if params.seed is None:
                 self.model.generate(**kwargs)

@@ -1,0 +1,142 @@
+"""Images the gateway reads itself (local vision backends): URL policy, size and type checks, and a tiny
+randomly initialised vision-language model answering through the ECSO stage."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from PIL import Image
+from starlette.responses import Response
+
+from gateway.errors import InvalidRequestError
+from gateway.images import ImagePolicy, _check_host, load_image
+from tests.support.servers import ServerThread
+
+
+def _png(size=(40, 30), color=(200, 10, 10)) -> bytes:
+    buffer = io.BytesIO()
+    Image.new("RGB", size, color).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _data_url(data: bytes, kind: str = "image/png") -> str:
+    return f"data:{kind};base64,{base64.b64encode(data).decode()}"
+
+
+@pytest.fixture(scope="module")
+def image_server():
+    app = FastAPI()
+
+    @app.get("/ok.png")
+    def ok() -> Response:
+        return Response(_png(), media_type="image/png")
+
+    @app.get("/page")
+    def page() -> Response:
+        return Response("<html></html>", media_type="text/html")
+
+    @app.get("/big.png")
+    def big() -> Response:
+        return Response(b"\x89PNG" + b"0" * 300_000, media_type="image/png")
+
+    @app.get("/redirect")
+    def redirect() -> Response:
+        return Response(status_code=302, headers={"location": "/ok.png"})
+
+    with ServerThread(app) as server:
+        yield server
+
+
+def _load(url: str, **policy):
+    return asyncio.run(load_image(url, ImagePolicy(**policy)))
+
+
+def test_data_url_is_decoded():
+    image = _load(_data_url(_png((40, 30))))
+    assert image.size == (40, 30) and image.mode == "RGB"
+
+
+@pytest.mark.parametrize(("url", "fragment"), [
+    ("ftp://example.com/a.png", "neither a data: URL nor an http(s) URL"),
+    ("file:///etc/passwd", "neither a data: URL nor an http(s) URL"),
+    ("data:image/png,notbase64", "must be of the form"),
+    ("data:image/png;base64,@@@@", "not valid base64"),
+    (_data_url(b"hello", "text/plain"), "content type 'text/plain'"),
+    (_data_url(b"not an image"), "not a readable image"),
+    ("http://127.0.0.1:9/x.png", "non-public address 127.0.0.1"),
+    ("http://169.254.169.254/latest/meta-data", "non-public address 169.254.169.254"),
+    ("http://10.1.2.3/x.png", "non-public address 10.1.2.3"),
+    ("http://[::1]/x.png", "non-public address ::1"),
+    ("http://localhost/x.png", "non-public address"),
+])
+def test_refused_urls(url, fragment):
+    with pytest.raises(InvalidRequestError) as info:
+        _load(url)
+    assert fragment in info.value.message and info.value.status_code == 400
+
+
+def test_size_limit():
+    with pytest.raises(InvalidRequestError, match="larger than the limit"):
+        _load(_data_url(_png((600, 600), (1, 2, 3)) * 4), max_bytes=1000)
+
+
+def test_private_hosts_only_when_allowed(image_server):
+    with pytest.raises(InvalidRequestError, match="non-public address"):
+        _load(f"{image_server.url}/ok.png")
+    assert _load(f"{image_server.url}/ok.png", allow_private_hosts=True).size == (40, 30)
+    assert _load(f"{image_server.url}/redirect", allow_private_hosts=True).size == (40, 30)
+    with pytest.raises(InvalidRequestError, match="content type 'text/html"):
+        _load(f"{image_server.url}/page", allow_private_hosts=True)
+    with pytest.raises(InvalidRequestError, match="limit is 1000"):
+        _load(f"{image_server.url}/big.png", allow_private_hosts=True, max_bytes=1000)
+
+
+def test_public_addresses_pass_the_host_check():
+    asyncio.run(_check_host("93.184.216.34", 80, ImagePolicy()))
+
+
+@pytest.fixture(scope="module")
+def vlm_gateway(tmp_path_factory):
+    from gateway.config import parse_config
+    from gateway.http import create_app
+    from tests.support.servers import wait_for
+    from tests.support.tiny_vlm import build_tiny_vlm
+
+    path = build_tiny_vlm(tmp_path_factory.mktemp("vlm"))
+    app = create_app(parse_config({"models": [{"name": "tiny-vlm", "backend": "local", "path": str(path),
+                                               "vision": True, "stages": ["ecso"], "default_max_tokens": 8}]}))
+    with ServerThread(app) as server:
+        wait_for(f"{server.url}/ready")
+        yield server
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stream", [False, True])
+def test_local_vision_model_answers_through_ecso(vlm_gateway, stream):
+    payload = {"model": "tiny-vlm", "max_tokens": 6, "temperature": 0, "stream": stream, "messages": [
+        {"role": "user", "content": [{"type": "text", "text": "What is in the picture?"},
+                                     {"type": "image_url", "image_url": {"url": _data_url(_png())}}]}]}
+    response = httpx.post(f"{vlm_gateway.url}/v1/chat/completions", json=payload, timeout=60)
+    assert response.status_code == 200, response.text
+    assert response.headers["x-gateway-stages"] == "ecso"
+    assert response.headers["x-gateway-ecso"] in ("safe", "rewritten")  # a random model says anything
+    if not stream:
+        body = response.json()
+        assert body["choices"][0]["message"]["content"]
+        assert body["usage"]["completion_tokens"] >= 6 + 1  # the answer and at least the check
+        assert body["usage"]["prompt_tokens"] > 0
+
+
+@pytest.mark.slow
+def test_local_vision_model_refuses_private_image_urls(vlm_gateway):
+    response = httpx.post(f"{vlm_gateway.url}/v1/chat/completions", timeout=30, json={
+        "model": "tiny-vlm", "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "hi"}, {"type": "image_url", "image_url": {"url": "http://10.0.0.1/a.png"}}]}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["code"] == "invalid_image_url"
+    assert "non-public address 10.0.0.1" in response.json()["error"]["message"]
