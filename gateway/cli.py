@@ -1,6 +1,7 @@
 """The ``llm-gateway`` command line.
 
-    llm-gateway serve [--config FILE] [--host H] [--port P]
+    llm-gateway serve [--config FILE] [--host H] [--port P] [--allow-unauthenticated]
+    llm-gateway keys hash [KEY]
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
     llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
@@ -13,27 +14,56 @@ only when a command runs.
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from gateway.config import ConfigError, Settings, load_config
+import uvicorn
+
+from gateway.config import ConfigError, Settings, hash_key, load_config
 
 Command = Callable[[argparse.Namespace], int]
 
 
-def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
+LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
+
+def _serve(args: argparse.Namespace) -> int:
     from gateway.http import create_app
     from gateway.logs import configure_logging
 
     settings = Settings()
     config = load_config(args.config or settings.config)
+    host = args.host or settings.host
+    if host not in LOOPBACK_HOSTS and not config.auth.api_keys and not args.allow_unauthenticated:
+        raise ConfigError(
+            f"refusing to serve on {host} without API keys: anyone who can reach it could use your models.\n"
+            "  Add keys to the config (auth: {api_keys: [{key_sha256: <llm-gateway keys hash>, name: team-a}]}),\n"
+            "  or pass --allow-unauthenticated if something in front of the gateway already authenticates.")
     configure_logging(config.server.log_level)
     app = create_app(config, cache_dir=settings.cache_dir)
-    uvicorn.run(app, host=args.host or settings.host, port=args.port or settings.port, log_config=None,
-                access_log=False, timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None)
+    server = DrainingServer(uvicorn.Config(app, host=host, port=args.port or settings.port, log_config=None,
+                                           access_log=False,
+                                           timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None))
+    server.run()
+    return 0
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server, telling the gateway when a shutdown (SIGTERM) begins so it can drain: in-flight
+    requests and streams get ``shutdown_grace_s`` to finish, then end with an error rather than a cut."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self.config.app.state.gateway.begin_drain()
+        await super().shutdown(sockets)
+
+
+def _hash_key(args: argparse.Namespace) -> int:
+    key = args.key if args.key is not None else sys.stdin.readline().strip()
+    if not key:
+        raise ConfigError("no key given: llm-gateway keys hash KEY (or the key on stdin)")
+    print(hash_key(key))
     return 0
 
 
@@ -46,7 +76,15 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "model alone)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--allow-unauthenticated", action="store_true",
+                       help="serve on a non-loopback address without API keys")
     serve.set_defaults(handler=_serve)
+
+    keys = commands.add_parser("keys", help="API key helpers")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True, metavar="COMMAND")
+    hash_parser = keys_commands.add_parser("hash", help="print the sha256 form of a key for auth.api_keys")
+    hash_parser.add_argument("key", nargs="?", help="the key (read from stdin when left out)")
+    hash_parser.set_defaults(handler=_hash_key)
 
     from training.router_commands import add_router_commands
     from training.safety_commands import add_safety_commands

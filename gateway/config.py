@@ -16,6 +16,7 @@ No file means the embedded default model alone.
 
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -111,6 +112,54 @@ class RouterConfig(StrictModel):
 class ServerConfig(StrictModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time given to in-flight work")
     log_level: str = "info"
+    metrics_allow_remote: bool = Field(default=False, description="serve /metrics to non-loopback clients")
+
+
+_PLACEHOLDER_KEYS = {"sk-…", "sk-...", "changeme", "change-me", "sk-changeme", "sk-change-me", "your-key-here"}
+
+
+class ApiKeyConfig(StrictModel):
+    key: str | None = Field(default=None, min_length=1, description="the key itself (prefer key_sha256)")
+    key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$",
+                                   description="hex sha256 of the key (llm-gateway keys hash)")
+    name: str = Field(min_length=1, description="shown in logs and metrics instead of the key")
+    requests_per_minute: int | None = Field(default=None, ge=1)
+    tokens_per_minute: int | None = Field(default=None, ge=1)
+
+    @model_validator(mode="after")
+    def _one_form(self) -> ApiKeyConfig:
+        if (self.key is None) == (self.key_sha256 is None):
+            raise ValueError(f"api key '{self.name}': give exactly one of 'key' or 'key_sha256'")
+        if self.key is not None and self.key.strip().lower() in _PLACEHOLDER_KEYS:
+            raise ValueError(f"api key '{self.name}': '{self.key}' is a placeholder; generate a real key "
+                             "(e.g. python -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))')")
+        return self
+
+    def digest(self) -> str:
+        return self.key_sha256.lower() if self.key_sha256 else hash_key(self.key or "")
+
+
+def hash_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class AuthConfig(StrictModel):
+    api_keys: list[ApiKeyConfig] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _unique(self) -> AuthConfig:
+        names = [k.name for k in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("api key names must be unique")
+        if len({k.digest() for k in self.api_keys}) != len(self.api_keys):
+            raise ValueError("the same api key is configured twice")
+        return self
+
+
+class LimitsConfig(StrictModel):
+    max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
+    max_messages: int = Field(default=1024, ge=1, description="most messages in one chat request")
+    redis_url: str | None = Field(default=None, description="share per-key counters between replicas")
 
 
 def _embedded_default() -> list[ModelConfig]:
@@ -121,6 +170,8 @@ class GatewayConfig(StrictModel):
     models: list[ModelConfig] = Field(default_factory=_embedded_default, min_length=1)
     router: RouterConfig | None = None
     images: ImagePolicy = Field(default_factory=ImagePolicy)
+    auth: AuthConfig = Field(default_factory=AuthConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -55,6 +56,7 @@ class RequestRecord:
         self.prompt_tokens = self.completion_tokens = 0
         self._finished = False
         self._in_flight_model: str | None = None
+        self.on_finish: Callable[[int], None] | None = None  # gets the tokens used (per-key limits)
 
     def answered_by(self, model: str) -> None:
         """The model serving this request is known: count it in flight under that name."""
@@ -88,3 +90,5 @@ class RequestRecord:
             m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
         if self.completion_tokens:
             m.tokens.labels(self.model, "completion").inc(self.completion_tokens)
+        if self.on_finish is not None:
+            self.on_finish(self.prompt_tokens + self.completion_tokens)

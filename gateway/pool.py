@@ -29,6 +29,10 @@ class ModelPool:
     async def aclose(self) -> None:
         await asyncio.gather(*(backend.aclose() for backend in self.backends.values()), return_exceptions=True)
 
+    async def abort(self) -> None:
+        """End every in-flight request with an error (shutdown deadline)."""
+        await asyncio.gather(*(backend.abort() for backend in self.backends.values()), return_exceptions=True)
+
     async def readiness(self) -> dict[str, dict[str, object]]:
         names = list(self.backends)
         checks = await asyncio.gather(*(self.backends[name].check_ready() for name in names))

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from gateway.auth import ApiKey, ApiKeyStore
 from gateway.config import ConfigError, GatewayConfig
+from gateway.errors import RateLimitError, UpstreamUnavailableError
+from gateway.limits import build_rate_limiter
 from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pool import ModelPool
 from gateway.routing import RoutedModel
 from gateway.serving import CompletionService
+
+logger = logging.getLogger(__name__)
 
 
 class Gateway:
@@ -20,6 +27,10 @@ class Gateway:
         self.pool = ModelPool(config, cache_dir)
         self.service = CompletionService(self.pool, self.metrics, self._load_router(), config.router)
         self.started_at = int(time.time())
+        self.keys = ApiKeyStore(config.auth)
+        self.limiter = build_rate_limiter(config.limits.redis_url)
+        self._background: set[asyncio.Task[None]] = set()
+        self.draining = False
 
     def _load_router(self) -> RoutedModel | None:
         """The routed model, loaded now so a bad checkpoint or mapping stops the start with a clear message."""
@@ -33,12 +44,53 @@ class Gateway:
             raise ConfigError(f"router.checkpoint: {exc}") from None
         return RoutedModel(self.config.router, self.config, router, self.metrics)
 
-    def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any]) -> RequestRecord:
-        return RequestRecord(self.metrics, endpoint, model, log_fields)
+    def begin_drain(self) -> None:
+        """Shutdown began (SIGTERM): refuse new work; after ``shutdown_grace_s`` less a second, end whatever is
+        still running with an error (upstream connections closed, generations stopped) so no response is cut
+        off silently when the server stops."""
+        if self.draining:
+            return
+        self.draining = True
+        grace = self.config.server.shutdown_grace_s
+        logger.info("draining", extra={"fields": {"grace_s": grace}})
+        loop = asyncio.get_running_loop()
+        loop.call_later(max(0.0, grace - 1.0), lambda: self._keep(loop.create_task(self.pool.abort())))
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def admit(self, key: ApiKey | None) -> None:
+        """Refuse work while draining; per-key limits, before any upstream call (429 with Retry-After)."""
+        if self.draining:
+            raise UpstreamUnavailableError("the gateway is shutting down; retry on another replica",
+                                           code="shutting_down")
+        if key is None or (key.requests_per_minute is None and key.tokens_per_minute is None):
+            return
+        try:
+            await self.limiter.admit(key)
+        except RateLimitError:
+            self.metrics.rate_limited.labels(key.name, "minute").inc()
+            raise
+
+    def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any],
+                   key: ApiKey | None = None) -> RequestRecord:
+        record = RequestRecord(self.metrics, endpoint, model, log_fields)
+        if key is not None and key.tokens_per_minute is not None:
+            record.on_finish = lambda tokens: self._settle(key, tokens)
+        return record
+
+    def _settle(self, key: ApiKey, tokens: int) -> None:
+        """Charge the request's real usage to its key (in the background: the response is not delayed)."""
+        if tokens:
+            self._keep(asyncio.get_running_loop().create_task(self.limiter.settle(key, tokens)))
 
     async def start(self) -> None:
         await self.pool.start()
 
     async def aclose(self) -> None:
         self.service.close()
+        if self._background:
+            await asyncio.wait(self._background, timeout=5)
+        await self.limiter.aclose()
         await self.pool.aclose()

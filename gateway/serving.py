@@ -17,6 +17,7 @@ from gateway.circuit import CircuitBreaker
 from gateway.config import RouterConfig
 from gateway.errors import (
     GatewayError,
+    InvalidRequestError,
     ModelNotFoundError,
     OverloadedError,
     RateLimitError,
@@ -113,6 +114,10 @@ class CompletionService:
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
                        record: RequestRecord) -> Answer | StreamAnswer:
+        cap, wanted = backend.config.max_tokens_cap, request.completion_token_limit
+        if cap is not None and wanted is not None and wanted > cap:
+            raise InvalidRequestError(f"max_tokens {wanted} is above the limit of {cap} for model '{backend.name}'",
+                                      param="max_tokens")
         pipeline = self.pipelines.get(backend.name)
         if pipeline is not None and isinstance(request, ChatCompletionRequest):
             ctx = pipeline.context()

@@ -42,6 +42,9 @@ class Backend(ABC):
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Release them."""
 
+    async def abort(self) -> None:  # noqa: B027 - optional hook
+        """End in-flight requests now with an error (the shutdown deadline passed)."""
+
     @abstractmethod
     async def check_ready(self) -> tuple[bool, str]:
         """Whether requests can be served now, and a short reason."""

@@ -106,6 +106,10 @@ class LocalBackend(Backend):
         if self._generator is not None:
             self._generator.shutdown()
 
+    async def abort(self) -> None:
+        if self._generator is not None:
+            self._generator.abort()
+
     async def check_ready(self) -> tuple[bool, str]:
         if self._generator is not None:
             return True, "loaded"

@@ -20,7 +20,7 @@ import torch
 from transformers import StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
-from gateway.errors import OverloadedError, UpstreamError
+from gateway.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
 
 # torch's global RNG is shared by all threads: seeded generations take it exclusively.
 _SEEDED_GENERATION = threading.Lock()
@@ -122,6 +122,8 @@ class LocalGenerator:
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"generate-{name}")
         self._capacity = max_concurrency + max_queue
         self._admitted = 0
+        self._running: set[threading.Event] = set()
+        self._aborted = False
         eos = model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -130,15 +132,24 @@ class LocalGenerator:
     def shutdown(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
+    def abort(self) -> None:
+        """Stop every generation now; their streams end with an error."""
+        self._aborted = True
+        for cancel in list(self._running):
+            cancel.set()
+
     async def stream_text(self, prompt_ids: list[int], params: SamplingParams, outcome: Generation,
                           extra_inputs: dict[str, Any] | None = None) -> AsyncIterator[str]:
         """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
         if self._admitted >= self._capacity:
             raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "
                                   "retry later")
+        if self._aborted:
+            raise UpstreamUnavailableError(f"model '{self.name}' is shutting down", code="shutting_down")
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
+        self._running.add(cancel)
         self._admitted += 1
         job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
                                    cancel, extra_inputs or {})
@@ -152,6 +163,9 @@ class LocalGenerator:
                 if isinstance(item, asyncio.Future):
                     if (error := item.exception()) is not None:
                         raise UpstreamError(f"local model '{self.name}' failed: {error}") from error
+                    if self._aborted:
+                        raise UpstreamUnavailableError("the gateway is shutting down; the generation was ended "
+                                                       "before it completed", code="shutting_down")
                     break
                 outcome.token_ids.extend(item)
                 outcome.completion_tokens += len(item)
@@ -165,6 +179,7 @@ class LocalGenerator:
             outcome.finish_reason = self._finish_reason(outcome, params, text.stopped)
         finally:
             cancel.set()
+            self._running.discard(cancel)
 
     def _release(self) -> None:
         self._admitted -= 1

@@ -31,6 +31,7 @@ class OpenAIHTTPBackend(Backend):
     """
 
     _client: httpx.AsyncClient
+    _aborted = False
 
     async def start(self) -> None:
         headers = {}
@@ -50,6 +51,10 @@ class OpenAIHTTPBackend(Backend):
 
     async def aclose(self) -> None:
         await self._client.aclose()
+
+    async def abort(self) -> None:
+        self._aborted = True
+        await self._client.aclose()  # in-flight requests fail at once; vLLM sees the connections close
 
     async def check_ready(self) -> tuple[bool, str]:
         """vLLM's ``GET /health`` next to ``/v1``; servers without it (404) are asked ``GET /v1/models``."""
@@ -118,6 +123,9 @@ class OpenAIHTTPBackend(Backend):
         """Translate httpx/timeout failures, most specific first."""
         if isinstance(exc, GatewayError):
             raise exc
+        if self._aborted:
+            raise UpstreamUnavailableError("the gateway is shutting down; the request was ended before it "
+                                           "completed", code="shutting_down") from exc
         if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
             raise UpstreamUnavailableError(f"upstream '{self.name}' is unreachable: {exc or type(exc).__name__}"
                                            ) from exc

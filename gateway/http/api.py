@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import time
 from collections.abc import Awaitable
@@ -12,7 +13,8 @@ from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
 
-from gateway.errors import GatewayError, InvalidRequestError, ModelNotFoundError
+from gateway.auth import ApiKey
+from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
 from gateway.runtime import Gateway
 from gateway.serving import StreamAnswer, sse_lines
@@ -37,7 +39,20 @@ def _gateway(request: Request) -> Gateway:
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
+
+
+def _authenticate(request: Request, gateway: GatewayDep) -> ApiKey | None:
+    """Every /v1 request: the caller's API key (401 when keys are configured and it is missing or wrong)."""
+    key = gateway.keys.authenticate(request.headers.get("authorization"))
+    request.state.api_key = key
+    if key is not None:
+        request.state.log["key"] = key.name
+    return key
+
+
+KeyDep = Annotated[ApiKey | None, Depends(_authenticate)]
 router = APIRouter()
+v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authenticate)])
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
@@ -114,7 +129,12 @@ class ClientDisconnected(Exception):
 async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
                    parsed: ChatCompletionRequest | CompletionRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
-    record = gateway.new_record(endpoint, parsed.model, request.state.log)
+    if isinstance(parsed, ChatCompletionRequest) and len(parsed.messages) > gateway.config.limits.max_messages:
+        raise InvalidRequestError(f"{len(parsed.messages)} messages; the limit is "
+                                  f"{gateway.config.limits.max_messages}", param="messages")
+    key: ApiKey | None = request.state.api_key
+    await gateway.admit(key)
+    record = gateway.new_record(endpoint, parsed.model, request.state.log, key)
     try:
         answer = await cancel_on_disconnect(request, gateway.service.serve(endpoint, parsed, record))
     except ClientDisconnected:
@@ -134,13 +154,13 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
     return JSONResponse(answer.body, headers=answer.headers)
 
 
-@router.post("/v1/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), responses=ERROR_RESPONSES)
+@v1.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), responses=ERROR_RESPONSES)
 async def create_chat_completion(request: Request, gateway: GatewayDep) -> Response:
     """OpenAI chat completions (``stream`` for SSE)."""
     return await _respond(request, gateway, "chat", await read_json_request(request, ChatCompletionRequest))
 
 
-@router.post("/v1/completions", openapi_extra=_body_schema(CompletionRequest), responses=ERROR_RESPONSES)
+@v1.post("/completions", openapi_extra=_body_schema(CompletionRequest), responses=ERROR_RESPONSES)
 async def create_completion(request: Request, gateway: GatewayDep) -> Response:
     """OpenAI legacy completions."""
     return await _respond(request, gateway, "completions", await read_json_request(request, CompletionRequest))
@@ -150,14 +170,14 @@ def _model_card(name: str, created: int) -> dict[str, Any]:
     return {"id": name, "object": "model", "created": created, "owned_by": "llm-gateway"}
 
 
-@router.get("/v1/models", responses=ERROR_RESPONSES)
+@v1.get("/models", responses=ERROR_RESPONSES)
 async def list_models(gateway: GatewayDep) -> dict[str, Any]:
     """The public model names (``auto`` included when a router is configured)."""
     names = gateway.service.public_model_names()
     return {"object": "list", "data": [_model_card(name, gateway.started_at) for name in names]}
 
 
-@router.get("/v1/models/{model_id:path}", responses=ERROR_RESPONSES)
+@v1.get("/models/{model_id:path}", responses=ERROR_RESPONSES)
 async def retrieve_model(model_id: str, gateway: GatewayDep) -> dict[str, Any]:
     if model_id not in gateway.service.public_model_names():
         raise ModelNotFoundError(f"The model '{model_id}' does not exist", param="model")
@@ -180,7 +200,18 @@ async def ready(gateway: GatewayDep) -> JSONResponse:
                         status_code=200 if is_ready else 503)
 
 
-@router.get("/metrics")
-async def metrics(gateway: GatewayDep) -> Response:
-    """Prometheus text format."""
+@router.get("/metrics", responses={403: {"description": "Not from loopback"}})
+async def metrics(request: Request, gateway: GatewayDep) -> Response:
+    """Prometheus text format; only to loopback clients unless ``server.metrics_allow_remote``."""
+    client = request.client.host if request.client else ""
+    if not gateway.config.server.metrics_allow_remote and not _is_loopback(client):
+        raise HTTPStatusError("/metrics is served to loopback clients only (server.metrics_allow_remote)",
+                              status_code=403)
     return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host in ("localhost", "testclient")

@@ -14,8 +14,8 @@ from starlette.responses import JSONResponse
 
 from gateway.config import GatewayConfig, Settings
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
-from gateway.http.api import router
-from gateway.http.middleware import RequestContextMiddleware
+from gateway.http.api import router, v1
+from gateway.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Gateway
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,9 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
     app = FastAPI(title="llm-gateway", version="0.1.0", lifespan=lifespan,
                   description="OpenAI-compatible gateway with learned routing and safety stages")
     app.state.gateway = gateway
+    app.include_router(v1)
     app.include_router(router)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
     return app

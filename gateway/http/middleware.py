@@ -10,6 +10,8 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.errors import PayloadTooLargeError, error_response
+
 access_logger = logging.getLogger("gateway.access")
 REQUEST_ID_HEADER = "x-request-id"
 _SAFE_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -60,3 +62,36 @@ def _header(scope: Scope, name: bytes) -> str | None:
         if key.lower() == name:
             return value.decode("latin-1")
     return None
+
+
+class BodySizeLimitMiddleware:
+    """Refuses request bodies above ``max_bytes`` with 413: at once when Content-Length says so, otherwise
+    as soon as the streamed body passes the limit (chunked uploads cannot sneak past)."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = _header(scope, b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            response = error_response(self._error(int(declared)))
+            await response(scope, receive, send)
+            return
+        seen = 0
+
+        async def counting_receive() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.max_bytes:
+                    raise self._error(seen)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    def _error(self, size: int) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the request body has {size} bytes or more; the limit is {self.max_bytes}")
