@@ -55,10 +55,17 @@ router = APIRouter()
 v1 = APIRouter(prefix="/v1", dependencies=[Depends(_authenticate)])
 
 
+# Schemas of the bodies the endpoints parse themselves; ``openapi_components`` adds them to the document.
+BODY_SCHEMAS: dict[str, Any] = {}
+
+
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
     """OpenAPI request body for endpoints that parse their body themselves (for exact error control)."""
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    BODY_SCHEMAS.update(schema.pop("$defs", {}))
+    BODY_SCHEMAS[model.__name__] = schema
     return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": model.model_json_schema(ref_template="#/components/schemas/{model}")}}}}
+        "schema": {"$ref": f"#/components/schemas/{model.__name__}"}}}}}
 
 
 async def read_json_request(request: Request, model: type[RequestModel]) -> RequestModel:

@@ -6,15 +6,17 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
 from gateway.config import GatewayConfig, Settings
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
-from gateway.http.api import router, v1
+from gateway.http.api import BODY_SCHEMAS, router, v1
 from gateway.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Gateway
 
@@ -41,6 +43,16 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            document = get_openapi(title=app.title, version=app.version, description=app.description,
+                                   routes=app.routes)
+            document.setdefault("components", {}).setdefault("schemas", {}).update(BODY_SCHEMAS)
+            app.openapi_schema = document
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
     return app
 
 
