@@ -58,7 +58,7 @@ def test_fuzzed_requests_never_cause_server_errors(gateway_url):
         @given(case=operation.as_strategy(generation_mode=mode))
         @settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck), database=None)
         def fuzz(case: schemathesis.Case) -> None:
-            calls[operation.path] = calls.get(operation.path, 0) + 1
+            calls[case.path] = calls.get(case.path, 0) + 1
             response = case.call(timeout=30)
             assert response.status_code < 500 or response.status_code in (502, 503, 504), (
                 f"{case.method} {case.path} -> {response.status_code}: {response.text[:500]}")
