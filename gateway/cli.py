@@ -5,6 +5,7 @@
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
     llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
+    llm-gateway train sr-dpo --model PATH_OR_EMBEDDED --data FILE --loss sr-dpo|sr-ipo|dpo|ipo [--lora] --out DIR
     llm-gateway safety eval --data FILE.jsonl --judge MODEL [--stage ecso|none] [--config GW.yaml | --url URL]
 
 Each command group registers its sub-parser in its own module; heavy imports (torch, trainers) happen
@@ -88,9 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from training.router_commands import add_router_commands
     from training.safety_commands import add_safety_commands
+    from training.train_commands import add_train_commands
 
     add_router_commands(commands)
     add_safety_commands(commands)
+    add_train_commands(commands)
     return parser
 
 

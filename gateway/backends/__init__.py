@@ -5,16 +5,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from gateway.backends.base import Backend, Request
-from gateway.backends.local import LocalBackend
 from gateway.backends.openai_http import OpenAIHTTPBackend
 from gateway.config import ModelConfig
 from gateway.images import ImagePolicy
 
-__all__ = ["Backend", "LocalBackend", "OpenAIHTTPBackend", "Request", "create_backend"]
+__all__ = ["Backend", "OpenAIHTTPBackend", "Request", "create_backend"]
 
 
 def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePolicy | None = None) -> Backend:
     """The backend a model entry asks for."""
     if config.backend == "local":
+        from gateway.backends.local import LocalBackend  # torch and transformers load only when needed
+
         return LocalBackend(config, cache_dir, image_policy)
     return OpenAIHTTPBackend(config)
