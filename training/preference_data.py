@@ -97,7 +97,10 @@ def load_preference_pairs(path: Path | str) -> tuple[list[dict[str, Any]], Conve
     return pairs, report
 
 
-def split_pairs(pairs: list[dict[str, Any]], held_out: int, seed: int) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+Pairs = list[dict[str, Any]]
+
+
+def split_pairs(pairs: Pairs, held_out: int, seed: int) -> tuple[Pairs, Pairs]:
     """A seeded shuffle; the last ``held_out`` pairs are held out."""
     order = list(range(len(pairs)))
     random.Random(seed).shuffle(order)

@@ -174,7 +174,8 @@ class SrDPOTrainer(DPOTrainer):
         gather = self.accelerator.gather_for_metrics
         self._metrics[mode]["rewards/chosen"].append(gather(chosen_rewards).mean().item())
         self._metrics[mode]["rewards/rejected"].append(gather(rejected_rewards).mean().item())
-        self._metrics[mode]["rewards/accuracies"].append(gather((chosen_rewards > rejected_rewards).float()).mean().item())
+        accuracy = (chosen_rewards > rejected_rewards).float()
+        self._metrics[mode]["rewards/accuracies"].append(gather(accuracy).mean().item())
         self._metrics[mode]["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         self._metrics[mode]["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
         self._metrics[mode]["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
