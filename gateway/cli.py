@@ -5,6 +5,7 @@
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
     llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
+    llm-gateway router collect --config GW.yaml --questions FILE.jsonl --models M ... --out DATA.json
     llm-gateway train sr-dpo --model PATH_OR_EMBEDDED --data FILE --loss sr-dpo|sr-ipo|dpo|ipo [--lora] --out DIR
     llm-gateway safety eval --data FILE.jsonl --judge MODEL [--stage ecso|none] [--config GW.yaml | --url URL]
 

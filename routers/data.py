@@ -37,6 +37,7 @@ class RoutingDataset:
     scores: np.ndarray  # [n_questions, n_llms], float
     cluster_ids: np.ndarray | None  # [n_questions] or None when the file has none
     scoring: Scoring
+    row_tasks: list[str] | None = None  # per-question "task" field (collected files mix tasks)
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -45,7 +46,7 @@ class RoutingDataset:
         rows = np.asarray(rows, dtype=int)
         return RoutingDataset(self.task, self.path, [self.questions[i] for i in rows], self.llm_names,
                               self.scores[rows], None if self.cluster_ids is None else self.cluster_ids[rows],
-                              self.scoring)
+                              self.scoring, None if self.row_tasks is None else [self.row_tasks[i] for i in rows])
 
     def outcome(self) -> np.ndarray:
         """[n_questions, n_llms]: what choosing each LLM earns under this task's scoring rule."""
@@ -124,7 +125,7 @@ def load_routing_file(path: Path | str, scoring: Scoring | None = None,
     if not records:
         raise RoutingDataError(f"{path}: no records")
     llm_names = list(expected_llms) if expected_llms is not None else None
-    questions, rows, clusters = [], [], []
+    questions, rows, clusters, tasks = [], [], [], []
     for line, record in records:
         where = f"{path}, line {line}"
         if not isinstance(record, dict):
@@ -149,11 +150,24 @@ def load_routing_file(path: Path | str, scoring: Scoring | None = None,
         questions.append(question)
         rows.append(row)
         clusters.append(record.get("cluster_id"))
+        tasks.append(record.get("task"))
     matrix = np.asarray(rows, dtype=np.float64)
     has_clusters = all(isinstance(c, int) for c in clusters)
+    has_tasks = all(isinstance(t, str) and t for t in tasks)
     return RoutingDataset(task=task_name(path), path=str(path), questions=questions, llm_names=list(llm_names or []),
                           scores=matrix, cluster_ids=np.asarray(clusters, dtype=int) if has_clusters else None,
-                          scoring=scoring or infer_scoring(matrix))
+                          scoring=scoring or infer_scoring(matrix), row_tasks=tasks if has_tasks else None)
+
+
+def split_by_task(dataset: RoutingDataset, scoring: Scoring | None) -> list[RoutingDataset]:
+    """A file whose records carry ``task`` (e.g. from ``router collect``) becomes one dataset per task."""
+    if dataset.row_tasks is None:
+        return [dataset]
+    parts = []
+    for name in dict.fromkeys(dataset.row_tasks):
+        part = dataset.subset([i for i, t in enumerate(dataset.row_tasks) if t == name])
+        parts.append(replace(part, task=name, scoring=scoring or infer_scoring(part.scores)))
+    return parts
 
 
 def load_routing_files(specs: Sequence[str | Path]) -> list[RoutingDataset]:
@@ -162,7 +176,7 @@ def load_routing_files(specs: Sequence[str | Path]) -> list[RoutingDataset]:
     for spec in specs:
         path, scoring = parse_file_spec(str(spec))
         expected = datasets[0].llm_names if datasets else None
-        datasets.append(load_routing_file(path, scoring, expected))
+        datasets.extend(split_by_task(load_routing_file(path, scoring, expected), scoring))
     names = [d.task for d in datasets]
     for i, name in enumerate(names):  # two files of one task name: keep both, tell them apart
         if names.count(name) > 1:

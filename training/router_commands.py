@@ -53,6 +53,19 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     calibrate.add_argument("--weights", nargs="+", type=float, default=[0, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0])
     calibrate.add_argument("--json", type=Path, help="also write the rows as JSON")
     calibrate.set_defaults(handler=_calibrate)
+
+    collect = sub.add_parser("collect", help="build routing data from your own models: ask, grade, write")
+    collect.add_argument("--config", required=True, type=Path, help="the gateway config with the models")
+    collect.add_argument("--questions", required=True, type=Path,
+                         help='JSONL of {"question", "answer", "grader": exact|number|choice|python-tests, "task"?}')
+    collect.add_argument("--models", nargs="+", required=True, help="configured models to ask")
+    collect.add_argument("--out", required=True, type=Path, help="RouterDC-format JSON to write")
+    collect.add_argument("--samples", type=int, default=1, help="answers per pair (N > 1: sampled, score = share "
+                                                                "correct, like multi_attempt)")
+    collect.add_argument("--concurrency", type=int, default=4)
+    collect.add_argument("--temperature", type=float, default=0.7, help="sampling temperature when --samples > 1")
+    collect.add_argument("--max-tokens", type=int, default=512)
+    collect.set_defaults(handler=_collect)
     return router
 
 
@@ -134,4 +147,28 @@ def _calibrate(args: argparse.Namespace) -> int:
     if args.json:
         args.json.write_text(json.dumps([asdict(row) for row in rows], indent=2))
     routed.close()
+    return 0
+
+
+def _collect(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.config import load_config
+    from gateway.logs import configure_logging
+    from training.collect import CollectOptions, IncompleteCollection, collect, format_summary, load_questions
+
+    configure_logging("warning")
+    config = load_config(args.config)
+    questions = load_questions(args.questions)
+    options = CollectOptions(models=args.models, samples=args.samples, concurrency=args.concurrency,
+                             temperature=args.temperature, max_tokens=args.max_tokens)
+    started = time.monotonic()
+    try:
+        summary = asyncio.run(collect(config, questions, options, args.out, Settings().cache_dir))
+    except IncompleteCollection as exc:
+        print(f"llm-gateway: {exc}", file=sys.stderr)
+        return 1
+    print(format_summary(summary))
+    print(f"{summary['questions']} questions x {len(args.models)} models x {args.samples} samples; "
+          f"{time.monotonic() - started:.1f} s; written to {args.out}")
     return 0
