@@ -18,7 +18,8 @@ from tests.support.servers import VENV_BIN
 from tests.support.upstream import Reply
 
 MATH = [(f"What is {a} plus {b}?", str(a + b)) for a, b in [(2, 3), (10, 7), (41, 1), (6, 6), (13, 29), (8, 30)]]
-CODE = [(f"Write a Python function add_{n}(x) that returns x + {n}.", f"assert add_{n}(1) == {1 + n}") for n in range(1, 7)]
+CODE = [(f"Write a Python function add_{n}(x) that returns x + {n}.", f"assert add_{n}(1) == {1 + n}")
+        for n in range(1, 7)]
 CHOICE = [("Which planet is red? A. Venus B. Mars C. Jupiter D. Saturn", "B")]
 EXACT = [("What is the capital of France? One word.", "Paris")]
 
