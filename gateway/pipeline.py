@@ -42,7 +42,15 @@ def build_stages(model: ModelConfig, config: GatewayConfig) -> list[Stage]:
         if name not in STAGE_BUILDERS:
             raise ConfigError(f"model '{model.name}': unknown stage '{name}'; known stages: "
                               f"{', '.join(STAGE_BUILDERS)}")
-        stages.append(STAGE_BUILDERS[name](model, config))
+        try:
+            stage = STAGE_BUILDERS[name](model, config)
+        except ValueError as exc:
+            raise ConfigError(f"model '{model.name}': {exc}") from None
+        for referenced in stage.referenced_models():
+            if config.model(referenced) is None:
+                raise ConfigError(f"model '{model.name}': stage '{name}' uses model '{referenced}', which is not "
+                                  "configured")
+        stages.append(stage)
     return stages
 
 

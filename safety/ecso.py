@@ -17,7 +17,7 @@ from typing import Any
 
 from gateway.protocol import ChatCompletionRequest, ChatMessage, ContentPart, message_text_of, response_to_chunks
 from safety import prompts
-from safety.stage import CompleteNext, Stage, StageContext, StreamNext, add_usage
+from safety.stage import CompleteNext, Stage, StageContext, StreamNext, add_usage, non_streaming
 
 SAFE, REWRITTEN = "safe", "rewritten"
 
@@ -34,9 +34,12 @@ class ECSOStage(Stage):
     def applies(self, request: ChatCompletionRequest) -> bool:
         return request.has_images
 
+    def referenced_models(self) -> list[str]:
+        return [self.step_model] if self.step_model else []
+
     async def complete(self, ctx: StageContext, request: ChatCompletionRequest,
                        call_next: CompleteNext) -> dict[str, Any]:
-        answer = await call_next(_non_streaming(request))
+        answer = await call_next(non_streaming(request))
         verdict, calls = await self._check(ctx, request, answer)
         if verdict == SAFE:
             return self._finish(ctx, answer, [answer, *calls], SAFE)
@@ -48,7 +51,7 @@ class ECSOStage(Stage):
                      stream_next: StreamNext) -> AsyncIterator[dict[str, Any]]:
         # The answer is held until the check has passed: the time to first token is that of the whole
         # answer plus the check.
-        answer = await call_next(_non_streaming(request))
+        answer = await call_next(non_streaming(request))
         verdict, calls = await self._check(ctx, request, answer)
         if verdict == SAFE:
             for chunk in response_to_chunks(self._finish(ctx, answer, [answer, *calls], SAFE)):
@@ -85,13 +88,6 @@ class ECSOStage(Stage):
                 verdict: str) -> dict[str, Any]:
         self._record(ctx, verdict)
         return {**response, "usage": add_usage(*calls), self.name: verdict}
-
-
-def _non_streaming(request: ChatCompletionRequest) -> ChatCompletionRequest:
-    if not request.stream:
-        return request
-    return ChatCompletionRequest.model_validate(
-        {**request.model_dump(exclude_unset=True), "stream": False, "stream_options": None})
 
 
 def _with_image(request: ChatCompletionRequest, prompt: str, max_tokens: int) -> ChatCompletionRequest:

@@ -54,6 +54,10 @@ class Stage(ABC):
         """Whether this request goes through the stage at all."""
         return True
 
+    def referenced_models(self) -> list[str]:
+        """Configured models the stage calls besides the served one (checked at start)."""
+        return []
+
     @abstractmethod
     async def complete(self, ctx: StageContext, request: ChatCompletionRequest,
                        call_next: CompleteNext) -> dict[str, Any]:
@@ -71,3 +75,11 @@ def add_usage(*responses: dict[str, Any]) -> dict[str, int]:
     prompt = sum(int((r.get("usage") or {}).get("prompt_tokens") or 0) for r in responses)
     completion = sum(int((r.get("usage") or {}).get("completion_tokens") or 0) for r in responses)
     return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+
+def non_streaming(request: ChatCompletionRequest) -> ChatCompletionRequest:
+    """The same request asking for a whole answer (stages that hold an answer back call models this way)."""
+    if not request.stream:
+        return request
+    return ChatCompletionRequest.model_validate(
+        {**request.model_dump(exclude_unset=True), "stream": False, "stream_options": None})
