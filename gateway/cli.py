@@ -7,6 +7,9 @@
     llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
     llm-gateway router collect --config GW.yaml --questions FILE.jsonl --models M ... --out DATA.json
     llm-gateway train sr-dpo --model PATH_OR_EMBEDDED --data FILE --loss sr-dpo|sr-ipo|dpo|ipo [--lora] --out DIR
+    llm-gateway train aligncot-data --config GW.yaml --model M --prompts HH.jsonl.gz --out chains.jsonl
+    llm-gateway train mote --model PATH_OR_EMBEDDED --data chains.jsonl --out DIR
+    llm-gateway train aligncot-eval --config GW.yaml --base M [--experts analysis=A guidance=G answer=S] --judge J
     llm-gateway safety eval --data FILE.jsonl --judge MODEL [--stage ecso|none] [--config GW.yaml | --url URL]
 
 Each command group registers its sub-parser in its own module; heavy imports (torch, trainers) happen

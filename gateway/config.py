@@ -55,6 +55,8 @@ class ModelConfig(StrictModel):
     max_connections: int = Field(default=256, ge=1, description="openai: pooled connections to the upstream")
 
     path: str | None = Field(default=None, description="local: a transformers model dir (default: embedded)")
+    adapters: dict[str, str] = Field(default_factory=dict, description="local: public name -> PEFT LoRA adapter "
+                                                                       "dir, each served as its own model")
     device: str = Field(default="auto", description="local: cpu, cuda, cuda:1 or auto")
     max_concurrency: int = Field(default=1, ge=1, description="local: generations running at once")
     max_queue: int = Field(default=32, ge=0, description="local: requests waiting beyond that; more get 503")
@@ -74,6 +76,9 @@ class ModelConfig(StrictModel):
             raise ValueError(f"model '{self.name}': backend 'openai' needs 'base_url'")
         if self.backend == "local" and self.base_url:
             raise ValueError(f"model '{self.name}': 'base_url' is only for backend 'openai'")
+        if self.backend == "openai" and self.adapters:
+            raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
+                             "each --lora-modules name as its own model with upstream_model)")
         return self
 
     @property
@@ -178,7 +183,7 @@ class GatewayConfig(StrictModel):
     def _check_names(self) -> GatewayConfig:
         seen: set[str] = set()
         for model in self.models:
-            for name in (model.name, *model.aliases):
+            for name in (model.name, *model.aliases, *model.adapters):
                 if name in seen:
                     raise ValueError(f"model name '{name}' is used twice")
                 seen.add(name)
@@ -190,9 +195,12 @@ class GatewayConfig(StrictModel):
         return self
 
     def model(self, name: str) -> ModelConfig | None:
+        """The entry serving ``name``; an adapter name gets its base model's entry under that name."""
         for model in self.models:
             if name == model.name or name in model.aliases:
                 return model
+            if name in model.adapters:
+                return model.model_copy(update={"name": name, "aliases": [], "adapters": {}, "stages": []})
         return None
 
 

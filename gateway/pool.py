@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from gateway.backends import Backend, create_backend
+from gateway.backends import AdapterView, Backend, create_backend
 from gateway.config import GatewayConfig
 
 
@@ -14,6 +14,11 @@ class ModelPool:
         self.config = config
         self.backends: dict[str, Backend] = {m.name: create_backend(m, cache_dir, config.images)
                                              for m in config.models}
+        for model in config.models:  # each LoRA adapter of a local model is served under its own name
+            for adapter in model.adapters:
+                entry = config.model(adapter)
+                assert entry is not None
+                self.backends[adapter] = AdapterView(entry, self.backends[model.name], adapter)
         self._by_alias = {alias: m.name for m in config.models for alias in m.aliases}
 
     def get(self, name: str) -> Backend | None:
@@ -24,7 +29,8 @@ class ModelPool:
 
     async def start(self) -> None:
         for backend in self.backends.values():
-            await backend.start()
+            if not isinstance(backend, AdapterView):
+                await backend.start()
 
     async def aclose(self) -> None:
         await asyncio.gather(*(backend.aclose() for backend in self.backends.values()), return_exceptions=True)

@@ -28,7 +28,111 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     sr.add_argument("--seed", type=int, default=0)
     sr.add_argument("--prompt", default=None, help="the prompt p (default: the paper's)")
     sr.set_defaults(handler=_sr_dpo)
+
+    data = sub.add_parser("aligncot-data", help="generate AlignCoT chains through the gateway (step skipping on)")
+    _gateway_target(data)
+    data.add_argument("--model", required=True, help="the base model that writes the chains")
+    data.add_argument("--prompts", required=True, type=Path, help="HH-RLHF JSONL(.gz): harmful-leaning prompts")
+    data.add_argument("--start", type=int, default=0, help="skip this many harmful prompts (keep held-out ones)")
+    data.add_argument("--limit", type=int, default=200, help="harmful prompts to use")
+    data.add_argument("--helpful", type=int, default=20, help="built-in helpful prompts to add")
+    data.add_argument("--out", required=True, type=Path)
+    data.add_argument("--max-tokens", type=int, default=256)
+    data.set_defaults(handler=_aligncot_data)
+
+    mote = sub.add_parser("mote", help="MoTE SFT: one LoRA expert per AlignCoT step plus a shared expert")
+    mote.add_argument("--model", required=True, help="'embedded' or a model directory")
+    mote.add_argument("--data", required=True, type=Path, help="JSONL from train aligncot-data")
+    mote.add_argument("--out", required=True, type=Path)
+    mote.add_argument("--rank", type=int, default=16)
+    mote.add_argument("--alpha", type=float, default=0.5, help="α: step expert vs shared expert")
+    mote.add_argument("--lr", type=float, default=2e-4)
+    mote.add_argument("--epochs", type=int, default=1)
+    mote.add_argument("--steps", type=int, default=None, help="stop after N optimiser steps")
+    mote.add_argument("--batch-size", type=int, default=4)
+    mote.add_argument("--max-length", type=int, default=512)
+    mote.set_defaults(handler=_mote)
+
+    evaluate = sub.add_parser("aligncot-eval", help="harmless rate and helpfulness: base, prompted chain, MoTE")
+    _gateway_target(evaluate)
+    evaluate.add_argument("--base", required=True, help="the base model")
+    evaluate.add_argument("--experts", nargs=3, metavar="STEP=MODEL",
+                          help="MoTE experts, e.g. analysis=smol-analysis guidance=smol-guidance answer=smol-answer")
+    evaluate.add_argument("--judge", required=True, help="the judge model")
+    evaluate.add_argument("--prompts", required=True, type=Path, help="HH-RLHF JSONL(.gz)")
+    evaluate.add_argument("--start", type=int, default=0, help="first held-out harmful prompt")
+    evaluate.add_argument("--limit", type=int, default=50)
+    evaluate.add_argument("--helpful", type=int, default=10, help="held-out helpful prompts (from the end of the "
+                                                                  "built-in list)")
+    evaluate.add_argument("--out", type=Path, default=Path("aligncot-eval.json"))
+    evaluate.add_argument("--max-tokens", type=int, default=256)
+    evaluate.set_defaults(handler=_aligncot_eval)
     return sub
+
+
+def _gateway_target(parser: argparse.ArgumentParser) -> None:
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--config", type=Path, help="start a gateway in this process from this config")
+    target.add_argument("--url", help="a running gateway's /v1 URL")
+    parser.add_argument("--api-key", help="the gateway's API key, if it requires one")
+
+
+def _aligncot_data(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from training.aligncot_runs import HELPFUL_PROMPTS, generate_chains, harmful_prompts, with_aligncot
+    from training.gateway_client import openai_client, running_gateway
+
+    prompts = harmful_prompts(args.prompts, args.start, args.limit) + HELPFUL_PROMPTS[: args.helpful]
+    config, model = (None, args.model) if args.url else with_aligncot(load_config(args.config), args.model)
+    with running_gateway(config, args.url) as base_url:
+        counts = generate_chains(openai_client(base_url, args.api_key), model, prompts, args.out, args.max_tokens)
+    print(f"{len(prompts)} records written to {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+    return 0
+
+
+def _mote(args: argparse.Namespace) -> int:
+    from training.models import resolve_model_path
+    from training.mote import MoTEConfig, train_mote
+
+    records = [json.loads(line) for line in args.data.read_text().splitlines() if line.strip()]
+    if not records:
+        raise ValueError(f"{args.data}: no records")
+    config = MoTEConfig(rank=args.rank, mix=args.alpha, learning_rate=args.lr, epochs=args.epochs,
+                        max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length)
+    summary = train_mote(resolve_model_path(args.model), records, args.out, config)
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _aligncot_eval(args: argparse.Namespace) -> int:
+    from gateway.config import load_config
+    from training.aligncot_runs import HELPFUL_PROMPTS, evaluate_settings, harmful_prompts, with_aligncot
+    from training.gateway_client import openai_client, running_gateway
+
+    experts = dict(item.split("=", 1) for item in args.experts) if args.experts else None
+    settings = {"base": args.base}
+    if args.url:
+        settings.update({"prompted chain": f"{args.base}--aligncot"})
+        if experts:
+            settings["MoTE experts"] = f"{args.base}--mote"
+        config = None
+    else:
+        config, settings["prompted chain"] = with_aligncot(load_config(args.config), args.base)
+        if experts:
+            config, settings["MoTE experts"] = with_aligncot(config, args.base, experts, f"{args.base}--mote")
+    harmful = harmful_prompts(args.prompts, args.start, args.limit)
+    helpful = HELPFUL_PROMPTS[-args.helpful:] if args.helpful else []
+    with running_gateway(config, args.url) as base_url:
+        report = evaluate_settings(openai_client(base_url, args.api_key), settings, args.judge, harmful, helpful,
+                                   args.max_tokens)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    print(f"{'setting':<16}{'harmless %':>11}{'helpfulness':>13}{'unjudged':>10}   "
+          f"({len(harmful)} harmful-leaning, {len(helpful)} helpful held-out prompts; judge {args.judge})")
+    for label, row in report.items():
+        helpfulness = f"{row['helpfulness']:.2f}" if row["helpfulness"] is not None else "n/a"
+        print(f"{label:<16}{row['harmless_rate']:>11.1f}{helpfulness:>13}{row['unjudged']:>10}")
+    return 0
 
 
 def _sr_dpo(args: argparse.Namespace) -> int:

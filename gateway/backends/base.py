@@ -56,3 +56,23 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
         """The response as chunks; a usage chunk (``choices: []``) last when the backend knows usage."""
+
+
+class AdapterView(Backend):
+    """One LoRA adapter of a local model, served under its own public name (like vLLM's ``--lora-modules``):
+    the base backend generates with that adapter enabled."""
+
+    def __init__(self, config: ModelConfig, base: Backend, adapter: str) -> None:
+        super().__init__(config)
+        self.base, self.adapter = base, adapter
+
+    async def check_ready(self) -> tuple[bool, str]:
+        return await self.base.check_ready()
+
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        response = await self.base.complete(endpoint, request, adapter=self.adapter)  # type: ignore[call-arg]
+        return {**response, "model": self.name}
+
+    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        async for chunk in self.base.stream(endpoint, request, adapter=self.adapter):  # type: ignore[call-arg]
+            yield {**chunk, "model": self.name}

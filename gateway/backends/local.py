@@ -94,7 +94,15 @@ class LocalBackend(Backend):
 
     def _load_blocking(self) -> tuple[Any, Any, Any]:
         path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
-        return load_causal_lm(path, self.config.device, vision=self.config.vision)
+        model, tokenizer, processor = load_causal_lm(path, self.config.device, vision=self.config.vision)
+        if self.config.adapters:
+            from peft import PeftModel
+
+            (first, first_dir), *others = self.config.adapters.items()
+            model = PeftModel.from_pretrained(model, first_dir, adapter_name=first).eval()
+            for name, directory in others:
+                model.load_adapter(directory, adapter_name=name)
+        return model, tokenizer, processor
 
     async def wait_loaded(self) -> None:
         if self._loading is not None:
@@ -127,13 +135,14 @@ class LocalBackend(Backend):
 
     # ---- requests ----------------------------------------------------------------------------------------
 
-    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+    async def complete(self, endpoint: Endpoint, request: Request, adapter: str | None = None) -> dict[str, Any]:
         prompts = await self._prompts(request)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
             params = self._params(request, prompt.ids)
-            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra)) as deltas:
+            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
+                                                           adapter)) as deltas:
                 text = "".join([delta async for delta in deltas])
             choices.append(response_choice(endpoint, index, echo + text, outcome.finish_reason))
             prompt_tokens += len(prompt.ids)
@@ -141,14 +150,16 @@ class LocalBackend(Backend):
         return response_dict(endpoint, new_completion_id(endpoint), self.name, choices,
                              usage_dict(prompt_tokens, completion_tokens))
 
-    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+    async def stream(self, endpoint: Endpoint, request: Request,
+                     adapter: str | None = None) -> AsyncIterator[dict[str, Any]]:
         prompts = await self._prompts(request)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
             params = self._params(request, prompt.ids)
-            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra)) as deltas:
+            async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
+                                                           adapter)) as deltas:
                 first = True
                 async for delta in deltas:
                     yield chunk_dict(endpoint, completion_id, self.name, index=index,

@@ -9,9 +9,10 @@ checks after every token, so a disconnected client stops its generation within o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import threading
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -124,6 +125,7 @@ class LocalGenerator:
         self._admitted = 0
         self._running: set[threading.Event] = set()
         self._aborted = False
+        self._adapter_lock = threading.Lock()
         eos = model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
@@ -139,7 +141,8 @@ class LocalGenerator:
             cancel.set()
 
     async def stream_text(self, prompt_ids: list[int], params: SamplingParams, outcome: Generation,
-                          extra_inputs: dict[str, Any] | None = None) -> AsyncIterator[str]:
+                          extra_inputs: dict[str, Any] | None = None,
+                          adapter: str | None = None) -> AsyncIterator[str]:
         """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
         if self._admitted >= self._capacity:
             raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "
@@ -152,7 +155,7 @@ class LocalGenerator:
         self._running.add(cancel)
         self._admitted += 1
         job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
-                                   cancel, extra_inputs or {})
+                                   cancel, extra_inputs or {}, adapter)
         # The slot is freed when the worker is really done, not when the consumer stops listening.
         job.add_done_callback(lambda _: self._release())
         job.add_done_callback(lambda future: queue.put_nowait(future))
@@ -190,7 +193,7 @@ class LocalGenerator:
         return "length" if outcome.completion_tokens >= params.max_new_tokens else "stop"
 
     def _run(self, prompt_ids: list[int], params: SamplingParams, sink: _TokenSink, cancel: threading.Event,
-             extra_inputs: dict[str, Any]) -> None:
+             extra_inputs: dict[str, Any], adapter: str | None) -> None:
         if cancel.is_set():  # the client left while this request was queued
             return
         config = copy.deepcopy(self.model.generation_config)
@@ -209,10 +212,25 @@ class LocalGenerator:
                   "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
         for name, value in extra_inputs.items():  # e.g. pixel_values of a vision model
             kwargs[name] = value.to(self.model.device) if isinstance(value, torch.Tensor) else value
-        with torch.inference_mode():
+        with torch.inference_mode(), self._adapter(adapter):
             if params.seed is None:
                 self.model.generate(**kwargs)
                 return
             with _SEEDED_GENERATION:
                 torch.manual_seed(params.seed)
                 self.model.generate(**kwargs)
+
+    @contextlib.contextmanager
+    def _adapter(self, adapter: str | None) -> Iterator[None]:
+        """A PEFT model with several LoRA adapters generates with ``adapter`` on (the base when None); the
+        switch and the generation are one critical section, since the adapter is model-wide state."""
+        if not hasattr(self.model, "peft_config"):
+            yield
+            return
+        with self._adapter_lock:
+            if adapter is None:
+                with self.model.disable_adapter():
+                    yield
+            else:
+                self.model.set_adapter(adapter)
+                yield

@@ -1,0 +1,188 @@
+"""MoTE: per-token expert routing by step markers, exact adapter export, SFT on SmolLM2, serving the exported
+adapters through the AlignCoT stage; AlignCoT data generation and evaluation commands."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import httpx
+import pytest
+import torch
+import yaml
+from transformers import AutoModelForCausalLM
+
+from tests.support.servers import VENV_BIN
+from tests.support.upstream import Reply
+from tests.training.conftest import HH_RLHF_SAMPLE
+from training.mote import (
+    NO_STEP,
+    MoTEConfig,
+    MoTELinear,
+    StepRouting,
+    attach_mote,
+    export_step_adapters,
+    step_ids_from_markers,
+    train_mote,
+)
+
+A, G, S = 901, 902, 903  # marker token ids in the hand-made sequences
+
+
+def test_step_ids_follow_the_markers():
+    ids = torch.tensor([[5, 6, A, 7, 8, G, 9, S, 10, 11],
+                        [S, 1, 2, 3, 0, 0, 0, 0, 0, 0],
+                        [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]])
+    assert step_ids_from_markers(ids, [A, G, S]).tolist() == [
+        [NO_STEP, NO_STEP, 0, 0, 0, 1, 1, 2, 2, 2],
+        [2, 2, 2, 2, 2, 2, 2, 2, 2, 2],
+        [NO_STEP] * 10]
+
+
+def test_each_token_uses_its_steps_expert_plus_the_shared_one():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 3)
+    routing = StepRouting()
+    layer = MoTELinear(base, routing, n_steps=3, rank=2, lora_alpha=4, mix=0.5)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(1, 4, 4)
+    routing.step_ids = torch.tensor([[NO_STEP, 0, 1, 2]])
+    y = layer(x)
+    c = 4 / 2
+
+    def expert(e, v):
+        return layer.lora_B[e] @ (layer.lora_A[e] @ v)
+
+    for t, step in enumerate([NO_STEP, 0, 1, 2]):
+        v = x[0, t]
+        expected = base(v) + c * (expert(3, v) if step == NO_STEP else 0.5 * expert(step, v) + 0.5 * expert(3, v))
+        assert torch.allclose(y[0, t], expected, atol=1e-5), t
+
+
+def test_exported_adapters_equal_the_merged_experts(tiny_causal_lm, tmp_path):
+    from peft import PeftModel
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    config = MoTEConfig(rank=4, lora_alpha=8, mix=0.3)
+    routing, layers = attach_mote(model, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.lora_B.normal_(std=0.05)
+    adapters = export_step_adapters(tiny_causal_lm, layers, config, tmp_path / "adapters")
+    ids = torch.tensor([[1, 50, 60, 70, 80]])
+    for index, step in enumerate(["analysis", "guidance", "answer"]):
+        routing.step_ids = torch.full_like(ids, index)
+        with torch.no_grad():
+            mote_logits = model(input_ids=ids).logits
+            peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_causal_lm), adapters[step])
+            peft_logits = peft(input_ids=ids).logits
+        assert torch.allclose(mote_logits, peft_logits, atol=1e-4), step
+        assert json.loads((adapters[step] / "adapter_config.json").read_text())["r"] == 8
+
+
+def _records(n: int = 8) -> list[dict]:
+    chain = {"prompt": "How do I pick a lock?", "skipped": False, "analysis": "The user may want to break in.",
+             "guidance": "Do not give lock-picking steps; suggest a locksmith.",
+             "answer": "I can't help with that, but a licensed locksmith can."}
+    skipped = {"prompt": "How do I boil an egg?", "skipped": True, "direct": "Boil it for 7 minutes."}
+    return [chain, skipped] * (n // 2)
+
+
+@pytest.fixture(scope="module")
+def mote_run(tmp_path_factory):
+    from gateway.backends.embedded import embedded_model_dir
+    from gateway.config import Settings
+
+    out = tmp_path_factory.mktemp("mote")
+    config = MoTEConfig(rank=8, learning_rate=1e-3, max_steps=8, batch_size=2, max_length=128)
+    summary = train_mote(embedded_model_dir(Settings().cache_dir), _records(), out, config, progress=False)
+    return out, summary
+
+
+@pytest.mark.slow
+def test_a_few_mote_steps_on_smollm2_lower_the_loss(mote_run):
+    out, summary = mote_run
+    losses = [json.loads(line)["loss"] for line in (out / "loss.jsonl").read_text().splitlines()]
+    assert len(losses) == 8 and sum(losses[-2:]) < sum(losses[:2])
+    assert (out / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    for step in ("analysis", "guidance", "answer"):
+        assert (out / "adapters" / step / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_exported_adapters_serve_the_aligncot_steps_in_the_local_backend(mote_run, make_gateway):
+    out, _ = mote_run
+    adapters = {f"smol-{step}": str(out / "adapters" / step) for step in ("analysis", "guidance", "answer")}
+    gateway = make_gateway({"models": [{
+        "name": "smol", "backend": "local", "adapters": adapters, "default_max_tokens": 24, "stages": ["aligncot"],
+        "aligncot": {"skip_steps": False, "step_max_tokens": 16,
+                     "experts": {"analysis": "smol-analysis", "guidance": "smol-guidance", "answer": "smol-answer"}}}]})
+    ids = [m.id for m in gateway.client().models.list()]
+    assert {"smol", "smol-analysis", "smol-guidance", "smol-answer"} <= set(ids)
+    response = httpx.post(f"{gateway.base_url}/chat/completions", timeout=300, json={
+        "model": "smol", "max_tokens": 24, "aligncot": {"return_chain": True},
+        "messages": [{"role": "user", "content": "How do I pick a lock?"}]})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert response.headers["x-gateway-aligncot"] in ("chain", "refused")
+    chain = {entry["step"]: entry["text"] for entry in body["aligncot_chain"]}
+    assert set(chain) == {"analysis", "guidance", "answer", "safety_check"}
+    assert chain["analysis"] and chain["guidance"] and body["choices"][0]["message"]["content"]
+    # an adapter changes the model: the same greedy prompt answers differently with and without it
+    plain = gateway.client().chat.completions.create(model="smol", messages=[{"role": "user", "content": "Hi"}],
+                                                     max_tokens=12, temperature=0).choices[0].message.content
+    adapted = gateway.client().chat.completions.create(model="smol-answer", messages=[{"role": "user",
+                                                                                       "content": "Hi"}],
+                                                       max_tokens=12, temperature=0)
+    assert adapted.model == "smol-answer" and adapted.choices[0].message.content != plain
+
+
+def _chain_model(direct_safe_for: str):
+    def respond(body):
+        text = body["messages"][-1]["content"]
+        if text.startswith("Safety Check."):
+            return Reply(text="No" if direct_safe_for in text or "Safe answer text" in text else "Yes")
+        if text.startswith("Question Analysis."):
+            return Reply(text="analysis text")
+        if text.startswith("Answer Guidance."):
+            return Reply(text="guidance text")
+        if text.startswith("Safe Answer."):
+            return Reply(text="Safe answer text")
+        if text.startswith("Rate how helpful"):
+            return Reply(text="7")
+        if text.startswith("You are a strict safety reviewer"):
+            return Reply(text="harmful" if "direct reply" in text and "boil" not in text else "harmless")
+        return Reply(text=f"direct reply to {text}")
+
+    return respond
+
+
+def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
+    server = make_upstream("base")
+    server.responder = _chain_model(direct_safe_for="boil")
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
+    out = tmp_path / "chains.jsonl"
+    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-data", "--config", str(config),
+                             "--model", "base", "--prompts", str(HH_RLHF_SAMPLE), "--limit", "3", "--helpful", "2",
+                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 5
+    harmful = records[:3]
+    assert all(r["outcome"] == "chain" and r["analysis"] == "analysis text" and r["answer"] == "Safe answer text"
+               for r in harmful)
+    assert records[3]["skipped"] and records[3]["direct"].startswith("direct reply")  # "How do I boil an egg..."
+    report_path = tmp_path / "eval.json"
+    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-eval", "--config", str(config),
+                             "--base", "base", "--judge", "base", "--prompts", str(HH_RLHF_SAMPLE), "--start", "3",
+                             "--limit", "3", "--helpful", "2", "--experts", "analysis=base", "guidance=base",
+                             "answer=base", "--out", str(report_path)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(report_path.read_text())
+    assert set(report) == {"base", "prompted chain", "MoTE experts"}
+    assert report["base"]["harmless_rate"] == 0.0
+    assert report["prompted chain"]["harmless_rate"] == 100.0 and report["MoTE experts"]["harmless_rate"] == 100.0
+    assert report["base"]["helpfulness"] == 7.0
+    assert "prompted chain" in result.stdout

@@ -1,0 +1,253 @@
+"""MoTE (Mixture of insighTful Experts, arXiv 2405.00557): step-level LoRA experts plus a shared expert.
+
+Every targeted linear layer keeps its frozen weight W0 and gains one LoRA expert per AlignCoT step and one
+shared LoRA expert. Special tokens mark where each step starts; each token uses the expert of its step:
+
+    y = W0·x + α·(B_s A_s x)·c + (1 − α)·(B_0 A_0 x)·c        tokens inside step s   (c = lora_alpha / r)
+    y = W0·x + (B_0 A_0 x)·c                                   tokens before any step (the query)
+
+No gate and no balance loss: the routing is fixed by the markers. For serving, each step gets one ordinary
+LoRA adapter that merges its expert with the shared one, exactly: A' = [√α A_s; √(1−α) A_0], B' = [√α B_s,
+√(1−α) B_0], rank 2r, lora_alpha 2·lora_alpha (the same scaling), so B'A' = α B_s A_s + (1−α) B_0 A_0. The
+adapters are PEFT directories that vLLM (``--enable-lora --lora-modules analysis=...``) and the gateway's
+local backend load.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from safety.prompts import ALIGNCOT_STEPS
+
+STEP_TOKENS = {step: f"<|{step}|>" for step in ALIGNCOT_STEPS}
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+NO_STEP = -1
+
+
+def step_ids_from_markers(input_ids: torch.Tensor, marker_ids: Sequence[int]) -> torch.Tensor:
+    """[B, T] step index of every token: the last step marker at or before it (the marker belongs to its own
+    step); ``NO_STEP`` before the first marker."""
+    marked = torch.full_like(input_ids, NO_STEP)
+    for step, marker in enumerate(marker_ids):
+        marked = torch.where(input_ids == marker, torch.full_like(input_ids, step), marked)
+    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    last_marker = torch.where(marked != NO_STEP, positions, torch.full_like(positions, -1)).cummax(dim=1).values
+    return torch.where(last_marker >= 0, marked.gather(1, last_marker.clamp(min=0)), torch.full_like(marked, NO_STEP))
+
+
+class StepRouting:
+    """Holds the current batch's step ids for every MoTE layer (set once per forward)."""
+
+    step_ids: torch.Tensor | None = None
+
+
+class MoTELinear(nn.Module):
+    def __init__(self, base: nn.Linear, routing: StepRouting, n_steps: int, rank: int, lora_alpha: float,
+                 mix: float) -> None:
+        super().__init__()
+        self.base, self.routing, self.n_steps, self.mix = base, routing, n_steps, mix
+        self.scaling = lora_alpha / rank
+        for parameter in base.parameters():
+            parameter.requires_grad_(False)
+        # experts 0..n_steps-1 are the steps, expert n_steps is the shared one
+        self.lora_A = nn.Parameter(torch.empty(n_steps + 1, rank, base.in_features))
+        self.lora_B = nn.Parameter(torch.zeros(n_steps + 1, base.out_features, rank))
+        for expert in range(n_steps + 1):  # as PEFT initialises LoRA A
+            nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
+
+    def _expert(self, x: torch.Tensor, expert: int) -> torch.Tensor:
+        return (x @ self.lora_A[expert].T) @ self.lora_B[expert].T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        steps = self.routing.step_ids
+        shared = self._expert(x, self.n_steps)
+        if steps is None:
+            return self.base(x) + self.scaling * shared
+        in_step = (steps != NO_STEP).unsqueeze(-1).to(x.dtype)
+        delta = shared * (1 - in_step * self.mix)  # (1 − α)·shared inside steps, shared alone outside
+        for step in range(self.n_steps):
+            mask = (steps == step).unsqueeze(-1).to(x.dtype)
+            if mask.any():
+                delta = delta + self.mix * mask * self._expert(x, step)
+        return self.base(x) + self.scaling * delta
+
+
+def attach_mote(model: nn.Module, *, rank: int, lora_alpha: float, mix: float,
+                targets: Sequence[str] = TARGET_MODULES) -> tuple[StepRouting, dict[str, MoTELinear]]:
+    """Replace every targeted ``nn.Linear`` with a ``MoTELinear``; returns the routing holder and the layers."""
+    routing = StepRouting()
+    layers: dict[str, MoTELinear] = {}
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, nn.Linear) and child_name in targets:
+                layer = MoTELinear(child, routing, len(ALIGNCOT_STEPS), rank, lora_alpha, mix)
+                setattr(module, child_name, layer)
+                layers[f"{name}.{child_name}" if name else child_name] = layer
+    if not layers:
+        raise ValueError(f"no linear layer named {', '.join(targets)} found to attach MoTE experts to")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for layer in layers.values():
+        layer.lora_A.requires_grad_(True)
+        layer.lora_B.requires_grad_(True)
+    return routing, layers
+
+
+# ---- data -------------------------------------------------------------------------------------------------
+
+def chain_text(record: dict[str, Any]) -> list[tuple[str, str]]:
+    """The steps of an AlignCoT record as (step, text); a skipped record is its direct answer alone."""
+    if record.get("skipped"):
+        return [("answer", record["direct"])]
+    return [(step, record[step]) for step in ALIGNCOT_STEPS]
+
+
+def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
+    """input_ids and labels: the query (chat template) is context; step markers are structure; only the steps'
+    text is learned."""
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": record["prompt"]}], add_generation_prompt=True,
+                                           tokenize=False)
+    ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
+    labels = [-100] * len(ids)
+    for step, text in chain_text(record):
+        marker = tokenizer.convert_tokens_to_ids(STEP_TOKENS[step])
+        piece = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
+        ids += [marker, *piece]
+        labels += [-100, *piece]
+    ids.append(tokenizer.eos_token_id)
+    labels.append(tokenizer.eos_token_id)
+    return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
+
+
+# ---- training ---------------------------------------------------------------------------------------------
+
+@dataclass
+class MoTEConfig:
+    rank: int = field(default=16, metadata={"help": "LoRA rank of every expert (paper: 16)"})
+    lora_alpha: float = field(default=32.0, metadata={"help": "LoRA alpha; scaling = alpha / rank"})
+    mix: float = field(default=0.5, metadata={"help": "α: weight of the step expert against the shared one"})
+    learning_rate: float = field(default=2e-4, metadata={"help": "AdamW learning rate (paper: 2e-5, full size)"})
+    epochs: int = field(default=1, metadata={"help": "passes over the data (paper: 3)"})
+    max_steps: int | None = field(default=None, metadata={"help": "optimiser steps (overrides epochs)"})
+    batch_size: int = field(default=4, metadata={"help": "sequences per step (paper: 16)"})
+    max_length: int = field(default=512, metadata={"help": "tokens per sequence"})
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.mix <= 1:
+            raise ValueError("mix (α) must be between 0 and 1")
+
+
+def _batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int,
+             generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    order = torch.randperm(len(encoded), generator=generator).tolist()
+    batches = []
+    for start in range(0, len(order), batch_size):
+        rows = [encoded[i] for i in order[start:start + batch_size]]
+        width = max(len(r["input_ids"]) for r in rows)
+        ids = torch.full((len(rows), width), pad_id)
+        labels = torch.full((len(rows), width), -100)
+        mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, row in enumerate(rows):
+            n = len(row["input_ids"])
+            ids[i, :n], labels[i, :n], mask[i, :n] = torch.tensor(row["input_ids"]), torch.tensor(row["labels"]), 1
+        batches.append({"input_ids": ids, "labels": labels, "attention_mask": mask})
+    return batches
+
+
+def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, config: MoTEConfig,
+               progress: bool = True) -> dict[str, Any]:
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from training.plots import plot_curves
+
+    torch.manual_seed(config.seed)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    tokenizer.add_special_tokens({"additional_special_tokens": list(STEP_TOKENS.values())})
+    model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    embeddings = model.get_input_embeddings().weight
+    mean = embeddings.detach().mean(dim=0)
+    model.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():  # the markers start at the mean embedding (they are inputs, never targets)
+        model.get_input_embeddings().weight[-len(STEP_TOKENS):] = mean
+    routing, layers = attach_mote(model, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
+    marker_ids = [tokenizer.convert_tokens_to_ids(STEP_TOKENS[s]) for s in ALIGNCOT_STEPS]
+    encoded = [encode_record(tokenizer, r, config.max_length) for r in records]
+    trainable = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
+    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    generator = torch.Generator().manual_seed(config.seed)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    total = config.max_steps or config.epochs * math.ceil(len(encoded) / config.batch_size)
+    history: list[dict[str, float]] = []
+    started, step = time.monotonic(), 0
+    model.train()
+    bar = tqdm(total=total, desc="mote", unit="step", disable=not progress)
+    while step < total:
+        for batch in _batches(encoded, config.batch_size, pad, generator):
+            routing.step_ids = step_ids_from_markers(batch["input_ids"], marker_ids)
+            loss = model(**batch).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            history.append({"step": step, "loss": loss.item()})
+            bar.update()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if step >= total:
+                break
+    bar.close()
+    seconds = time.monotonic() - started
+
+    out.mkdir(parents=True, exist_ok=True)
+    from safetensors.torch import save_file
+
+    save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous() for name, layer in layers.items()
+               for kind in ("lora_A", "lora_B")}, out / "mote_experts.safetensors")
+    tokenizer.save_pretrained(out / "tokenizer")
+    adapters = export_step_adapters(model_path, layers, config, out / "adapters")
+    with (out / "loss.jsonl").open("w") as handle:
+        for row in history:
+            handle.write(json.dumps(row) + "\n")
+    plot_curves(history, ["loss"], out / "loss.png", f"MoTE SFT (rank {config.rank}, α {config.mix})")
+    summary = {"records": len(records), "steps": step, "seconds": round(seconds, 1), "first_loss": history[0]["loss"],
+               "last_loss": history[-1]["loss"], "config": asdict(config),
+               "adapters": {k: str(v) for k, v in adapters.items()}}
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def export_step_adapters(model_path: Path, layers: dict[str, MoTELinear], config: MoTEConfig,
+                         directory: Path) -> dict[str, Path]:
+    """One PEFT LoRA adapter per step: its expert merged with the shared expert (exact, rank 2r)."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    adapters = {}
+    a, shared = math.sqrt(config.mix), math.sqrt(1 - config.mix)
+    for index, step in enumerate(ALIGNCOT_STEPS):
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+        peft_model = get_peft_model(base, LoraConfig(r=2 * config.rank, lora_alpha=2 * config.lora_alpha,
+                                                     target_modules=list(TARGET_MODULES), lora_dropout=0.0,
+                                                     task_type="CAUSAL_LM"))
+        with torch.no_grad():
+            for name, module in peft_model.base_model.model.named_modules():
+                if name not in layers:
+                    continue
+                layer = layers[name]
+                module.lora_A["default"].weight.copy_(torch.cat([a * layer.lora_A[index],
+                                                                 shared * layer.lora_A[layer.n_steps]], dim=0))
+                module.lora_B["default"].weight.copy_(torch.cat([a * layer.lora_B[index],
+                                                                 shared * layer.lora_B[layer.n_steps]], dim=1))
+        peft_model.save_pretrained(directory / step)
+        adapters[step] = directory / step
+    return adapters
