@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -234,6 +235,30 @@ def parse_config(data: Any, source: str = "<config>") -> GatewayConfig:
         raise ConfigError(format_validation_error(exc, source)) from None
 
 
+_ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def expand_environment(data: Any, source: str) -> Any:
+    """``${NAME}`` and ``${NAME:-default}`` in string values are replaced from the environment (secrets and
+    per-deployment values stay out of the file); an unset name without a default is an error."""
+    if isinstance(data, dict):
+        return {key: expand_environment(value, source) for key, value in data.items()}
+    if isinstance(data, list):
+        return [expand_environment(value, source) for value in data]
+    if not isinstance(data, str):
+        return data
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        value = os.environ.get(name, default)
+        if value is None:
+            raise ConfigError(f"invalid configuration in {source}: environment variable {name} is not set "
+                              f"(write ${{{name}:-default}} to give a default)")
+        return value
+
+    return _ENV_REFERENCE.sub(replace, data)
+
+
 def load_config(path: Path | str | None) -> GatewayConfig:
     """Read and validate a YAML config; ``None`` gives the embedded default alone."""
     if path is None:
@@ -247,7 +272,7 @@ def load_config(path: Path | str | None) -> GatewayConfig:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    config = parse_config(data, str(path))
+    config = parse_config(expand_environment(data, str(path)), str(path))
     if config.router is not None and not config.router.checkpoint.is_absolute():
         # A relative checkpoint is read relative to the config file when it is there (mounted configs).
         beside = path.parent / config.router.checkpoint

@@ -72,3 +72,15 @@ def test_config_from_environment_variable(upstream, tmp_path):
     with GatewayProcess(env={"LLM_GATEWAY_CONFIG": str(path)}) as gateway:
         client = __import__("openai").OpenAI(base_url=f"{gateway.url}/v1", api_key="x")
         assert [m.id for m in client.models.list()] == ["env-model"]
+
+
+def test_environment_references_are_expanded(tmp_path, monkeypatch):
+    path = tmp_path / "gw.yaml"
+    path.write_text("models:\n  - name: a\n    backend: openai\n    base_url: ${UPSTREAM_URL}\n"
+                    "    timeout_s: ${TIMEOUT:-7}\n")
+    monkeypatch.setenv("UPSTREAM_URL", "http://vllm:8000/v1")
+    config = load_config(path)
+    assert config.models[0].base_url == "http://vllm:8000/v1" and config.models[0].timeout_s == 7
+    monkeypatch.delenv("UPSTREAM_URL")
+    with pytest.raises(ConfigError, match="environment variable UPSTREAM_URL is not set"):
+        load_config(path)

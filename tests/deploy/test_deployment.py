@@ -1,0 +1,114 @@
+"""Deployment files, checked without a Docker engine: hadolint on the Dockerfile, and the compose file against
+the gateway config it mounts (services, ports, health checks, GPU reservations, Prometheus)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from gateway.config import load_config
+from tests.support.servers import VENV_BIN
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+
+
+@pytest.fixture(scope="module")
+def gateway_config(compose, monkeypatch_module):
+    monkeypatch_module.setenv("GATEWAY_KEY_SHA256", "0" * 64)
+    mounts = dict(v.split(":")[:2] for v in compose["services"]["gateway"]["volumes"])
+    config_on_host = next(host for host, container in mounts.items()
+                          if container == compose["services"]["gateway"]["environment"]["LLM_GATEWAY_CONFIG"])
+    return load_config(ROOT / config_on_host)
+
+
+@pytest.fixture(scope="module")
+def monkeypatch_module():
+    with pytest.MonkeyPatch.context() as patch:
+        yield patch
+
+
+def test_hadolint_passes():
+    result = subprocess.run([str(VENV_BIN / "hadolint"), str(ROOT / "Dockerfile")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_shape():
+    text = (ROOT / "Dockerfile").read_text()
+    assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) == 2  # multi-stage
+    assert "download.pytorch.org/whl/cpu" in text  # CPU torch, never a CUDA build
+    assert re.search(r"^USER 10001", text, flags=re.MULTILINE)
+    assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, flags=re.MULTILINE)
+    assert "embedded_model_dir" in text  # the embedded model is converted at build time
+
+
+def _service_port(service: dict) -> int:
+    command = service["command"]
+    return int(command[command.index("--port") + 1])
+
+
+def test_every_configured_upstream_is_a_compose_service(compose, gateway_config):
+    services = compose["services"]
+    for model in gateway_config.models:
+        url = urlsplit(model.base_url)
+        assert url.hostname in services, f"{model.name}: no compose service '{url.hostname}'"
+        service = services[url.hostname]
+        assert url.port == _service_port(service)
+        command = service["command"]
+        assert command[command.index("--served-model-name") + 1] == model.served_model
+        assert "gpu" in service["profiles"]
+    assert set(gateway_config.router.model_map.values()) <= {m.name for m in gateway_config.models}
+    assert any(m.vision and "ecso" in m.stages for m in gateway_config.models)
+    redis_host = urlsplit(gateway_config.limits.redis_url).hostname
+    assert redis_host in services
+
+
+def test_health_checks_and_dependencies(compose):
+    services = compose["services"]
+    for name, service in services.items():
+        assert "healthcheck" in service, f"{name} has no health check"
+    for name in services:
+        if name.startswith("vllm-"):
+            assert "http://localhost:8000/health" in " ".join(services[name]["healthcheck"]["test"])
+            assert services["gateway"]["depends_on"][name] == {"condition": "service_healthy"}
+    assert "8000/health" in " ".join(services["gateway"]["healthcheck"]["test"])
+
+
+def test_gpu_services_reserve_gpus_and_the_cpu_profile_does_not(compose):
+    services = compose["services"]
+    vllm = [s for n, s in services.items() if n.startswith("vllm-")]
+    assert len(vllm) == 8
+    for service in vllm:
+        devices = service["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] >= 1
+        assert service["image"].startswith("vllm/vllm-openai:")
+    cpu = [n for n, s in services.items() if "cpu" in s.get("profiles", [])]
+    assert cpu == ["gateway-cpu"]
+    assert "deploy" not in services["gateway-cpu"]
+    assert services["gateway-cpu"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def test_prometheus_scrapes_the_gateway(compose, gateway_config):
+    prometheus = compose["services"]["prometheus"]
+    config_file = next(v.split(":")[0] for v in prometheus["volumes"] if "prometheus.yml" in v)
+    scrape = yaml.safe_load((ROOT / config_file).read_text())["scrape_configs"][0]
+    assert scrape["metrics_path"] == "/metrics"
+    assert scrape["static_configs"][0]["targets"] == ["gateway:8000"]
+    assert gateway_config.server.metrics_allow_remote  # /metrics is loopback-only otherwise
+
+
+def test_example_router_config_names_match_the_compose_pool(gateway_config):
+    example = load_config(ROOT / "examples" / "routerdc-7llm.yaml")
+    assert {m.name: m.base_url for m in example.models} == {
+        m.name: m.base_url for m in gateway_config.models if not m.vision}
+    assert example.router.model_map == gateway_config.router.model_map
