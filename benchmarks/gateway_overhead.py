@@ -9,42 +9,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
-HERE = Path(__file__).resolve().parent
-BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_ready(url: str, timeout_s: float = 60) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    raise TimeoutError(url)
-
-
-def percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import percentile, upstream_and_gateway  # noqa: E402
 
 
 async def run_load(base_url: str, model: str, stream: bool, requests: int,
@@ -84,28 +56,13 @@ def main() -> None:
     parser.add_argument("--chunks", type=int, default=16, help="streamed chunks per answer")
     args = parser.parse_args()
 
-    upstream_port, gateway_port = free_port(), free_port()
-    config = {"models": [{"name": "bench", "backend": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                          "upstream_model": "fake"}], "server": {"log_level": "warning"}}
-    config_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    yaml.safe_dump(config, config_file)
-    config_file.close()
-    processes = [
-        subprocess.Popen([sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port),
-                          "--chunks", str(args.chunks)]),
-        subprocess.Popen([str(BIN / "llm-gateway"), "serve", "--config", config_file.name, "--port", str(gateway_port)],
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-    ]
-    try:
-        wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models")
-        wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
+    with upstream_and_gateway(args.chunks) as stack:
         print(f"{args.requests} requests per row, concurrency {args.concurrency}, {args.chunks} chunks per stream, "
               "loopback, 2 processes + client on this machine")
         print(f"{'mode':<10}{'target':<10}{'p50 ms':>9}{'p99 ms':>9}{'req/s':>9}")
         for stream in (False, True):
             results = {}
-            for target, url, model in (("direct", f"http://127.0.0.1:{upstream_port}/v1", "fake"),
-                                       ("gateway", f"http://127.0.0.1:{gateway_port}/v1", "bench")):
+            for target, url, model in (("direct", stack.upstream_url, "fake"), ("gateway", stack.gateway_url, "bench")):
                 asyncio.run(run_load(url, model, stream, min(200, args.requests), args.concurrency))  # warm-up
                 latencies, rate = asyncio.run(run_load(url, model, stream, args.requests, args.concurrency))
                 results[target] = latencies
@@ -115,10 +72,6 @@ def main() -> None:
             added_p99 = (percentile(results["gateway"], .99) - percentile(results["direct"], .99)) * 1000
             added_mean = (statistics.mean(results["gateway"]) - statistics.mean(results["direct"])) * 1000
             print(f"{'':<10}{'added':<10}{added_p50:>9.2f}{added_p99:>9.2f}   (mean added {added_mean:.2f} ms)")
-    finally:
-        for process in processes:
-            process.terminate()
-            process.wait(10)
 
 
 if __name__ == "__main__":

@@ -10,17 +10,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import httpx
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import BIN, HERE, free_port, percentile, run_load, wait_ready  # noqa: E402
+from gateway_overhead import run_load  # noqa: E402
+from harness import percentile, upstream_and_gateway  # noqa: E402
 
 CHUNKS = 16
 EXPECTED = "".join(f"w{i} " for i in range(CHUNKS))
@@ -107,30 +105,18 @@ def main() -> None:
     parser.add_argument("--delay-ms", type=float, default=2.0, help="upstream think time per request")
     args = parser.parse_args()
 
-    upstream_port, gateway_port = free_port(), free_port()
-    config = {"models": [{"name": "bench", "backend": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                          "upstream_model": "fake"}], "server": {"log_level": "warning"}}
-    config_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
-    yaml.safe_dump(config, config_file)
-    config_file.close()
-    upstream = subprocess.Popen([sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port),
-                                 "--chunks", str(CHUNKS), "--delay-ms", str(args.delay_ms)])
-    gateway = subprocess.Popen([str(BIN / "llm-gateway"), "serve", "--config", config_file.name, "--port",
-                                str(gateway_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models")
-        wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
-        gateway_url, direct_url = f"http://127.0.0.1:{gateway_port}/v1", f"http://127.0.0.1:{upstream_port}/v1"
+    with upstream_and_gateway(CHUNKS, args.delay_ms) as stack:
+        gateway_url, direct_url, pid = stack.gateway_url, stack.upstream_url, stack.gateway_pid
         tally = Tally()
         asyncio.run(soak(gateway_url, 0, 500, args.concurrency, 0, Tally()))  # warm-up, not counted
-        rss = [("start (after 500 warm-up requests)", rss_mb(gateway.pid))]
+        rss = [("start (after 500 warm-up requests)", rss_mb(pid))]
         started = time.monotonic()
         half = args.requests // 2
         asyncio.run(soak(gateway_url, 0, half, args.concurrency, args.disconnect_every, tally))
-        rss.append((f"after {half}", rss_mb(gateway.pid)))
+        rss.append((f"after {half}", rss_mb(pid)))
         asyncio.run(soak(gateway_url, half, args.requests - half, args.concurrency, args.disconnect_every, tally))
         elapsed = time.monotonic() - started
-        rss.append((f"after {args.requests}", rss_mb(gateway.pid)))
+        rss.append((f"after {args.requests}", rss_mb(pid)))
 
         direct_json, _ = asyncio.run(run_load(direct_url, "fake", False, 2000, args.concurrency))
         direct_stream, _ = asyncio.run(run_load(direct_url, "fake", True, 2000, args.concurrency))
@@ -149,10 +135,6 @@ def main() -> None:
               f"p99 {(p99 - d99) * 1000:.1f} ms")
         for label, value in rss:
             print(f"gateway RSS {label}: {value:.1f} MiB")
-    finally:
-        for process in (gateway, upstream):
-            process.terminate()
-            process.wait(15)
 
 
 if __name__ == "__main__":

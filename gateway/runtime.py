@@ -25,7 +25,7 @@ class Gateway:
         self.config = config
         self.metrics = GatewayMetrics()
         self.pool = ModelPool(config, cache_dir)
-        self.service = CompletionService(self.pool, self.metrics, self._load_router(), config.router)
+        self.service = CompletionService(self.pool, self.metrics, self._load_router())
         self.started_at = int(time.time())
         self.keys = ApiKeyStore(config.auth)
         self.limiter = build_rate_limiter(config.limits.redis_url)

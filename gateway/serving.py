@@ -14,7 +14,6 @@ from typing import Any
 
 from gateway.backends import Backend, Request
 from gateway.circuit import CircuitBreaker
-from gateway.config import RouterConfig
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -51,19 +50,19 @@ class StreamAnswer:
 class CompletionService:
     """Resolves the requested model (or routes ``auto``), fails over down the ranking, accounts for usage."""
 
-    def __init__(self, pool: ModelPool, metrics: GatewayMetrics, routed: RoutedModel | None = None,
-                 router_config: RouterConfig | None = None) -> None:
+    def __init__(self, pool: ModelPool, metrics: GatewayMetrics, routed: RoutedModel | None = None) -> None:
         self.pool = pool
         self.metrics = metrics
         self.routed = routed
-        threshold = router_config.failure_threshold if router_config else 3
-        open_seconds = router_config.open_seconds if router_config else 10.0
         caller = PoolCaller(pool)
         self.pipelines = {name: Pipeline(backend, stages, caller, metrics) for name, backend in pool.backends.items()
                           if (stages := build_stages(backend.config, pool.config))}
-        self.breakers = {name: CircuitBreaker(name, threshold=threshold, open_seconds=open_seconds,
-                                              probe=backend.check_ready, on_change=self._circuit_changed)
-                         for name, backend in pool.backends.items()}
+        # Circuits decide which candidates routing skips, so they exist where there is routing.
+        self.breakers = {} if routed is None else {
+            name: CircuitBreaker(name, threshold=routed.config.failure_threshold,
+                                 open_seconds=routed.config.open_seconds, probe=backend.check_ready,
+                                 on_change=self._circuit_changed)
+            for name, backend in pool.backends.items()}
 
     def _circuit_changed(self, model: str, is_open: bool) -> None:
         self.metrics.circuit_open.labels(model).set(1 if is_open else 0)
@@ -94,7 +93,7 @@ class CompletionService:
             try:
                 answer = await self._attempt(backend, endpoint, request, record)
             except FAILOVER_ERRORS as exc:
-                if isinstance(exc, UpstreamError):
+                if isinstance(exc, UpstreamError) and backend.name in self.breakers:
                     self.breakers[backend.name].record_failure()
                 if attempt + 1 == len(backends):
                     if failures:
@@ -103,7 +102,8 @@ class CompletionService:
                 failures.append(f"{backend.name}: {exc.code}")
                 self.metrics.failovers.labels(backend.name, exc.code or "error").inc()
                 continue
-            self.breakers[backend.name].record_success()
+            if backend.name in self.breakers:
+                self.breakers[backend.name].record_success()
             answer.headers[ROUTED_MODEL_HEADER] = backend.name
             if decision is not None and self.routed is not None:
                 answer.headers[ROUTE_SCORES_HEADER] = decision.header_value(self.routed.config.top_scores_in_header)

@@ -1,0 +1,72 @@
+"""Shared pieces of the loopback benchmarks: a fake upstream and a gateway in front of it, as subprocesses."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+HERE = Path(__file__).resolve().parent
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_ready(url: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(url)
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+@dataclass
+class Stack:
+    upstream_url: str  # .../v1 of the fake upstream (model "fake")
+    gateway_url: str  # .../v1 of the gateway (model "bench")
+    gateway_pid: int
+
+
+@contextmanager
+def upstream_and_gateway(chunks: int, delay_ms: float = 0.0) -> Iterator[Stack]:
+    upstream_port, gateway_port = free_port(), free_port()
+    config = {"models": [{"name": "bench", "backend": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
+                          "upstream_model": "fake"}], "server": {"log_level": "warning"}}
+    config_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
+    yaml.safe_dump(config, config_file)
+    config_file.close()
+    upstream = subprocess.Popen([sys.executable, str(HERE / "fake_upstream.py"), "--port", str(upstream_port),
+                                 "--chunks", str(chunks), "--delay-ms", str(delay_ms)])
+    gateway = subprocess.Popen([str(BIN / "llm-gateway"), "serve", "--config", config_file.name, "--port",
+                                str(gateway_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{upstream_port}/v1/models")
+        wait_ready(f"http://127.0.0.1:{gateway_port}/ready")
+        yield Stack(f"http://127.0.0.1:{upstream_port}/v1", f"http://127.0.0.1:{gateway_port}/v1", gateway.pid)
+    finally:
+        for process in (gateway, upstream):
+            process.terminate()
+            process.wait(15)
+        Path(config_file.name).unlink(missing_ok=True)
