@@ -83,7 +83,8 @@ def _aligncot_data(args: argparse.Namespace) -> int:
     from training.gateway_client import openai_client, running_gateway
 
     prompts = harmful_prompts(args.prompts, args.start, args.limit) + HELPFUL_PROMPTS[: args.helpful]
-    config, model = (None, args.model) if args.url else with_aligncot(load_config(args.config), args.model)
+    config, model = (None, args.model) if args.url else with_aligncot(load_config(args.config), args.model,
+                                                                      step_max_tokens=args.max_tokens)
     with running_gateway(config, args.url) as base_url:
         counts = generate_chains(openai_client(base_url, args.api_key), model, prompts, args.out, args.max_tokens)
     print(f"{len(prompts)} records written to {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
@@ -117,9 +118,11 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
             settings["MoTE experts"] = f"{args.base}--mote"
         config = None
     else:
-        config, settings["prompted chain"] = with_aligncot(load_config(args.config), args.base)
+        config, settings["prompted chain"] = with_aligncot(load_config(args.config), args.base,
+                                                           step_max_tokens=args.max_tokens)
         if experts:
-            config, settings["MoTE experts"] = with_aligncot(config, args.base, experts, f"{args.base}--mote")
+            config, settings["MoTE experts"] = with_aligncot(config, args.base, experts, f"{args.base}--mote",
+                                                             args.max_tokens)
     harmful = harmful_prompts(args.prompts, args.start, args.limit)
     helpful = HELPFUL_PROMPTS[-args.helpful:] if args.helpful else []
     with running_gateway(config, args.url) as base_url:
