@@ -88,12 +88,18 @@ def embedded_gateway() -> Iterator[LiveGateway]:
 
 
 @pytest.fixture(scope="session")
-def router_checkpoint(tmp_path_factory) -> Path:
+def embedding_cache(tmp_path_factory) -> Path:
+    """One embeddings cache for the whole run: the slice is encoded once, however many routers train on it."""
+    return tmp_path_factory.mktemp("embedding-cache")
+
+
+@pytest.fixture(scope="session")
+def router_checkpoint(tmp_path_factory, embedding_cache) -> Path:
     """A RouterDC checkpoint trained (frozen MiniLM) on the committed slice of the RouterDC benchmark."""
     from routers.data import load_routing_files
     from tests.routers.conftest import TRAIN_FILES
     from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
 
     config = RouterTrainingConfig(steps=200, eval_every=10, samples_per_task=200, batch_size=32, seed=0)
-    result = train_router(load_routing_files(TRAIN_FILES), config, progress=False)
+    result = train_router(load_routing_files(TRAIN_FILES), config, cache_dir=embedding_cache, progress=False)
     return save_trained_router(result, tmp_path_factory.mktemp("router") / "checkpoint")

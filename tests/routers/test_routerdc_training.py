@@ -30,9 +30,9 @@ def test_sets():
 
 
 @pytest.fixture(scope="module")
-def trained(train_sets, tmp_path_factory):
+def trained(train_sets, embedding_cache):
     config = RouterTrainingConfig(steps=150, eval_every=10, samples_per_task=200, batch_size=32, seed=3)
-    return train_router(train_sets, config, cache_dir=tmp_path_factory.mktemp("cache"), progress=False)
+    return train_router(train_sets, config, cache_dir=embedding_cache, progress=False)
 
 
 def test_training_lowers_the_loss_and_beats_random_on_held_out_questions(trained, train_sets, test_sets):
@@ -44,9 +44,9 @@ def test_training_lowers_the_loss_and_beats_random_on_held_out_questions(trained
     assert trained.router.metadata["validation"]["average"] == trained.validation["average"]
 
 
-def test_training_is_reproducible(train_sets, trained, tmp_path):
+def test_training_is_reproducible(train_sets, trained, embedding_cache):
     config = RouterTrainingConfig(steps=150, eval_every=10, samples_per_task=200, batch_size=32, seed=3)
-    again = train_router(train_sets, config, cache_dir=tmp_path, progress=False)
+    again = train_router(train_sets, config, cache_dir=embedding_cache, progress=False)
     queries = [train_sets[0].questions[0], train_sets[1].questions[0]]
     assert np.allclose(again.router.score(queries), trained.router.score(queries), atol=1e-5)
 
@@ -75,8 +75,8 @@ def test_loss_pair_defaults_follow_the_paper():
 
 
 @pytest.mark.parametrize("name", ["random", "best-single", "knn"])
-def test_baselines_route_through_the_same_interface(name, train_sets, test_sets, tmp_path):
-    router = build_router(name, train_sets, RouterOptions(cache_dir=tmp_path))
+def test_baselines_route_through_the_same_interface(name, train_sets, test_sets, embedding_cache):
+    router = build_router(name, train_sets, RouterOptions(cache_dir=embedding_cache))
     report = evaluate(router, test_sets, best_single_llm(train_sets), name)
     assert set(report.tasks) == {d.task for d in test_sets}
     if name == "best-single":
