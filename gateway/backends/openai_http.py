@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
@@ -99,7 +100,8 @@ class OpenAIHTTPBackend(Backend):
                 async with asyncio.timeout_at(deadline):
                     content = await response.aread()
                 self._raise_for_status(response.status_code, content, response.headers)
-            events = _sse_events(response.aiter_lines())
+            lines = response.aiter_lines()
+            events = _sse_events(lines)
             while True:
                 # The deadline covers only the wait for the next event: never wrap a `yield` in a timeout.
                 try:
@@ -108,6 +110,7 @@ class OpenAIHTTPBackend(Backend):
                 except (httpx.HTTPError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
                 if data is None:
+                    await _drain(lines)
                     return
                 chunk = json.loads(data)
                 if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
@@ -165,6 +168,15 @@ async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
             yield data
     if data_lines and "\n".join(data_lines).strip() != "[DONE]":
         yield "\n".join(data_lines)
+
+
+async def _drain(lines: AsyncIterator[str], timeout_s: float = 0.5) -> None:
+    """Read what follows ``[DONE]`` (normally just the end of the chunked body) so the connection goes back
+    to the pool instead of being closed; an upstream that keeps it open is given up on quickly."""
+    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+        async with asyncio.timeout(timeout_s):
+            async for _ in lines:
+                pass
 
 
 def _json_or_text(content: bytes) -> Any:
