@@ -9,7 +9,7 @@ steps=${2:-40}
 out=${3:-reports/sr-dpo}
 for loss in dpo sr-dpo ipo sr-ipo; do
   .venv/bin/llm-gateway train sr-dpo --model embedded --data "$data" --loss "$loss" --lora --out "$out/$loss" \
-    --steps "$steps" --batch-size 2 --lr 5e-4 --max-length 256 --held-out 100 --seed 0 > "$out-$loss.log" 2>&1
+    --steps "$steps" --batch-size 2 --lr 5e-4 --max-length 256 --held-out 60 --seed 0 > "$out-$loss.log" 2>&1
 done
 .venv/bin/python - "$out" <<'PY'
 import json, sys
