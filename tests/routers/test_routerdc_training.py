@@ -7,10 +7,12 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 
 from routers import ROUTERS, RouterOptions, build_router, load_routerdc
 from routers.baselines import best_single_llm
 from routers.data import load_routing_files
+from routers.encoders import build_encoder
 from routers.evaluation import evaluate
 from tests.routers.conftest import TEST_FILES, TRAIN_FILES
 from tests.support.servers import VENV_BIN
@@ -115,3 +117,18 @@ def test_cli_train_and_eval_write_checkpoint_table_json_and_png(tmp_path):
     bad = subprocess.run([env_bin, "router", "eval", "--baseline", "magic", "--data", *TRAIN_FILES, "--test",
                           *TEST_FILES], capture_output=True, text=True, timeout=600)
     assert bad.returncode == 2 and "known routers" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_finetune_mode_trains_the_encoder_and_saves_it(train_sets, tmp_path):
+    small = [d.subset(range(12)) for d in train_sets]
+    config = RouterTrainingConfig(mode="finetune", steps=3, eval_every=3, batch_size=8, samples_per_task=12, seed=0)
+    assert config.learning_rate == 5e-5 and config.hidden_dim == 0  # the paper's setting: encoder output as is
+    before = {name: p.detach().clone() for name, p in build_encoder("minilm").model.named_parameters()}
+    result = train_router(small, config, progress=False)
+    after = dict(result.router.encoder.model.named_parameters())
+    assert any(not torch.equal(before[name], after[name].detach()) for name in before)  # the encoder moved
+    directory = save_trained_router(result, tmp_path / "ckpt")
+    assert (directory / "encoder" / "modules.json").exists()
+    assert json.loads((directory / "router.json").read_text())["encoder"] == "encoder"
+    queries = small[0].questions[:3]
+    assert np.allclose(load_routerdc(directory).score(queries), result.router.score(queries), atol=1e-5)
