@@ -34,6 +34,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3, help="RouterDC runs per encoder (seeds 0..N-1)")
     parser.add_argument("--finetune-steps", type=int, default=0, help="also fine-tune MiniLM this many steps")
     parser.add_argument("--skip-baselines", action="store_true")
+    parser.add_argument("--leave-one-task-out", action="store_true",
+                        help="also train on four tasks and test on the fifth (a task the router never saw)")
     args = parser.parse_args()
 
     cache_dir = Settings().cache_dir
@@ -72,11 +74,30 @@ def main() -> None:
             started = time.monotonic()
             router = build_router(name, train, options)
             report(name, router, f"built in {time.monotonic() - started:.1f} s\n")
+    if args.leave_one_task_out:
+        unseen_task_runs(train, tests, args.encoders[0], cache_dir, args.out / "unseen", summary)
     print("\nsummary (test accuracy, %):")
     for name, row in summary.items():
         print(f"  {name:<40} avg {row['average']:6.2f}   " + "  ".join(f"{t} {v:.2f}" for t, v in row.items()
                                                                       if t != "average"))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
+
+
+def unseen_task_runs(train, tests, encoder: str, cache_dir: Path, out: Path,  # type: ignore[no-untyped-def]
+                     summary: dict[str, dict[str, float]]) -> None:
+    """For each task: train RouterDC (seed 0) on the other four tasks' training files, test on its test file;
+    best-single is also chosen from the other four tasks, so both face the task unseen."""
+    for held_out in tests:
+        seen = [t for t in train if t.task != held_out.task]
+        trained = train_router(seen, RouterTrainingConfig(encoder=encoder, seed=0), cache_dir=cache_dir,
+                               progress=False)
+        trained.router.encoder = with_cache(trained.router.encoder, cache_dir / "embeddings")
+        result = evaluate(trained.router, [held_out], best_single_llm(seen), f"routerdc-unseen-{held_out.task}")
+        print(f"\n{format_table(result)}\n(trained on {', '.join(t.task for t in seen)})")
+        write_report(result, out / f"unseen-{held_out.task}.json")
+        row = result.tasks[held_out.task]
+        summary[f"unseen-{held_out.task}"] = {"router": row.router, "best_single": row.best_single,
+                                              "random": row.random, "oracle": row.oracle}
 
 
 if __name__ == "__main__":

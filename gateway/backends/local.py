@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -39,6 +40,11 @@ class PromptInputs:
 
     ids: list[int]
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+# transformers' loading is not thread-safe (it builds models on the meta device through process-wide hooks):
+# two local models loading at once in worker threads both fail with "Cannot copy out of meta tensor".
+_MODEL_LOADING = threading.Lock()
 
 
 def resolve_device(device: str) -> str:
@@ -93,6 +99,10 @@ class LocalBackend(Backend):
         logger.info("local model '%s' loaded on %s", self.name, model.device)
 
     def _load_blocking(self) -> tuple[Any, Any, Any]:
+        with _MODEL_LOADING:
+            return self._load_model_and_adapters()
+
+    def _load_model_and_adapters(self) -> tuple[Any, Any, Any]:
         path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
         model, tokenizer, processor = load_causal_lm(path, self.config.device, vision=self.config.vision)
         if self.config.adapters:

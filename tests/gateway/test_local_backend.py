@@ -163,3 +163,19 @@ def test_metrics_count_requests_tokens_and_latency(embedded_gateway):
     assert 'gateway_tokens_total{kind="completion",model="smollm2-135m"}' in text
     assert 'gateway_request_duration_seconds_bucket{endpoint="chat",le="0.5",model="smollm2-135m"}' in text
     assert 'gateway_requests_in_flight{model="smollm2-135m"} 0.0' in text
+
+
+def test_two_local_models_load_side_by_side(make_gateway):
+    # Both start loading at once in worker threads; transformers' loading is not thread-safe, so this failed
+    # with "Cannot copy out of meta tensor" before loads were serialised.
+    gateway = make_gateway({"models": [{"name": "smol-a", "backend": "local"},
+                                       {"name": "smol-b", "backend": "local"}]}, wait_ready=False)
+    deadline = time.monotonic() + 240
+    while (ready := httpx.get(f"{gateway.url}/ready")).status_code != 200 and time.monotonic() < deadline:
+        assert "failed" not in ready.text.lower(), ready.text
+        time.sleep(0.5)
+    assert ready.status_code == 200, ready.text
+    client = gateway.client()
+    for name in ("smol-a", "smol-b"):
+        reply = client.chat.completions.create(model=name, messages=QUESTION, max_tokens=12, temperature=0)
+        assert "Paris" in reply.choices[0].message.content
