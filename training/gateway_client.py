@@ -37,20 +37,33 @@ def running_gateway(config: GatewayConfig | None = None, url: str | None = None,
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     try:
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline or not thread.is_alive():
-                raise RuntimeError("the in-process gateway did not become ready")
-            time.sleep(0.2)
+        _wait_ready(f"http://127.0.0.1:{port}/ready", thread, ready_timeout_s)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=30)
+
+
+def _wait_ready(ready_url: str, thread: threading.Thread, timeout_s: float) -> None:
+    """Until /ready says 200; a local model that failed to load ends the wait at once with its error."""
+    deadline = time.monotonic() + timeout_s
+    detail = "no answer"
+    while True:
+        try:
+            response = httpx.get(ready_url, timeout=5)
+            if response.status_code == 200:
+                return
+            models = response.json().get("models", {})
+            failed = {name: m["detail"] for name, m in models.items() if str(m.get("detail", "")).startswith("failed")}
+            if failed:
+                raise RuntimeError("the in-process gateway cannot serve: " +
+                                   "; ".join(f"model '{name}' {why}" for name, why in failed.items()))
+            detail = response.text
+        except httpx.HTTPError as exc:
+            detail = str(exc)
+        if time.monotonic() > deadline or not thread.is_alive():
+            raise RuntimeError(f"the in-process gateway did not become ready within {timeout_s:.0f} s: {detail}")
+        time.sleep(0.2)
 
 
 def openai_client(base_url: str, api_key: str | None = None, timeout_s: float = 600.0) -> openai.OpenAI:
