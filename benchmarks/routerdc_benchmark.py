@@ -78,8 +78,7 @@ def main() -> None:
         unseen_task_runs(train, tests, args.encoders[0], cache_dir, args.out / "unseen", summary)
     print("\nsummary (test accuracy, %):")
     for name, row in summary.items():
-        print(f"  {name:<40} avg {row['average']:6.2f}   " + "  ".join(f"{t} {v:.2f}" for t, v in row.items()
-                                                                      if t != "average"))
+        print(f"  {name:<40} " + "  ".join(f"{column} {value:.2f}" for column, value in row.items()))
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2))
 
 
