@@ -57,13 +57,15 @@ def harmful_prompts(path: Path, start: int = 0, limit: int | None = None) -> lis
 
 
 def with_aligncot(config: GatewayConfig, model: str, experts: dict[str, str] | None = None,
-                  name: str | None = None, step_max_tokens: int = 256) -> tuple[GatewayConfig, str]:
+                  name: str | None = None, step_max_tokens: int = 256,
+                  skip_steps: bool = True) -> tuple[GatewayConfig, str]:
     """A copy of ``config`` with ``model`` also served (as ``name``) through the AlignCoT stage."""
     entry = config.model(model)
     if entry is None:
         raise ValueError(f"model '{model}' is not configured")
     name = name or f"{model}--aligncot"
-    settings: dict[str, Any] = {"step_max_tokens": step_max_tokens, **({"experts": experts} if experts else {})}
+    settings: dict[str, Any] = {"step_max_tokens": step_max_tokens, "skip_steps": skip_steps,
+                                **({"experts": experts} if experts else {})}
     added = ModelConfig.model_validate({**entry.model_dump(exclude={"name", "aliases", "adapters"}), "name": name,
                                         "stages": ["aligncot"], "aligncot": settings})
     copy = config.model_copy(deep=True)

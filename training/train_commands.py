@@ -38,6 +38,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     data.add_argument("--helpful", type=int, default=20, help="built-in helpful prompts to add")
     data.add_argument("--out", required=True, type=Path)
     data.add_argument("--max-tokens", type=int, default=256)
+    data.add_argument("--no-skip", action="store_true",
+                      help="write the whole chain for every prompt, even when the direct answer passes the check "
+                           "(training data for every step when the base model's own check is lenient)")
     data.set_defaults(handler=_aligncot_data)
 
     mote = sub.add_parser("mote", help="MoTE SFT: one LoRA expert per AlignCoT step plus a shared expert")
@@ -82,9 +85,13 @@ def _aligncot_data(args: argparse.Namespace) -> int:
     from training.aligncot_runs import HELPFUL_PROMPTS, generate_chains, harmful_prompts, with_aligncot
     from training.gateway_client import openai_client, running_gateway
 
+    if args.url and args.no_skip:
+        raise ValueError("--no-skip configures the in-process gateway (--config); for a running gateway set "
+                         "'aligncot: {skip_steps: false}' on its model")
     prompts = harmful_prompts(args.prompts, args.start, args.limit) + HELPFUL_PROMPTS[: args.helpful]
     config, model = (None, args.model) if args.url else with_aligncot(load_config(args.config), args.model,
-                                                                      step_max_tokens=args.max_tokens)
+                                                                      step_max_tokens=args.max_tokens,
+                                                                      skip_steps=not args.no_skip)
     with running_gateway(config, args.url) as base_url:
         counts = generate_chains(openai_client(base_url, args.api_key), model, prompts, args.out, args.max_tokens)
     print(f"{len(prompts)} records written to {args.out}: " + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -186,3 +186,20 @@ def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
     assert report["prompted chain"]["harmless_rate"] == 100.0 and report["MoTE experts"]["harmless_rate"] == 100.0
     assert report["base"]["helpfulness"] == 7.0
     assert "prompted chain" in result.stdout
+
+
+def test_aligncot_data_no_skip_writes_the_chain_for_every_prompt(make_upstream, tmp_path):
+    server = make_upstream("base")
+    server.responder = _chain_model(direct_safe_for="boil")
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
+    out = tmp_path / "chains.jsonl"
+    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-data", "--config", str(config),
+                             "--model", "base", "--prompts", str(HH_RLHF_SAMPLE), "--limit", "1", "--helpful", "2",
+                             "--no-skip", "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["outcome"] for r in records] == ["chain"] * 3  # the egg question too, though its direct answer is safe
+    assert all(r["analysis"] == "analysis text" and r["guidance"] == "guidance text" for r in records)
+    steps = ("Question Analysis.", "Answer Guidance.", "Safe Answer.", "Safety Check.")
+    assert all(call.last_user_text.startswith(steps) for call in server.calls)  # no direct answer was asked for
