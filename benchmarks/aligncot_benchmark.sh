@@ -14,7 +14,7 @@ models:
   - {name: smol, backend: local, default_max_tokens: 64}
 YAML
 time $gw train aligncot-data --config "$out/base.yaml" --model smol --prompts "$data" --start 0 --limit 24 \
-  --helpful 8 --max-tokens 64 --out "$out/chains.jsonl"
+  --helpful 8 --max-tokens 64 --no-skip --out "$out/chains.jsonl"
 time $gw train mote --model embedded --data "$out/chains.jsonl" --out "$out/mote" --steps 40 --batch-size 2 \
   --max-length 384 --lr 5e-4
 cat > "$out/eval.yaml" <<YAML

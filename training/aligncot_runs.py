@@ -18,7 +18,14 @@ import openai
 from tqdm.auto import tqdm
 
 from gateway.config import GatewayConfig, ModelConfig
-from training.judge import harmless_prompt, helpful_prompt, parse_harmless, parse_rating
+from training.judge import (
+    JUDGE_MAX_TOKENS,
+    harmless_prompt,
+    harmless_rate,
+    helpful_prompt,
+    parse_harmless,
+    parse_rating,
+)
 from training.preference_data import parse_dialogue
 
 # Benign requests, for the helpful half of the data and of the evaluation.
@@ -106,10 +113,11 @@ def evaluate_settings(client: openai.OpenAI, settings: dict[str, str], judge: st
     """{setting: {harmless %, helpfulness, answers}} for each setting (label -> served model name)."""
     report: dict[str, Any] = {}
     for label, model in settings.items():
-        def harm(prompt: str, model: str = model) -> tuple[str, str, bool | None]:
+        def harm(prompt: str, model: str = model) -> dict[str, Any]:
             answer = _ask(client, model, prompt, max_tokens)["choices"][0]["message"]["content"] or ""
-            verdict = _ask(client, judge, harmless_prompt(prompt, answer), 8)["choices"][0]["message"]["content"]
-            return prompt, answer, parse_harmless(verdict or "")
+            verdict = _ask(client, judge, harmless_prompt(prompt, answer), JUDGE_MAX_TOKENS
+                           )["choices"][0]["message"]["content"] or ""
+            return {"prompt": prompt, "answer": answer, "harmless": parse_harmless(verdict), "judge_reply": verdict}
 
         def help_(prompt: str, model: str = model) -> tuple[str, str, float | None]:
             answer = _ask(client, model, prompt, max_tokens)["choices"][0]["message"]["content"] or ""
@@ -122,9 +130,8 @@ def evaluate_settings(client: openai.OpenAI, settings: dict[str, str], judge: st
         ratings = [r for _, _, r in helps if r is not None]
         report[label] = {
             "model": model,
-            "harmless_rate": 100 * sum(v is True for _, _, v in harms) / max(1, len(harms)),
-            "unjudged": sum(v is None for _, _, v in harms),
+            "harmless_rate": harmless_rate([h["harmless"] for h in harms]),
+            "unjudged": sum(h["harmless"] is None for h in harms),
             "helpfulness": sum(ratings) / len(ratings) if ratings else None,
-            "answers": [{"prompt": p, "answer": a, "harmless": v} for p, a, v in harms]
-                       + [{"prompt": p, "answer": a, "helpfulness": r} for p, a, r in helps]}
+            "answers": harms + [{"prompt": p, "answer": a, "helpfulness": r} for p, a, r in helps]}
     return report

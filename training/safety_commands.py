@@ -27,6 +27,7 @@ def add_safety_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 def _eval(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, Settings, load_config
     from training.gateway_client import openai_client, running_gateway
+    from training.judge import format_rate
     from training.safety_eval import judge_records, load_records, summarise, write_answers
 
     records = load_records(args.data)
@@ -58,7 +59,7 @@ def _eval(args: argparse.Namespace) -> int:
     print(f"{'stage':<12}{'answers':>8}{'harmless %':>12}{'rewritten':>11}{'unjudged':>10}")
     for stage in stages:
         summary = summarise([r for r in results if r.stage == stage])
-        print(f"{stage:<12}{summary['answers']:>8}{summary['harmless_rate']:>12.1f}{summary['rewritten']:>11}"
-              f"{summary['unjudged']:>10}")
+        print(f"{stage:<12}{summary['answers']:>8}{format_rate(summary['harmless_rate']):>12}"
+              f"{summary['rewritten']:>11}{summary['unjudged']:>10}")
     print(f"answers written to {args.out}")
     return 0

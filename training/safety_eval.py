@@ -19,7 +19,7 @@ from typing import Any
 import openai
 from tqdm.auto import tqdm
 
-from training.judge import harmless_prompt, parse_harmless
+from training.judge import JUDGE_MAX_TOKENS, harmless_prompt, harmless_rate, parse_harmless
 
 
 @dataclass
@@ -68,7 +68,7 @@ def judge_records(client: openai.OpenAI, records: Sequence[dict[str, str]], mode
                                                                    {"type": "image_url", "image_url": {
                                                                        "url": image_url(record["image"], base_dir)}}]}])
         answer = raw.parse().choices[0].message.content or ""
-        verdict = client.chat.completions.create(model=judge, temperature=0, max_tokens=8, messages=[
+        verdict = client.chat.completions.create(model=judge, temperature=0, max_tokens=JUDGE_MAX_TOKENS, messages=[
             {"role": "user", "content": harmless_prompt(record["query"], answer, with_image=True)}])
         reply = verdict.choices[0].message.content or ""
         return JudgedAnswer(record["query"], record["image"], stage, answer, raw.headers.get("x-gateway-ecso"),
@@ -79,9 +79,8 @@ def judge_records(client: openai.OpenAI, records: Sequence[dict[str, str]], mode
 
 
 def summarise(results: Sequence[JudgedAnswer]) -> dict[str, Any]:
-    judged = [r for r in results if r.harmless is not None]
-    return {"answers": len(results), "harmless_rate": 100 * sum(bool(r.harmless) for r in results) / len(results),
-            "unjudged": len(results) - len(judged),
+    return {"answers": len(results), "harmless_rate": harmless_rate([r.harmless for r in results]),
+            "unjudged": sum(r.harmless is None for r in results),
             "rewritten": sum(r.ecso == "rewritten" for r in results)}
 
 

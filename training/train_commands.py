@@ -116,6 +116,7 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from training.aligncot_runs import HELPFUL_PROMPTS, evaluate_settings, harmful_prompts, with_aligncot
     from training.gateway_client import openai_client, running_gateway
+    from training.judge import format_rate
 
     experts = dict(item.split("=", 1) for item in args.experts) if args.experts else None
     settings = {"base": args.base}
@@ -141,7 +142,7 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
           f"({len(harmful)} harmful-leaning, {len(helpful)} helpful held-out prompts; judge {args.judge})")
     for label, row in report.items():
         helpfulness = f"{row['helpfulness']:.2f}" if row["helpfulness"] is not None else "n/a"
-        print(f"{label:<16}{row['harmless_rate']:>11.1f}{helpfulness:>13}{row['unjudged']:>10}")
+        print(f"{label:<16}{format_rate(row['harmless_rate']):>11}{helpfulness:>13}{row['unjudged']:>10}")
     return 0
 
 
