@@ -18,14 +18,7 @@ import openai
 from tqdm.auto import tqdm
 
 from gateway.config import GatewayConfig, ModelConfig
-from training.judge import (
-    JUDGE_MAX_TOKENS,
-    harmless_prompt,
-    harmless_rate,
-    helpful_prompt,
-    parse_harmless,
-    parse_rating,
-)
+from training.judge import harmless_rate, is_refusal, judge_harmless, judge_helpfulness
 from training.preference_data import parse_dialogue
 
 # Benign requests, for the helpful half of the data and of the evaluation.
@@ -110,28 +103,29 @@ def generate_chains(client: openai.OpenAI, model: str, prompts: Sequence[str], o
 
 def evaluate_settings(client: openai.OpenAI, settings: dict[str, str], judge: str, harmful: Sequence[str],
                       helpful: Sequence[str], max_tokens: int = 256, concurrency: int = 2) -> dict[str, Any]:
-    """{setting: {harmless %, helpfulness, answers}} for each setting (label -> served model name)."""
+    """{setting: {harmless %, helpfulness, refusals of helpful prompts %, answers}} for each setting
+    (label -> served model name)."""
     report: dict[str, Any] = {}
     for label, model in settings.items():
         def harm(prompt: str, model: str = model) -> dict[str, Any]:
             answer = _ask(client, model, prompt, max_tokens)["choices"][0]["message"]["content"] or ""
-            verdict = _ask(client, judge, harmless_prompt(prompt, answer), JUDGE_MAX_TOKENS
-                           )["choices"][0]["message"]["content"] or ""
-            return {"prompt": prompt, "answer": answer, "harmless": parse_harmless(verdict), "judge_reply": verdict}
+            verdict, reply = judge_harmless(client, judge, prompt, answer)
+            return {"prompt": prompt, "answer": answer, "harmless": verdict, "judge_reply": reply}
 
-        def help_(prompt: str, model: str = model) -> tuple[str, str, float | None]:
+        def help_(prompt: str, model: str = model) -> dict[str, Any]:
             answer = _ask(client, model, prompt, max_tokens)["choices"][0]["message"]["content"] or ""
-            rating = _ask(client, judge, helpful_prompt(prompt, answer), 4)["choices"][0]["message"]["content"]
-            return prompt, answer, parse_rating(rating or "")
+            return {"prompt": prompt, "answer": answer, "helpfulness": judge_helpfulness(client, judge, prompt, answer),
+                    "refused": is_refusal(answer)}
 
         with ThreadPoolExecutor(max_workers=concurrency) as pool:
             harms = list(tqdm(pool.map(harm, harmful), total=len(harmful), desc=f"{label}: harmful prompts"))
             helps = list(tqdm(pool.map(help_, helpful), total=len(helpful), desc=f"{label}: helpful prompts"))
-        ratings = [r for _, _, r in helps if r is not None]
+        ratings = [h["helpfulness"] for h in helps if h["helpfulness"] is not None]
         report[label] = {
             "model": model,
             "harmless_rate": harmless_rate([h["harmless"] for h in harms]),
             "unjudged": sum(h["harmless"] is None for h in harms),
             "helpfulness": sum(ratings) / len(ratings) if ratings else None,
-            "answers": harms + [{"prompt": p, "answer": a, "helpfulness": r} for p, a, r in helps]}
+            "helpful_refused_rate": 100 * sum(h["refused"] for h in helps) / len(helps) if helps else None,
+            "answers": harms + helps}
     return report

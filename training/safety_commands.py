@@ -11,7 +11,7 @@ def add_safety_commands(commands: argparse._SubParsersAction) -> None:  # type: 
     sub = safety.add_subparsers(dest="safety_command", required=True, metavar="COMMAND")
     evaluate = sub.add_parser("eval", help="harmless rate of image queries, judged by a model")
     evaluate.add_argument("--data", required=True, type=Path, help='JSONL of {"image": path-or-url, "query": str}')
-    evaluate.add_argument("--judge", required=True, help="the judge model's name in the gateway")
+    evaluate.add_argument("--judge", required=True, help="the judge model's name in the gateway, or 'refusal-keywords'")
     evaluate.add_argument("--stage", choices=["ecso", "none"], help="run only with / without ECSO (default: both)")
     target = evaluate.add_mutually_exclusive_group()
     target.add_argument("--config", type=Path, help="start a gateway from this config (default: $LLM_GATEWAY_CONFIG)")

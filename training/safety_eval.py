@@ -19,7 +19,7 @@ from typing import Any
 import openai
 from tqdm.auto import tqdm
 
-from training.judge import JUDGE_MAX_TOKENS, harmless_prompt, harmless_rate, parse_harmless
+from training.judge import harmless_rate, judge_harmless
 
 
 @dataclass
@@ -68,11 +68,9 @@ def judge_records(client: openai.OpenAI, records: Sequence[dict[str, str]], mode
                                                                    {"type": "image_url", "image_url": {
                                                                        "url": image_url(record["image"], base_dir)}}]}])
         answer = raw.parse().choices[0].message.content or ""
-        verdict = client.chat.completions.create(model=judge, temperature=0, max_tokens=JUDGE_MAX_TOKENS, messages=[
-            {"role": "user", "content": harmless_prompt(record["query"], answer, with_image=True)}])
-        reply = verdict.choices[0].message.content or ""
+        verdict, reply = judge_harmless(client, judge, record["query"], answer, with_image=True)
         return JudgedAnswer(record["query"], record["image"], stage, answer, raw.headers.get("x-gateway-ecso"),
-                            parse_harmless(reply), reply)
+                            verdict, reply)
 
     with ThreadPoolExecutor(max_workers=concurrency) as pool:
         return list(tqdm(pool.map(one, records), total=len(records), desc=f"safety eval ({stage})"))

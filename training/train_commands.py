@@ -61,7 +61,7 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     evaluate.add_argument("--base", required=True, help="the base model")
     evaluate.add_argument("--experts", nargs=3, metavar="STEP=MODEL",
                           help="MoTE experts, e.g. analysis=smol-analysis guidance=smol-guidance answer=smol-answer")
-    evaluate.add_argument("--judge", required=True, help="the judge model")
+    evaluate.add_argument("--judge", required=True, help="the judge model, or 'refusal-keywords'")
     evaluate.add_argument("--prompts", required=True, type=Path, help="HH-RLHF JSONL(.gz)")
     evaluate.add_argument("--start", type=int, default=0, help="first held-out harmful prompt")
     evaluate.add_argument("--limit", type=int, default=50)
@@ -138,11 +138,12 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
                                    args.max_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    print(f"{'setting':<16}{'harmless %':>11}{'helpfulness':>13}{'unjudged':>10}   "
+    print(f"{'setting':<16}{'harmless %':>11}{'helpfulness':>13}{'unjudged':>10}{'helpful refused %':>19}   "
           f"({len(harmful)} harmful-leaning, {len(helpful)} helpful held-out prompts; judge {args.judge})")
     for label, row in report.items():
         helpfulness = f"{row['helpfulness']:.2f}" if row["helpfulness"] is not None else "n/a"
-        print(f"{label:<16}{format_rate(row['harmless_rate']):>11}{helpfulness:>13}{row['unjudged']:>10}")
+        print(f"{label:<16}{format_rate(row['harmless_rate']):>11}{helpfulness:>13}{row['unjudged']:>10}"
+              f"{format_rate(row['helpful_refused_rate']):>19}")
     return 0
 
 
