@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # AlignCoT/MoTE on this CPU with SmolLM2-135M (a small-model run): generate chains through the gateway, train
-# MoTE experts, then compare base model, prompted chain and MoTE experts on held-out HH-RLHF prompts (the judge
-# is SmolLM2 itself: its verdicts are noisy; use a strong judge on a GPU host).
+# MoTE experts, then compare base model, prompted chain and MoTE experts on held-out HH-RLHF prompts. SmolLM2-135M
+# cannot follow a judge prompt, so the judge here is refusal keywords (harmless = refuses); on a GPU host pass
+# a real judge model to aligncot-eval instead.
 #   benchmarks/aligncot_benchmark.sh [HH_RLHF_FILE] [OUT]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,6 +26,6 @@ models:
     adapters: {smol-analysis: $out/mote/adapters/analysis, smol-guidance: $out/mote/adapters/guidance,
                smol-answer: $out/mote/adapters/answer}
 YAML
-time $gw train aligncot-eval --config "$out/eval.yaml" --base smol --judge smol --prompts "$data" --start 1000 \
-  --limit 12 --helpful 4 --max-tokens 64 --experts analysis=smol-analysis guidance=smol-guidance \
+time $gw train aligncot-eval --config "$out/eval.yaml" --base smol --judge refusal-keywords \
+  --prompts "$data" --start 1000 --limit 12 --helpful 4 --max-tokens 64 --experts analysis=smol-analysis guidance=smol-guidance \
   answer=smol-answer --out "$out/eval.json"
