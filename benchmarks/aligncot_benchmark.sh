@@ -27,5 +27,5 @@ models:
                smol-answer: $out/mote/adapters/answer}
 YAML
 time $gw train aligncot-eval --config "$out/eval.yaml" --base smol --judge refusal-keywords \
-  --prompts "$data" --start 1000 --limit 12 --helpful 4 --max-tokens 64 --experts analysis=smol-analysis guidance=smol-guidance \
-  answer=smol-answer --out "$out/eval.json"
+  --prompts "$data" --start 1000 --limit 12 --helpful 4 --max-tokens 64 \
+  --experts analysis=smol-analysis guidance=smol-guidance answer=smol-answer --out "$out/eval.json"
