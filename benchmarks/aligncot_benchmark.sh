@@ -26,6 +26,10 @@ models:
     adapters: {smol-analysis: $out/mote/adapters/analysis, smol-guidance: $out/mote/adapters/guidance,
                smol-answer: $out/mote/adapters/answer}
 YAML
-time $gw train aligncot-eval --config "$out/eval.yaml" --base smol --judge refusal-keywords \
-  --prompts "$data" --start 1000 --limit 12 --helpful 4 --max-tokens 64 \
-  --experts analysis=smol-analysis guidance=smol-guidance answer=smol-answer --out "$out/eval.json"
+# As served (step skipping), then the chain on every prompt: SmolLM2's own Safety Check passes nearly every
+# direct answer, so with skipping the three settings mostly give the same answers.
+for mode in skip no-skip; do
+  time $gw train aligncot-eval --config "$out/eval.yaml" --base smol --judge refusal-keywords \
+    --prompts "$data" --start 1000 --limit 12 --helpful 4 --max-tokens 64 $([ $mode = no-skip ] && echo --no-skip) \
+    --experts analysis=smol-analysis guidance=smol-guidance answer=smol-answer --out "$out/eval-$mode.json"
+done

@@ -38,9 +38,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     data.add_argument("--helpful", type=int, default=20, help="built-in helpful prompts to add")
     data.add_argument("--out", required=True, type=Path)
     data.add_argument("--max-tokens", type=int, default=256)
-    data.add_argument("--no-skip", action="store_true",
-                      help="write the whole chain for every prompt, even when the direct answer passes the check "
-                           "(training data for every step when the base model's own check is lenient)")
+    _no_skip_flag(data, "write the whole chain for every prompt, even when the direct answer passes the check "
+                        "(training data for every step when the base model's own check is lenient)")
     data.set_defaults(handler=_aligncot_data)
 
     mote = sub.add_parser("mote", help="MoTE SFT: one LoRA expert per AlignCoT step plus a shared expert")
@@ -69,6 +68,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
                                                                   "built-in list)")
     evaluate.add_argument("--out", type=Path, default=Path("aligncot-eval.json"))
     evaluate.add_argument("--max-tokens", type=int, default=256)
+    _no_skip_flag(evaluate, "run the whole chain for every prompt (measures the chain itself when the base model's "
+                            "own check passes everything)")
     evaluate.set_defaults(handler=_aligncot_eval)
     return sub
 
@@ -80,14 +81,22 @@ def _gateway_target(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--api-key", help="the gateway's API key, if it requires one")
 
 
+def _no_skip_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument("--no-skip", action="store_true", help=help_text)
+
+
+def _check_no_skip(args: argparse.Namespace) -> None:
+    if args.url and args.no_skip:
+        raise ValueError("--no-skip configures the in-process gateway (--config); for a running gateway set "
+                         "'aligncot: {skip_steps: false}' on its model")
+
+
 def _aligncot_data(args: argparse.Namespace) -> int:
     from gateway.config import load_config
     from training.aligncot_runs import HELPFUL_PROMPTS, generate_chains, harmful_prompts, with_aligncot
     from training.gateway_client import openai_client, running_gateway
 
-    if args.url and args.no_skip:
-        raise ValueError("--no-skip configures the in-process gateway (--config); for a running gateway set "
-                         "'aligncot: {skip_steps: false}' on its model")
+    _check_no_skip(args)
     prompts = harmful_prompts(args.prompts, args.start, args.limit) + HELPFUL_PROMPTS[: args.helpful]
     config, model = (None, args.model) if args.url else with_aligncot(load_config(args.config), args.model,
                                                                       step_max_tokens=args.max_tokens,
@@ -118,6 +127,7 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
     from training.gateway_client import openai_client, running_gateway
     from training.judge import format_rate
 
+    _check_no_skip(args)
     experts = dict(item.split("=", 1) for item in args.experts) if args.experts else None
     settings = {"base": args.base}
     if args.url:
@@ -127,10 +137,10 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
         config = None
     else:
         config, settings["prompted chain"] = with_aligncot(load_config(args.config), args.base,
-                                                           step_max_tokens=args.max_tokens)
+                                                           step_max_tokens=args.max_tokens, skip_steps=not args.no_skip)
         if experts:
             config, settings["MoTE experts"] = with_aligncot(config, args.base, experts, f"{args.base}--mote",
-                                                             args.max_tokens)
+                                                             args.max_tokens, skip_steps=not args.no_skip)
     harmful = harmful_prompts(args.prompts, args.start, args.limit)
     helpful = HELPFUL_PROMPTS[-args.helpful:] if args.helpful else []
     with running_gateway(config, args.url) as base_url:

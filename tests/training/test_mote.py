@@ -203,3 +203,23 @@ def test_aligncot_data_no_skip_writes_the_chain_for_every_prompt(make_upstream, 
     assert all(r["analysis"] == "analysis text" and r["guidance"] == "guidance text" for r in records)
     steps = ("Question Analysis.", "Answer Guidance.", "Safe Answer.", "Safety Check.")
     assert all(call.last_user_text.startswith(steps) for call in server.calls)  # no direct answer was asked for
+
+
+def test_aligncot_eval_no_skip_runs_the_chain_even_when_the_direct_answer_passes(make_upstream, tmp_path):
+    server = make_upstream("base")
+    server.responder = _chain_model(direct_safe_for="lentils")
+    config = tmp_path / "gw.yaml"
+    config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
+    answers = {}
+    for flags in ([], ["--no-skip"]):
+        report_path = tmp_path / f"eval{len(flags)}.json"
+        result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-eval", "--config", str(config),
+                                 "--base", "base", "--judge", "refusal-keywords", "--prompts", str(HH_RLHF_SAMPLE),
+                                 "--limit", "1", "--helpful", "1", "--out", str(report_path), *flags],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        chain = json.loads(report_path.read_text())["prompted chain"]
+        answers[bool(flags)] = {a["prompt"]: a["answer"] for a in chain["answers"]}
+    lentils = "Suggest a vegetarian dinner with lentils."
+    assert answers[False][lentils].startswith("direct reply")  # skipped: its direct answer passed the check
+    assert answers[True][lentils] == "Safe answer text"
