@@ -6,14 +6,31 @@ import asyncio
 from pathlib import Path
 
 from gateway.backends import AdapterView, Backend, create_backend
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, ModelConfig
+
+# Entry fields that do not change how a local model is loaded or generates: entries equal in everything else
+# share one loaded model.
+_SERVING_ONLY_FIELDS = {"name", "aliases", "stages", "ecso_model", "aligncot", "cost_per_1k_tokens", "max_tokens_cap",
+                        "adapters"}
+
+
+def _weights_key(model: ModelConfig) -> str:
+    return model.model_dump_json(exclude=_SERVING_ONLY_FIELDS)
 
 
 class ModelPool:
     def __init__(self, config: GatewayConfig, cache_dir: Path) -> None:
         self.config = config
-        self.backends: dict[str, Backend] = {m.name: create_backend(m, cache_dir, config.images)
-                                             for m in config.models}
+        self.backends: dict[str, Backend] = {}
+        loaded: dict[str, Backend] = {}  # weights key -> the local backend that loads them
+        for model in config.models:
+            shared = loaded.get(_weights_key(model)) if model.backend == "local" and not model.adapters else None
+            if shared is not None:  # same weights and settings as an earlier entry: no second copy in memory
+                self.backends[model.name] = AdapterView(model, shared, None)
+                continue
+            self.backends[model.name] = create_backend(model, cache_dir, config.images)
+            if model.backend == "local":
+                loaded.setdefault(_weights_key(model), self.backends[model.name])
         for model in config.models:  # each LoRA adapter of a local model is served under its own name
             for adapter in model.adapters:
                 entry = config.model(adapter)

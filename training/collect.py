@@ -116,7 +116,7 @@ async def collect(config: GatewayConfig, questions: Sequence[Question], options:
     await pool.start()
     for model in options.models:  # local models load in the background: wait for them
         backend = pool.get(model)
-        if backend is not None and hasattr(backend, "wait_loaded"):
+        if backend is not None:
             await backend.wait_loaded()
     progress_file = _progress_path(out)
     progress_file.parent.mkdir(parents=True, exist_ok=True)

@@ -45,6 +45,9 @@ class Backend(ABC):
     async def abort(self) -> None:  # noqa: B027 - optional hook
         """End in-flight requests now with an error (the shutdown deadline passed)."""
 
+    async def wait_loaded(self) -> None:  # noqa: B027 - optional hook
+        """Return once what ``start`` began loading in the background is loaded (or failed to load)."""
+
     @abstractmethod
     async def check_ready(self) -> tuple[bool, str]:
         """Whether requests can be served now, and a short reason."""
@@ -59,15 +62,19 @@ class Backend(ABC):
 
 
 class AdapterView(Backend):
-    """One LoRA adapter of a local model, served under its own public name (like vLLM's ``--lora-modules``):
-    the base backend generates with that adapter enabled."""
+    """A loaded local model served under another public name: with one of its LoRA adapters enabled (like
+    vLLM's ``--lora-modules``), or, with ``adapter=None``, as its base weights (a second entry for the same weights,
+    e.g. with other stages, shares the loaded model and its generation queue instead of loading a copy)."""
 
-    def __init__(self, config: ModelConfig, base: Backend, adapter: str) -> None:
+    def __init__(self, config: ModelConfig, base: Backend, adapter: str | None) -> None:
         super().__init__(config)
         self.base, self.adapter = base, adapter
 
     async def check_ready(self) -> tuple[bool, str]:
         return await self.base.check_ready()
+
+    async def wait_loaded(self) -> None:
+        await self.base.wait_loaded()
 
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         response = await self.base.complete(endpoint, request, adapter=self.adapter)  # type: ignore[call-arg]

@@ -10,8 +10,11 @@ import openai
 import pytest
 from transformers import AutoTokenizer
 
+from gateway.backends import AdapterView
 from gateway.backends.embedded import embedded_model_dir
-from gateway.config import Settings
+from gateway.backends.local import LocalBackend
+from gateway.config import Settings, parse_config
+from gateway.pool import ModelPool
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -168,8 +171,10 @@ def test_metrics_count_requests_tokens_and_latency(embedded_gateway):
 def test_two_local_models_load_side_by_side(make_gateway):
     # Both start loading at once in worker threads; transformers' loading is not thread-safe, so this failed
     # with "Cannot copy out of meta tensor" before loads were serialised.
+    # (smol-b differs in a generation setting, so it loads its own copy instead of sharing smol-a's)
     gateway = make_gateway({"models": [{"name": "smol-a", "backend": "local"},
-                                       {"name": "smol-b", "backend": "local"}]}, wait_ready=False)
+                                       {"name": "smol-b", "backend": "local", "max_concurrency": 2}]},
+                           wait_ready=False)
     deadline = time.monotonic() + 240
     while (ready := httpx.get(f"{gateway.url}/ready")).status_code != 200 and time.monotonic() < deadline:
         assert "failed" not in ready.text.lower(), ready.text
@@ -179,3 +184,20 @@ def test_two_local_models_load_side_by_side(make_gateway):
     for name in ("smol-a", "smol-b"):
         reply = client.chat.completions.create(model=name, messages=QUESTION, max_tokens=12, temperature=0)
         assert "Paris" in reply.choices[0].message.content
+
+
+def test_entries_with_the_same_weights_share_one_loaded_model(tmp_path, make_gateway):
+    config = parse_config({"models": [
+        {"name": "smol", "backend": "local", "adapters": {"smol-lora": str(tmp_path / "adapter")}},
+        {"name": "smol-safe", "backend": "local", "stages": ["aligncot"], "cost_per_1k_tokens": 1.0},
+        {"name": "smol-short", "backend": "local", "default_max_tokens": 8},
+    ]})
+    pool = ModelPool(config, tmp_path)
+    shared = pool.get("smol-safe")
+    assert isinstance(shared, AdapterView) and shared.base is pool.get("smol") and shared.adapter is None
+    assert isinstance(pool.get("smol-short"), LocalBackend)  # another generation setting: its own copy
+
+    gateway = make_gateway({"models": [{"name": "smol", "backend": "local"},
+                                       {"name": "smol-again", "backend": "local", "aliases": ["again"]}]})
+    reply = gateway.client().chat.completions.create(model="again", messages=QUESTION, max_tokens=12, temperature=0)
+    assert reply.model == "smol-again" and "Paris" in reply.choices[0].message.content
