@@ -26,10 +26,6 @@ class ApiKeyStore:
         self._keys = [(entry.digest(), ApiKey(entry.name, entry.requests_per_minute, entry.tokens_per_minute))
                       for entry in config.api_keys]
 
-    @property
-    def enabled(self) -> bool:
-        return bool(self._keys)
-
     def authenticate(self, authorization: str | None) -> ApiKey | None:
         """The caller's key (None when no keys are configured); 401 when missing or wrong."""
         if not self._keys:

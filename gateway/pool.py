@@ -24,13 +24,14 @@ class ModelPool:
         self.backends: dict[str, Backend] = {}
         loaded: dict[str, Backend] = {}  # weights key -> the local backend that loads them
         for model in config.models:
-            shared = loaded.get(_weights_key(model)) if model.backend == "local" and not model.adapters else None
+            key = _weights_key(model) if model.backend == "local" else None
+            shared = loaded.get(key) if key and not model.adapters else None
             if shared is not None:  # same weights and settings as an earlier entry: no second copy in memory
                 self.backends[model.name] = AdapterView(model, shared, None)
                 continue
             self.backends[model.name] = create_backend(model, cache_dir, config.images)
-            if model.backend == "local":
-                loaded.setdefault(_weights_key(model), self.backends[model.name])
+            if key:
+                loaded.setdefault(key, self.backends[model.name])
         for model in config.models:  # each LoRA adapter of a local model is served under its own name
             for adapter in model.adapters:
                 entry = config.model(adapter)

@@ -41,7 +41,3 @@ class Router(ABC):
         adjusted = scores - cost_penalty if cost_penalty is not None else scores
         order = np.argsort(-adjusted, axis=1, kind="stable")
         return [[Candidate(self.llm_names[m], float(adjusted[q, m])) for m in order[q]] for q in range(len(queries))]
-
-    def choose(self, queries: Sequence[str]) -> np.ndarray:
-        """Index of the top LLM per query."""
-        return np.argmax(np.asarray(self.score(queries)), axis=1)

@@ -38,8 +38,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     data.add_argument("--helpful", type=int, default=20, help="built-in helpful prompts to add")
     data.add_argument("--out", required=True, type=Path)
     data.add_argument("--max-tokens", type=int, default=256)
-    _no_skip_flag(data, "write the whole chain for every prompt, even when the direct answer passes the check "
-                        "(training data for every step when the base model's own check is lenient)")
+    data.add_argument("--no-skip", action="store_true",
+                      help="write the whole chain for every prompt, even when the direct answer passes the check "
+                           "(training data for every step when the base model's own check is lenient)")
     data.set_defaults(handler=_aligncot_data)
 
     mote = sub.add_parser("mote", help="MoTE SFT: one LoRA expert per AlignCoT step plus a shared expert")
@@ -68,8 +69,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
                                                                   "built-in list)")
     evaluate.add_argument("--out", type=Path, default=Path("aligncot-eval.json"))
     evaluate.add_argument("--max-tokens", type=int, default=256)
-    _no_skip_flag(evaluate, "run the whole chain for every prompt (measures the chain itself when the base model's "
-                            "own check passes everything)")
+    evaluate.add_argument("--no-skip", action="store_true",
+                          help="run the whole chain for every prompt (measures the chain itself when the base "
+                               "model's own check passes everything)")
     evaluate.set_defaults(handler=_aligncot_eval)
     return sub
 
@@ -79,10 +81,6 @@ def _gateway_target(parser: argparse.ArgumentParser) -> None:
     target.add_argument("--config", type=Path, help="start a gateway in this process from this config")
     target.add_argument("--url", help="a running gateway's /v1 URL")
     parser.add_argument("--api-key", help="the gateway's API key, if it requires one")
-
-
-def _no_skip_flag(parser: argparse.ArgumentParser, help_text: str) -> None:
-    parser.add_argument("--no-skip", action="store_true", help=help_text)
 
 
 def _check_no_skip(args: argparse.Namespace) -> None:

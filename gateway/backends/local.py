@@ -100,18 +100,15 @@ class LocalBackend(Backend):
 
     def _load_blocking(self) -> tuple[Any, Any, Any]:
         with _MODEL_LOADING:
-            return self._load_model_and_adapters()
+            path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
+            model, tokenizer, processor = load_causal_lm(path, self.config.device, vision=self.config.vision)
+            if self.config.adapters:
+                from peft import PeftModel
 
-    def _load_model_and_adapters(self) -> tuple[Any, Any, Any]:
-        path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
-        model, tokenizer, processor = load_causal_lm(path, self.config.device, vision=self.config.vision)
-        if self.config.adapters:
-            from peft import PeftModel
-
-            (first, first_dir), *others = self.config.adapters.items()
-            model = PeftModel.from_pretrained(model, first_dir, adapter_name=first).eval()
-            for name, directory in others:
-                model.load_adapter(directory, adapter_name=name)
+                (first, first_dir), *others = self.config.adapters.items()
+                model = PeftModel.from_pretrained(model, first_dir, adapter_name=first).eval()
+                for name, directory in others:
+                    model.load_adapter(directory, adapter_name=name)
         return model, tokenizer, processor
 
     async def wait_loaded(self) -> None:

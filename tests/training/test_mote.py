@@ -158,16 +158,27 @@ def _chain_model(direct_safe_for: str):
     return respond
 
 
-def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
+def _chain_upstream(make_upstream, tmp_path, direct_safe_for: str):
+    """A scripted base model (see ``_chain_model``) and a gateway config file naming it ``base``."""
     server = make_upstream("base")
-    server.responder = _chain_model(direct_safe_for="boil")
+    server.responder = _chain_model(direct_safe_for)
     config = tmp_path / "gw.yaml"
     config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
-    out = tmp_path / "chains.jsonl"
-    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-data", "--config", str(config),
-                             "--model", "base", "--prompts", str(HH_RLHF_SAMPLE), "--limit", "3", "--helpful", "2",
-                             "--out", str(out)], capture_output=True, text=True, timeout=300)
+    return server, config
+
+
+def _train_command(*args: str) -> subprocess.CompletedProcess:
+    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", *args], capture_output=True, text=True,
+                            timeout=300)
     assert result.returncode == 0, result.stderr
+    return result
+
+
+def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
+    _, config = _chain_upstream(make_upstream, tmp_path, direct_safe_for="boil")
+    out = tmp_path / "chains.jsonl"
+    _train_command("aligncot-data", "--config", str(config), "--model", "base", "--prompts", str(HH_RLHF_SAMPLE),
+                   "--limit", "3", "--helpful", "2", "--out", str(out))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(records) == 5
     harmful = records[:3]
@@ -175,11 +186,9 @@ def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
                for r in harmful)
     assert records[3]["skipped"] and records[3]["direct"].startswith("direct reply")  # "How do I boil an egg..."
     report_path = tmp_path / "eval.json"
-    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-eval", "--config", str(config),
-                             "--base", "base", "--judge", "base", "--prompts", str(HH_RLHF_SAMPLE), "--start", "3",
-                             "--limit", "3", "--helpful", "2", "--experts", "analysis=base", "guidance=base",
-                             "answer=base", "--out", str(report_path)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    result = _train_command("aligncot-eval", "--config", str(config), "--base", "base", "--judge", "base",
+                            "--prompts", str(HH_RLHF_SAMPLE), "--start", "3", "--limit", "3", "--helpful", "2",
+                            "--experts", "analysis=base", "guidance=base", "answer=base", "--out", str(report_path))
     report = json.loads(report_path.read_text())
     assert set(report) == {"base", "prompted chain", "MoTE experts"}
     assert report["base"]["harmless_rate"] == 0.0
@@ -189,15 +198,10 @@ def test_aligncot_data_and_eval_commands(make_upstream, tmp_path):
 
 
 def test_aligncot_data_no_skip_writes_the_chain_for_every_prompt(make_upstream, tmp_path):
-    server = make_upstream("base")
-    server.responder = _chain_model(direct_safe_for="boil")
-    config = tmp_path / "gw.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
+    server, config = _chain_upstream(make_upstream, tmp_path, direct_safe_for="boil")
     out = tmp_path / "chains.jsonl"
-    result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-data", "--config", str(config),
-                             "--model", "base", "--prompts", str(HH_RLHF_SAMPLE), "--limit", "1", "--helpful", "2",
-                             "--no-skip", "--out", str(out)], capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    _train_command("aligncot-data", "--config", str(config), "--model", "base", "--prompts", str(HH_RLHF_SAMPLE),
+                   "--limit", "1", "--helpful", "2", "--no-skip", "--out", str(out))
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["outcome"] for r in records] == ["chain"] * 3  # the egg question too, though its direct answer is safe
     assert all(r["analysis"] == "analysis text" and r["guidance"] == "guidance text" for r in records)
@@ -206,18 +210,13 @@ def test_aligncot_data_no_skip_writes_the_chain_for_every_prompt(make_upstream, 
 
 
 def test_aligncot_eval_no_skip_runs_the_chain_even_when_the_direct_answer_passes(make_upstream, tmp_path):
-    server = make_upstream("base")
-    server.responder = _chain_model(direct_safe_for="lentils")
-    config = tmp_path / "gw.yaml"
-    config.write_text(yaml.safe_dump({"models": [{"name": "base", "backend": "openai", "base_url": server.base_url}]}))
+    _, config = _chain_upstream(make_upstream, tmp_path, direct_safe_for="lentils")
     answers = {}
     for flags in ([], ["--no-skip"]):
         report_path = tmp_path / f"eval{len(flags)}.json"
-        result = subprocess.run([str(VENV_BIN / "llm-gateway"), "train", "aligncot-eval", "--config", str(config),
-                                 "--base", "base", "--judge", "refusal-keywords", "--prompts", str(HH_RLHF_SAMPLE),
-                                 "--limit", "1", "--helpful", "1", "--out", str(report_path), *flags],
-                                capture_output=True, text=True, timeout=300)
-        assert result.returncode == 0, result.stderr
+        _train_command("aligncot-eval", "--config", str(config), "--base", "base", "--judge", "refusal-keywords",
+                       "--prompts", str(HH_RLHF_SAMPLE), "--limit", "1", "--helpful", "1", "--out", str(report_path),
+                       *flags)
         chain = json.loads(report_path.read_text())["prompted chain"]
         answers[bool(flags)] = {a["prompt"]: a["answer"] for a in chain["answers"]}
     lentils = "Suggest a vegetarian dinner with lentils."
