@@ -17,7 +17,7 @@ from routers.baselines import best_single_llm
 from routers.data import load_routing_files
 from routers.encoders import with_cache
 from routers.evaluation import evaluate, format_table, write_report
-from routers.registry import RouterOptions, build_router
+from training.router_registry import RouterOptions, build_router
 from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
 
 TESTS = [("mmlu_test.json", "probability"), ("gsm8k-test.json", "multi_attempt"), ("cmmlu_test.json", "probability"),

@@ -17,8 +17,8 @@ from gateway.config import GatewayConfig, ModelConfig, RouterConfig
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest
 from gateway.routing import RoutedModel
+from routers.checkpoint import load_router
 from routers.data import load_routing_file
-from routers.routerdc import load_routerdc
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -50,7 +50,7 @@ def main() -> None:
     parser.add_argument("--window-ms", type=float, default=3.0)
     args = parser.parse_args()
 
-    router = load_routerdc(args.checkpoint)
+    router = load_router(args.checkpoint)
     questions = load_routing_file(args.questions).questions
     router.score(questions[:8])  # warm-up
     singles = []

@@ -36,10 +36,10 @@ class Gateway:
         """The routed model, loaded now so a bad checkpoint or mapping stops the start with a clear message."""
         if self.config.router is None:
             return None
-        from routers.routerdc import load_routerdc
+        from routers.checkpoint import load_router
 
         try:
-            router = load_routerdc(self.config.router.checkpoint)
+            router = load_router(self.config.router.checkpoint)
         except (ValueError, OSError) as exc:
             raise ConfigError(f"router.checkpoint: {exc}") from None
         return RoutedModel(self.config.router, self.config, router, self.metrics)

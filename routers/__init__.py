@@ -1,6 +1,7 @@
-"""Routers: given a query, the candidate models ranked with their scores (no HTTP in here).
+"""Routers: given a query, the candidate models ranked with their scores (no HTTP, no training code in here).
 
 Heavy parts (torch, sentence-transformers) load on first use, so importing the interface stays cheap.
+Routers built from training data by name (knn, routerdc, ...) are in ``training.router_registry``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,9 @@ from typing import Any
 
 from routers.base import Candidate, Router
 
-__all__ = ["ROUTERS", "Candidate", "Router", "RouterDCRouter", "RouterOptions", "build_router", "load_routerdc"]
+__all__ = ["Candidate", "Router", "RouterDCRouter", "load_router"]
 
-_LAZY = {"ROUTERS": "routers.registry", "RouterOptions": "routers.registry", "build_router": "routers.registry",
-         "RouterDCRouter": "routers.routerdc", "load_routerdc": "routers.routerdc"}
+_LAZY = {"RouterDCRouter": "routers.routerdc", "load_router": "routers.checkpoint"}
 
 
 def __getattr__(name: str) -> Any:

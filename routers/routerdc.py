@@ -1,50 +1,70 @@
 """RouterDC: a query encoder plus one learned embedding per LLM; score(q, m) = cos(E(q), k_m) / t.
 
-A checkpoint is a directory::
-
-    router.json          LLM names in order, encoder spec, temperature, head shape, best single LLM,
-                         training config and validation figures
-    router.safetensors   the head and the LLM embeddings
-    encoder/             the fine-tuned encoder (finetune mode only; a sentence-transformers directory)
-
-It loads with this module alone (no training code).
+``RouterDCModel`` is the trainable part (optionally a mixture of cluster-conditional experts, MoCE);
+``RouterDCRouter`` is a trained router behind the ``Router`` interface: one or several heads (a seed
+ensemble), and optionally a cluster prior with a fallback to the best single LLM (see ``decide_scores``).
+Checkpoint files are read and written by ``routers.checkpoint``; nothing here needs the training code.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from pathlib import Path
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from routers.base import Router
-from routers.encoders import TextEncoder, build_encoder
+from routers.clusters import ClusterPrior
+from routers.encoders import TextEncoder
 
-CHECKPOINT_FORMAT = "routerdc/1"
-METADATA_FILE = "router.json"
-WEIGHTS_FILE = "router.safetensors"
+
+def _residual_mlp(input_dim: int, hidden_dim: int, dropout: float) -> nn.Sequential:
+    return nn.Sequential(nn.Dropout(dropout), nn.Linear(input_dim, hidden_dim), nn.GELU(),
+                         nn.Linear(hidden_dim, input_dim))
 
 
 class RouterDCModel(nn.Module):
-    """The trainable part on top of the encoder: an optional residual MLP head and the LLM embeddings."""
+    """The trainable part on top of the encoder: an optional residual MLP head and the LLM embeddings.
+
+    With ``experts > 1`` the head is a mixture of cluster-conditional experts (MoCE, Liu et al. 2023): the gate
+    reads the embedding of the query's nearest training cluster (``centroids``), not the query itself, so
+    each expert is trained on related queries only and a new query uses the experts of its cluster.
+    """
 
     def __init__(self, input_dim: int, num_llms: int, *, hidden_dim: int = 0, temperature: float = 1.0,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, experts: int = 1, centroids: np.ndarray | None = None) -> None:
         super().__init__()
         self.temperature = temperature
         self.hidden_dim = hidden_dim
-        # With hidden_dim = 0 the encoder output is used directly, as in the paper.
-        self.head: nn.Module = (nn.Sequential(nn.Dropout(dropout), nn.Linear(input_dim, hidden_dim), nn.GELU(),
-                                              nn.Linear(hidden_dim, input_dim)) if hidden_dim else nn.Identity())
+        self.experts = experts
+        if experts > 1:
+            if not hidden_dim or centroids is None:
+                raise ValueError("a mixture of experts needs hidden_dim > 0 and the cluster centroids")
+            self.register_buffer("centroids", torch.as_tensor(np.asarray(centroids), dtype=torch.float32))
+            self.gate = nn.Linear(input_dim, experts)
+            self.expert_heads = nn.ModuleList(_residual_mlp(input_dim, hidden_dim, dropout) for _ in range(experts))
+        else:
+            # With hidden_dim = 0 the encoder output is used directly, as in the paper.
+            self.head: nn.Module = _residual_mlp(input_dim, hidden_dim, dropout) if hidden_dim else nn.Identity()
         # The paper's code initialises the LLM embeddings from N(0, 0.78).
         self.llm_embeddings = nn.Parameter(torch.randn(num_llms, input_dim) * 0.78)
 
+    @property
+    def shape(self) -> dict[str, Any]:
+        """What rebuilds this module (stored in the checkpoint)."""
+        return {"input_dim": int(self.llm_embeddings.shape[1]), "hidden_dim": self.hidden_dim,
+                "temperature": self.temperature, "experts": self.experts,
+                "clusters": int(self.centroids.shape[0]) if self.experts > 1 else 0}
+
     def query_embeddings(self, encoded: torch.Tensor) -> torch.Tensor:
+        if self.experts > 1:
+            nearest = (encoded @ self.centroids.T).argmax(dim=1)
+            weights = torch.softmax(self.gate(self.centroids[nearest]), dim=-1)  # [B, experts]
+            residuals = torch.stack([expert(encoded) for expert in self.expert_heads], dim=1)  # [B, E, D]
+            return encoded + (weights.unsqueeze(-1) * residuals).sum(dim=1)
         return encoded + self.head(encoded) if self.hidden_dim else encoded
 
     def forward(self, encoded: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -53,71 +73,92 @@ class RouterDCModel(nn.Module):
         logits = nn.functional.normalize(hidden, dim=-1) @ nn.functional.normalize(self.llm_embeddings, dim=-1).T
         return logits / self.temperature, hidden
 
+    @classmethod
+    def from_shape(cls, shape: dict[str, Any], num_llms: int) -> RouterDCModel:
+        experts = int(shape.get("experts", 1))
+        centroids = np.zeros((int(shape.get("clusters", 0)), int(shape["input_dim"]))) if experts > 1 else None
+        return cls(int(shape["input_dim"]), num_llms, hidden_dim=int(shape.get("hidden_dim", 0)),
+                   temperature=float(shape["temperature"]), experts=experts, centroids=centroids)
+
+
+@dataclass(frozen=True)
+class Decision:
+    """How a router's scores become a ranking when it has a cluster prior.
+
+    ``refine_weight``: weight of the RouterDC heads' centred logits added to the prior's expected outcomes
+    (0 = the heads are not consulted). ``prior``: index of the best single LLM of the training data.
+    ``min_gain``: the top choice must be expected to beat the prior by this much (outcome units, e.g. 0.04 =
+    4 accuracy points), else the prior is ranked first — calibrated on training tasks held out one at a time,
+    so a query from a kind of task never seen is not routed away from the safe choice on thin evidence.
+    ``min_familiarity``: a query whose cosine to every training landmark is below this (set at a low
+    percentile of the validation queries') is unlike anything trained on: the prior is ranked first.
+    """
+
+    refine_weight: float = 0.0
+    prior: int | None = None
+    min_gain: float = 0.0
+    min_familiarity: float = -1.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"refine_weight": self.refine_weight, "prior": self.prior, "min_gain": self.min_gain,
+                "min_familiarity": self.min_familiarity}
+
+
+def decide_scores(membership: np.ndarray, profiles: np.ndarray, logits: np.ndarray | None, decision: Decision,
+                  familiarity: np.ndarray | None = None) -> np.ndarray:
+    """Ranking scores [Q, L]: the cluster prior's expected outcomes (``membership @ profiles``), plus the heads'
+    centred logits times ``refine_weight``, with the prior fallback applied.
+
+    The fallback judges the top choice by the profile of the query's most likely cluster: a choice is worth
+    leaving the best single LLM for only if the cluster the query most resembles showed the gain. (The soft
+    mix would shrink every gain towards zero wherever clusters overlap, and fall back on familiar queries.)
+    """
+    scores = membership @ profiles
+    if logits is not None and decision.refine_weight:
+        scores += decision.refine_weight * (logits - logits.mean(axis=1, keepdims=True))
+    if decision.prior is None:
+        return scores
+    cluster = membership.argmax(axis=1)
+    top = scores.argmax(axis=1)
+    unsure = profiles[cluster, top] - profiles[cluster, decision.prior] < decision.min_gain
+    if familiarity is not None:
+        unsure |= familiarity < decision.min_familiarity
+    # The prior goes first, just above the top score; the others keep their order behind it.
+    scores[unsure, decision.prior] = scores[unsure].max(axis=1) + 1e-3
+    return scores
+
 
 class RouterDCRouter(Router):
-    """A trained RouterDC checkpoint behind the ``Router`` interface."""
+    """A trained RouterDC router: encoder, heads (logits averaged), optional cluster prior and decision."""
 
-    def __init__(self, encoder: TextEncoder, model: RouterDCModel, llm_names: Sequence[str],
-                 metadata: dict[str, Any] | None = None) -> None:
+    def __init__(self, encoder: TextEncoder, heads: Sequence[RouterDCModel], llm_names: Sequence[str],
+                 metadata: dict[str, Any] | None = None, *, cluster_prior: ClusterPrior | None = None,
+                 decision: Decision | None = None) -> None:
         super().__init__(llm_names)
+        if not heads:
+            raise ValueError("a RouterDC router needs at least one head")
         self.encoder = encoder
-        self.model = model.eval()
+        self.heads = [head.eval() for head in heads]
         self.metadata = metadata or {}
+        self.cluster_prior = cluster_prior
+        self.decision = decision or Decision()
 
     @property
     def best_single(self) -> str | None:
         return self.metadata.get("best_single")
 
-    def score_encoded(self, encoded: np.ndarray) -> np.ndarray:
+    def head_logits(self, encoded: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            logits, _ = self.model(torch.from_numpy(np.asarray(encoded, dtype=np.float32)))
-        return logits.numpy()
+            inputs = torch.from_numpy(np.asarray(encoded, dtype=np.float32))
+            return np.mean([head(inputs)[0].numpy() for head in self.heads], axis=0)  # type: ignore[no-any-return]
+
+    def score_encoded(self, encoded: np.ndarray) -> np.ndarray:
+        if self.cluster_prior is None:
+            return self.head_logits(encoded)
+        prior = self.cluster_prior
+        logits = self.head_logits(encoded) if self.decision.refine_weight else None
+        return decide_scores(prior.membership(encoded), prior.profiles, logits, self.decision,
+                             prior.familiarity(encoded))
 
     def score(self, queries: Sequence[str]) -> np.ndarray:
         return self.score_encoded(self.encoder.encode(queries))
-
-    def save(self, directory: Path | str, extra_metadata: dict[str, Any] | None = None) -> Path:
-        return save_checkpoint(directory, self.model, self.llm_names, self.encoder.spec,
-                               {**self.metadata, **(extra_metadata or {})})
-
-
-def save_checkpoint(directory: Path | str, model: RouterDCModel, llm_names: Sequence[str], encoder_spec: str,
-                    metadata: dict[str, Any]) -> Path:
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    weights = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-    save_file(weights, directory / WEIGHTS_FILE)
-    document = {**metadata, "format": CHECKPOINT_FORMAT, "llm_names": list(llm_names), "encoder": encoder_spec,
-                "temperature": model.temperature, "hidden_dim": model.hidden_dim,
-                "input_dim": int(model.llm_embeddings.shape[1])}
-    (directory / METADATA_FILE).write_text(json.dumps(document, indent=2, ensure_ascii=False))
-    return directory
-
-
-def read_metadata(directory: Path | str) -> dict[str, Any]:
-    path = Path(directory) / METADATA_FILE
-    try:
-        metadata: dict[str, Any] = json.loads(path.read_text())
-    except OSError as exc:
-        raise ValueError(f"{directory} is not a router checkpoint: cannot read {METADATA_FILE} ({exc.strerror})"
-                         ) from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
-    if metadata.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: unknown checkpoint format {metadata.get('format')!r}; "
-                         f"expected {CHECKPOINT_FORMAT!r}")
-    return metadata
-
-
-def load_routerdc(directory: Path | str, *, encoder: TextEncoder | None = None, device: str = "cpu") -> RouterDCRouter:
-    """Load a checkpoint directory (``encoder`` may be passed to share one already loaded)."""
-    directory = Path(directory)
-    metadata = read_metadata(directory)
-    model = RouterDCModel(int(metadata["input_dim"]), len(metadata["llm_names"]),
-                          hidden_dim=int(metadata.get("hidden_dim", 0)), temperature=float(metadata["temperature"]))
-    model.load_state_dict(load_file(directory / WEIGHTS_FILE))
-    encoder = encoder or build_encoder(metadata["encoder"], base_dir=directory, device=device)
-    if encoder.dim != model.llm_embeddings.shape[1]:
-        raise ValueError(f"{directory}: encoder '{encoder.spec}' gives {encoder.dim}-d vectors; the checkpoint "
-                         f"expects {model.llm_embeddings.shape[1]}")
-    return RouterDCRouter(encoder, model, metadata["llm_names"], metadata)

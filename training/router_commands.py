@@ -21,7 +21,8 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     train.add_argument("--mode", choices=["frozen", "finetune"], default="frozen")
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
     train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--encoder", default=None, help="minilm (default), e5-small, a+b or a local model dir")
+    train.add_argument("--encoder", default=None, help="static:minilm (default), minilm, onnx:minilm, "
+                       "onnx-int8:minilm, e5-small, a+b, static:DIR, onnx:DIR or a local model dir")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lr", type=float, default=None, help="default 1e-3 frozen, 5e-5 finetune")
     train.add_argument("--lam", type=float, default=None, help="weight of the sample-sample loss (default 1)")
@@ -29,20 +30,28 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     train.add_argument("--last-k", type=int, default=None)
     train.add_argument("--val-fraction", type=float, default=None)
     train.add_argument("--samples-per-task", type=int, default=None)
+    train.add_argument("--mix-k", type=int, default=None, help="multi-mix: interpolations per pair (0 = off)")
+    train.add_argument("--experts", type=int, default=None, help="MoCE: cluster-conditional expert heads")
+    train.add_argument("--ensemble", type=int, default=None, help="heads trained with consecutive seeds")
+    train.add_argument("--no-cluster-prior", dest="cluster_prior", action="store_false", default=None,
+                       help="rank by the RouterDC heads alone (the paper's router)")
+    train.add_argument("--fallback", choices=["calibrated", "off"], default=None,
+                       help="prior fallback: calibrated on held-out training tasks (default) or off")
     train.set_defaults(handler=_train)
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or a baseline on test files")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a router checkpoint directory")
     source.add_argument("--baseline", help="a registered router name (random, fixed, best-single, knn, "
-                                           "cosine-classifier, routerdc), built from --data")
+                                           "cosine-classifier, routerdc-paper, routerdc), built from --data")
     evaluate.add_argument("--data", nargs="+", metavar="FILE", help="training files for --baseline")
     evaluate.add_argument("--test", nargs="+", required=True, metavar="FILE:SCORING",
                           help="test files, SCORING = probability or multi_attempt (inferred when left out)")
     evaluate.add_argument("--json", type=Path, help="write the report here, and a PNG chart next to it")
     evaluate.add_argument("--model", help="fixed: the LLM to always pick")
     evaluate.add_argument("--k", type=int, default=10, help="knn: neighbours")
-    evaluate.add_argument("--encoder", default="minilm", help="knn / trained baselines: encoder spec")
+    evaluate.add_argument("--encoder", default=None, help="knn / trained baselines: encoder spec (default: "
+                          "static:minilm)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--steps", type=int, default=None, help="trained baselines: optimiser steps")
     evaluate.set_defaults(handler=_eval)
@@ -77,6 +86,8 @@ def _train(args: argparse.Namespace) -> int:
         "mode": args.mode, "steps": args.steps, "seed": args.seed, "encoder": args.encoder,
         "batch_size": args.batch_size, "learning_rate": args.lr, "lam": args.lam, "top_k": args.top_k,
         "last_k": args.last_k, "val_fraction": args.val_fraction, "samples_per_task": args.samples_per_task,
+        "mix_k": args.mix_k, "experts": args.experts, "ensemble": args.ensemble, "cluster_prior": args.cluster_prior,
+        "fallback": args.fallback,
     }.items() if value is not None}
     config = RouterTrainingConfig(**overrides)
     datasets = load_routing_files(args.data)
@@ -85,25 +96,30 @@ def _train(args: argparse.Namespace) -> int:
     result = train_router(datasets, config, cache_dir=Settings().cache_dir)
     save_trained_router(result, args.out)
     validation = result.validation
-    print(f"best validation step {result.best_step}: task-averaged accuracy {validation['average']:.2f} ("
-          + ", ".join(f"{t} {a:.2f}" for t, a in validation["tasks"].items())
-          + f"); trained in {result.seconds:.1f} s; checkpoint written to {args.out}")
+    decision = result.router.decision
+    print(f"best validation step {result.best_step}; validation, task-averaged accuracy {validation['average']:.2f} ("
+          + ", ".join(f"{t} {a:.2f}" for t, a in validation["tasks"].items()) + ")")
+    if result.router.cluster_prior is not None:
+        print(f"cluster prior over {len(result.router.cluster_prior.names)} clusters; heads' weight "
+              f"{decision.refine_weight:g}; fallback to {result.router.llm_names[decision.prior or 0]} unless the "
+              f"expected gain is at least {decision.min_gain:g}")
+    print(f"trained in {result.seconds:.1f} s; checkpoint written to {args.out}")
     return 0
 
 
 def _eval(args: argparse.Namespace) -> int:
     from routers.baselines import best_single_llm
+    from routers.checkpoint import load_router, read_metadata
     from routers.data import load_routing_files
     from routers.encoders import with_cache
     from routers.evaluation import evaluate, format_table, write_report
-    from routers.registry import RouterOptions, build_router
-    from routers.routerdc import load_routerdc, read_metadata
+    from training.router_registry import RouterOptions, build_router
 
     cache_dir = Settings().cache_dir
     tests = load_routing_files(args.test)
     if args.checkpoint:
         metadata = read_metadata(args.checkpoint)
-        router = load_routerdc(args.checkpoint)
+        router = load_router(args.checkpoint)
         router.encoder = with_cache(router.encoder, cache_dir / "embeddings")
         best_single = metadata.get("best_single") or tests[0].llm_names[0]
         name = f"routerdc ({args.checkpoint})"
@@ -111,8 +127,8 @@ def _eval(args: argparse.Namespace) -> int:
         if not args.data:
             raise SystemExit("llm-gateway router eval: --baseline needs --data TRAIN_FILES")
         train = load_routing_files(args.data)
-        options = RouterOptions(seed=args.seed, model=args.model, k=args.k, encoder=args.encoder, steps=args.steps,
-                                cache_dir=cache_dir)
+        options = RouterOptions(seed=args.seed, model=args.model, k=args.k, steps=args.steps, cache_dir=cache_dir,
+                                **({"encoder": args.encoder} if args.encoder else {}))
         router = build_router(args.baseline, train, options)
         best_single = best_single_llm(train)
         name = args.baseline
@@ -133,14 +149,14 @@ def _calibrate(args: argparse.Namespace) -> int:
     from gateway.config import ConfigError, load_config
     from gateway.metrics import GatewayMetrics
     from gateway.routing import RoutedModel
+    from routers.checkpoint import load_router
     from routers.data import load_routing_files
-    from routers.routerdc import load_routerdc
     from training.calibration import calibrate, format_calibration
 
     config = load_config(args.config)
     if config.router is None:
         raise ConfigError(f"{args.config}: calibrate needs a 'router:' section")
-    routed = RoutedModel(config.router, config, load_routerdc(config.router.checkpoint), GatewayMetrics())
+    routed = RoutedModel(config.router, config, load_router(config.router.checkpoint), GatewayMetrics())
     costs = {m.name: m.cost_per_1k_tokens or 0.0 for m in config.models}
     rows = calibrate(routed, load_routing_files(args.data), args.weights, costs)
     print(format_calibration(rows))

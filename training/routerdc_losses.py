@@ -49,22 +49,24 @@ def sample_sample_loss(embeddings: torch.Tensor, cluster_ids: torch.Tensor, num_
     and ``num_negatives`` random queries of other clusters; -log softmax of the positive's cosine similarity
     (divided by ``temperature``) among these. Queries with too few out-of-cluster queries in the batch are
     skipped, as in the paper's code; the mean is over the remaining queries.
+
+    Vectorised: a uniform random subset is the top-k of i.i.d. uniform keys, so one random matrix draws every
+    query's positive and negatives at once (a per-query loop cost ~10x more than the whole MLP step on a CPU).
     """
-    similarity = F.cosine_similarity(embeddings.unsqueeze(1), embeddings.unsqueeze(0), dim=-1) / temperature
-    rows, columns = [], []
+    unit = F.normalize(embeddings, dim=-1)
+    similarity = unit @ unit.T / temperature
     batch = embeddings.shape[0]
-    for b in range(batch):
-        same = (cluster_ids == cluster_ids[b]).nonzero().flatten()
-        others = same[same != b]
-        pool = others if len(others) else same
-        negatives = (cluster_ids != cluster_ids[b]).nonzero().flatten()
-        if len(negatives) < num_negatives:
-            continue
-        positive = pool[torch.randint(len(pool), (1,), generator=generator)]
-        chosen = negatives[torch.randperm(len(negatives), generator=generator)[:num_negatives]]
-        rows.append(b)
-        columns.append(torch.cat([positive, chosen]))
-    if not rows:
+    same = cluster_ids.unsqueeze(0) == cluster_ids.unsqueeze(1)
+    eye = torch.eye(batch, dtype=torch.bool, device=embeddings.device)
+    others_in_cluster = same & ~eye
+    # A query alone in its cluster is its own positive (as the paper's code falls back to).
+    positive_pool = torch.where(others_in_cluster.any(dim=1, keepdim=True), others_in_cluster, same)
+    negative_pool = ~same
+    keep = negative_pool.sum(dim=1) >= num_negatives
+    if not keep.any():
         return embeddings.new_zeros(())
-    picked = similarity[torch.tensor(rows)].gather(1, torch.stack(columns).to(embeddings.device))
+    keys = torch.rand(batch, batch, generator=generator).to(embeddings.device)
+    positive = keys.masked_fill(~positive_pool, -1.0).argmax(dim=1, keepdim=True)
+    negatives = keys.masked_fill(~negative_pool, -1.0).topk(num_negatives, dim=1).indices
+    picked = similarity.gather(1, torch.cat([positive, negatives], dim=1))[keep]
     return -F.log_softmax(picked, dim=1)[:, 0].mean()

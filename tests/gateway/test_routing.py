@@ -14,7 +14,7 @@ import yaml
 
 from gateway.config import ConfigError, parse_config
 from gateway.http import create_app
-from routers import load_routerdc
+from routers import load_router
 from routers.data import load_routing_file
 from tests.routers.conftest import SLICE
 from tests.support.servers import VENV_BIN
@@ -167,10 +167,11 @@ def test_cost_weight_shifts_the_share_exactly_as_calibrated(pool, router_checkpo
         model["cost_per_1k_tokens"] = costs[model["name"]]
     config_path = tmp_path / "gw.yaml"
     config_path.write_text(yaml.safe_dump(config))
-    test_file = SLICE / "gsm8k-test.json"
+    # Scores are expected accuracies: a weight of 0.5 trades 5 accuracy points for a tenth of the price range.
+    test_file = SLICE / "mmlu_test.json"
     report = tmp_path / "calibration.json"
     result = subprocess.run([str(VENV_BIN / "llm-gateway"), "router", "calibrate", "--config", str(config_path),
-                             "--data", f"{test_file}:multi_attempt", "--weights", "0", "0.5", "--json", str(report)],
+                             "--data", f"{test_file}:probability", "--weights", "0", "0.5", "--json", str(report)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "accuracy" in result.stdout
@@ -189,7 +190,7 @@ def test_cost_weight_shifts_the_share_exactly_as_calibrated(pool, router_checkpo
 
 
 def test_router_reads_earlier_turns_when_configured(pool, router_checkpoint, make_gateway):
-    router = load_routerdc(router_checkpoint)
+    router = load_router(router_checkpoint)
     code = load_routing_file(SLICE / "humaneval_test.json").questions[0]
     conversation = [{"role": "user", "content": code}, {"role": "assistant", "content": "def f(): ..."},
                     {"role": "user", "content": "now do it in Go"}]

@@ -9,13 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from routers import ROUTERS, RouterOptions, build_router, load_routerdc
+from routers import load_router
 from routers.baselines import best_single_llm
 from routers.data import load_routing_files
 from routers.encoders import build_encoder
 from routers.evaluation import evaluate
 from tests.routers.conftest import TEST_FILES, TRAIN_FILES
 from tests.support.servers import VENV_BIN
+from training.router_registry import ROUTERS, RouterOptions, build_router
 from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
 
 pytestmark = pytest.mark.slow
@@ -53,15 +54,17 @@ def test_training_is_reproducible(train_sets, trained, embedding_cache):
     assert np.allclose(again.router.score(queries), trained.router.score(queries), atol=1e-5)
 
 
-def test_checkpoint_round_trip_gives_identical_scores(trained, test_sets, tmp_path):
+def test_checkpoint_round_trip_gives_the_same_scores(trained, test_sets, tmp_path):
     directory = save_trained_router(trained, tmp_path / "ckpt")
     metadata = json.loads((directory / "router.json").read_text())
     assert metadata["llm_names"] == trained.router.llm_names
-    assert metadata["encoder"] == "minilm" and metadata["temperature"] == 1.0
+    assert metadata["encoder"] == "static:minilm" and metadata["head"]["temperature"] == 1.0
+    assert len(metadata["encoder_probe"]) == 4 and metadata["decision"]["prior"] is not None
     assert metadata["training"]["mode"] == "frozen" and "validation" in metadata and metadata["best_single"]
-    loaded = load_routerdc(directory)
+    loaded = load_router(directory)
     queries = [q for d in test_sets for q in d.questions[:5]]
-    assert np.array_equal(loaded.score(queries), trained.router.score(queries))
+    assert np.allclose(loaded.score(queries), trained.router.score(queries), atol=1e-6)
+    assert np.array_equal(loaded.score(queries).argmax(axis=1), trained.router.score(queries).argmax(axis=1))
     ranking = loaded.rank(queries[:1])[0]
     assert [c.model for c in ranking][0] == trained.router.llm_names[int(np.argmax(loaded.score(queries[:1])))]
     assert len(ranking) == 7 and ranking[0].score >= ranking[-1].score
@@ -88,9 +91,9 @@ def test_baselines_route_through_the_same_interface(name, train_sets, test_sets,
 
 
 def test_unknown_router_names_list_the_known_ones(train_sets):
-    with pytest.raises(ValueError, match="known routers: random, fixed, best-single, knn, cosine-classifier, routerdc"):
+    with pytest.raises(ValueError, match="known routers: random, fixed, best-single, knn, cosine-classifier, routerdc-paper, routerdc"):
         build_router("magic", train_sets)
-    assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "cosine-classifier", "routerdc"}
+    assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "cosine-classifier", "routerdc-paper", "routerdc"}
 
 
 def test_cli_train_and_eval_write_checkpoint_table_json_and_png(tmp_path):
@@ -131,4 +134,4 @@ def test_finetune_mode_trains_the_encoder_and_saves_it(train_sets, tmp_path):
     assert (directory / "encoder" / "modules.json").exists()
     assert json.loads((directory / "router.json").read_text())["encoder"] == "encoder"
     queries = small[0].questions[:3]
-    assert np.allclose(load_routerdc(directory).score(queries), result.router.score(queries), atol=1e-5)
+    assert np.allclose(load_router(directory).score(queries), result.router.score(queries), atol=1e-5)

@@ -149,9 +149,9 @@ def test_a_router_trained_on_collected_data_routes_as_expected(make_upstream, tm
                             str(checkpoint), "--steps", "60", "--samples-per-task", "40", "--batch-size", "16"],
                            capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr
-    from routers import load_routerdc
+    from routers import load_router
 
-    router = load_routerdc(checkpoint)
+    router = load_router(checkpoint)
     new_math = ["What is 101 plus 202?", "What is 7 plus 1000?", "What is 55 plus 45?"]
     new_code = ["Write a Python function add_77(x) that returns x + 77.", "Write a Python function add_5(x) that "
                 "returns x + 5.", "Write a Python function add_300(x) that returns x + 300."]

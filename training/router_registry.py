@@ -1,4 +1,6 @@
-"""Routers by name, each built from training data: ``build_router("knn", train_sets, RouterOptions())``."""
+"""Routers by name, each built from training data: ``build_router("knn", train_sets, RouterOptions())``.
+
+Here, not in ``routers``, because building most of them trains something; a checkpoint loads without it."""
 
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ from routers.base import Router
 from routers.baselines import FixedRouter, KNNRouter, RandomRouter, best_single_llm
 from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, TextEncoder, build_encoder, with_cache
+from training.routerdc import RouterTrainingConfig, train_router
 
 
 @dataclass(kw_only=True)
@@ -54,7 +57,6 @@ def _knn(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
 
 def _trained(**overrides: object) -> RouterBuilder:
     def build(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
-        from training.routerdc import RouterTrainingConfig, train_router
 
         fields = {"encoder": options.encoder, "seed": options.seed, **overrides}
         if options.steps:
@@ -72,7 +74,10 @@ ROUTERS: dict[str, RouterBuilder] = {
     "best-single": _best_single,
     "knn": _knn,
     # The paper's CosineClassifier baseline: RouterDC with top-k = 1, last-k = all others, no sample-sample loss.
-    "cosine-classifier": _trained(top_k=1, last_k="all-others", lam=0.0),
+    "cosine-classifier": _trained(top_k=1, last_k="all-others", lam=0.0, cluster_prior=False),
+    # The paper's router alone (heads only), and ours (cluster prior, heads' weight chosen on validation,
+    # calibrated fallback).
+    "routerdc-paper": _trained(cluster_prior=False),
     "routerdc": _trained(),
 }
 
