@@ -50,10 +50,18 @@ class Stack:
 
 
 @contextmanager
-def upstream_and_gateway(chunks: int, delay_ms: float = 0.0) -> Iterator[Stack]:
+def upstream_and_gateway(chunks: int, delay_ms: float = 0.0, router_checkpoint: Path | None = None) -> Iterator[Stack]:
+    """A fake upstream and a gateway in front of it (model ``bench``); with ``router_checkpoint``, every LLM of
+    the checkpoint is configured on the same upstream and ``auto`` routes among them."""
     upstream_port, gateway_port = free_port(), free_port()
-    config = {"models": [{"name": "bench", "backend": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1",
-                          "upstream_model": "fake"}], "server": {"log_level": "warning"}}
+    upstream = {"backend": "openai", "base_url": f"http://127.0.0.1:{upstream_port}/v1", "upstream_model": "fake"}
+    config: dict = {"models": [{"name": "bench", **upstream}], "server": {"log_level": "warning"}}
+    if router_checkpoint is not None:
+        import json
+
+        names = json.loads((router_checkpoint / "router.json").read_text())["llm_names"]
+        config["models"] += [{"name": name, **upstream} for name in names]
+        config["router"] = {"checkpoint": str(router_checkpoint)}
     config_file = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
     yaml.safe_dump(config, config_file)
     config_file.close()

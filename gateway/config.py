@@ -42,6 +42,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class PriceConfig(StrictModel):
+    """What a model costs, US dollars per million tokens (prompt and completion)."""
+
+    input_per_1m: float = Field(ge=0)
+    output_per_1m: float = Field(ge=0)
+
+
 class ModelConfig(StrictModel):
     name: str = Field(min_length=1, description="public model name clients send")
     backend: Literal["local", "openai"]
@@ -64,7 +71,9 @@ class ModelConfig(StrictModel):
     default_max_tokens: int = Field(default=512, ge=1, description="local: completion length when unset")
 
     max_tokens_cap: int | None = Field(default=None, ge=1, description="largest max_tokens a request may ask")
-    cost_per_1k_tokens: float | None = Field(default=None, ge=0)
+    price: PriceConfig | None = Field(default=None, description="USD per 1M prompt / completion tokens")
+    cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="shorthand for price: the same USD "
+                                                                            "per 1k prompt and completion tokens")
     vision: bool = Field(default=False, description="accepts image inputs")
 
     stages: list[str] = Field(default_factory=list, description="pipeline stages, in order: ecso, aligncot")
@@ -77,10 +86,21 @@ class ModelConfig(StrictModel):
             raise ValueError(f"model '{self.name}': backend 'openai' needs 'base_url'")
         if self.backend == "local" and self.base_url:
             raise ValueError(f"model '{self.name}': 'base_url' is only for backend 'openai'")
+        if self.price is not None and self.cost_per_1k_tokens is not None:
+            raise ValueError(f"model '{self.name}': give either 'price' or its shorthand 'cost_per_1k_tokens'")
         if self.backend == "openai" and self.adapters:
             raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
                              "each --lora-modules name as its own model with upstream_model)")
         return self
+
+    @property
+    def token_prices(self) -> tuple[float, float] | None:
+        """(USD per prompt token, USD per completion token), or None when no price is configured."""
+        if self.price is not None:
+            return self.price.input_per_1m / 1e6, self.price.output_per_1m / 1e6
+        if self.cost_per_1k_tokens is not None:
+            return self.cost_per_1k_tokens / 1e3, self.cost_per_1k_tokens / 1e3
+        return None
 
     @property
     def is_embedded(self) -> bool:
@@ -107,12 +127,26 @@ class RouterConfig(StrictModel):
                                                                    "the checkpoint maps to)")
     query_turns: int = Field(default=1, ge=1, description="how many trailing user turns the router reads")
     cost_weight: float = Field(default=0.0, ge=0, description="default w in score - w * normalised cost")
+    preference: dict[str, float] | None = Field(default=None, description="default {quality, cost} weights "
+                                                "(sum 1) for requests that give none; overrides cost_weight")
+    expected_output_tokens: int = Field(default=256, ge=1, description="completion length assumed for a price "
+                                        "estimate when the request sets no max_tokens")
     max_attempts: int = Field(default=3, ge=1, description="candidates tried before giving up (failover)")
     batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batch window for router encoding")
     max_batch: int = Field(default=64, ge=1)
     failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open a circuit")
     open_seconds: float = Field(default=10.0, gt=0, description="how long an open circuit waits before probing")
     top_scores_in_header: int = Field(default=3, ge=1)
+
+
+    @model_validator(mode="after")
+    def _check_preference(self) -> RouterConfig:
+        if self.preference is not None:
+            keys = set(self.preference)
+            weights = list(self.preference.values())
+            if keys != {"quality", "cost"} or min(weights) < 0 or abs(sum(weights) - 1) > 1e-6:
+                raise ValueError("router.preference must be {quality: q, cost: c} with q, c >= 0 and q + c = 1")
+        return self
 
 
 class ServerConfig(StrictModel):

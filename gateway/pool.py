@@ -10,8 +10,8 @@ from gateway.config import GatewayConfig, ModelConfig
 
 # Entry fields that do not change how a local model is loaded or generates: entries equal in everything else
 # share one loaded model.
-_SERVING_ONLY_FIELDS = {"name", "aliases", "stages", "ecso_model", "aligncot", "cost_per_1k_tokens", "max_tokens_cap",
-                        "adapters"}
+_SERVING_ONLY_FIELDS = {"name", "aliases", "stages", "ecso_model", "aligncot", "cost_per_1k_tokens", "price",
+                        "max_tokens_cap", "adapters"}
 
 
 def _weights_key(model: ModelConfig) -> str:

@@ -69,10 +69,31 @@ class StreamOptions(OpenAIBaseModel):
     include_usage: bool = False
 
 
+class Preference(OpenAIBaseModel):
+    """Where on the quality–cost front a routed request should land: two weights >= 0 that sum to 1."""
+
+    quality: float = Field(ge=0, le=1)
+    cost: float = Field(ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _sums_to_one(self) -> Preference:
+        if abs(self.quality + self.cost - 1) > 1e-6:
+            raise ValueError(f"quality ({self.quality}) and cost ({self.cost}) must sum to 1")
+        return self
+
+
 class RoutingOptions(OpenAIBaseModel):
     """Gateway extension (``extra_body={"routing": {...}}``): how ``auto`` picks a model."""
 
-    cost_weight: float | None = Field(default=None, ge=0, description="score - w * normalised cost")
+    preference: Preference | None = Field(default=None, description="quality/cost weights (sum 1)")
+    cost_weight: float | None = Field(default=None, ge=0, description="shorthand: preference {1/(1+w), w/(1+w)}")
+    max_cost_usd: float | None = Field(default=None, gt=0, description="hard cap on the expected price")
+
+    @model_validator(mode="after")
+    def _one_trade_off(self) -> RoutingOptions:
+        if self.preference is not None and self.cost_weight is not None:
+            raise ValueError("give either 'preference' or its shorthand 'cost_weight', not both")
+        return self
 
 
 class AlignCotOptions(OpenAIBaseModel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -17,6 +18,8 @@ class Candidate:
 
 class Router(ABC):
     """Scores every candidate LLM for a batch of queries; higher is better.
+
+    Learned routers also expose what a server needs to rank one request cheaply (see ``LearnedRouter``).
 
     Implement ``score``; ranking (and the cost trade-off) is shared::
 
@@ -31,6 +34,17 @@ class Router(ABC):
             raise ValueError("a router needs at least one candidate LLM")
         self.llm_names = list(llm_names)
 
+    # A router whose scores depend on a quality/cost preference α (score_encoded(encoded, alpha)).
+    preference_aware = False
+    # Mean US dollars per question of each LLM, learnt from the training data (None: not learnt).
+    cost_per_query: np.ndarray | None = None
+
+    @property
+    def batches_help(self) -> bool:
+        """Whether scoring several queries at once is much cheaper per query than one by one (a contextual
+        encoder on a CPU: yes). When not, a server scores each query inline, with no batch window."""
+        return False
+
     @abstractmethod
     def score(self, queries: Sequence[str]) -> np.ndarray:
         """[len(queries), len(llm_names)] scores."""
@@ -41,3 +55,25 @@ class Router(ABC):
         adjusted = scores - cost_penalty if cost_penalty is not None else scores
         order = np.argsort(-adjusted, axis=1, kind="stable")
         return [[Candidate(self.llm_names[m], float(adjusted[q, m])) for m in order[q]] for q in range(len(queries))]
+
+
+class LearnedRouter(Router):
+    """A router with an encoder: texts are encoded once, then scored (under a preference when the router is
+    ``preference_aware``), and the expected quality per LLM comes with the scores where the router knows it."""
+
+    encoder: Any  # routers.encoders.TextEncoder (not imported here: this module stays free of torch)
+
+    @abstractmethod
+    def score_encoded(self, encoded: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
+        """[n, n_llms] scores of encoded queries (``alpha``: the preference, for preference-aware routers)."""
+
+    def expected_quality(self, encoded: np.ndarray) -> np.ndarray | None:
+        """[n, n_llms] expected accuracy (0-1) per LLM, or None when the router does not estimate it."""
+        return None
+
+    def score(self, queries: Sequence[str]) -> np.ndarray:
+        return self.score_encoded(self.encoder.encode(queries))
+
+    @property
+    def batches_help(self) -> bool:
+        return bool(self.encoder.batches_help)

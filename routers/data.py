@@ -1,5 +1,6 @@
-"""Routing data in the RouterDC format: ``{"question", "scores": {llm: score}, "cluster_id"?}`` records,
-as a JSON list or as JSONL. Bad records are errors naming the file and the line.
+"""Routing data: the RouterDC format (``{"question", "scores": {llm: score}, "cluster_id"?}`` records, as a
+JSON list or as JSONL) and RouterBench's CSV (quality and price per LLM per question, read as it is, gzipped
+or not). Bad records are errors naming the file and the line.
 
 Scoring rules (the RouterDC repository's ``evaluation()``): on ``probability`` tasks a routed LLM scores 1
 when its score is > 0, else 0; on ``multi_attempt`` tasks it scores its score (the fraction of sampled
@@ -38,6 +39,7 @@ class RoutingDataset:
     cluster_ids: np.ndarray | None  # [n_questions] or None when the file has none
     scoring: Scoring
     row_tasks: list[str] | None = None  # per-question "task" field (collected files mix tasks)
+    costs: np.ndarray | None = None  # [n_questions, n_llms] US dollars each LLM charged (RouterBench), NaN = unknown
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -46,11 +48,22 @@ class RoutingDataset:
         rows = np.asarray(rows, dtype=int)
         return RoutingDataset(self.task, self.path, [self.questions[i] for i in rows], self.llm_names,
                               self.scores[rows], None if self.cluster_ids is None else self.cluster_ids[rows],
-                              self.scoring, None if self.row_tasks is None else [self.row_tasks[i] for i in rows])
+                              self.scoring, None if self.row_tasks is None else [self.row_tasks[i] for i in rows],
+                              None if self.costs is None else self.costs[rows])
+
+    @property
+    def scored(self) -> np.ndarray:
+        """[n_questions, n_llms]: False where the LLM was not scored on the question (an empty CSV cell)."""
+        return ~np.isnan(self.scores)
 
     def outcome(self) -> np.ndarray:
-        """[n_questions, n_llms]: what choosing each LLM earns under this task's scoring rule."""
-        return score_outcome(self.scores, self.scoring)
+        """[n_questions, n_llms]: what choosing each LLM earns under this task's scoring rule. An unscored cell
+        earns 0 (RouterBench's own convention); trainers mask them with ``scored`` instead."""
+        return score_outcome(np.nan_to_num(self.scores, nan=0.0), self.scoring)
+
+    def fully_scored(self) -> RoutingDataset:
+        """The questions every LLM was scored on."""
+        return self.subset(np.flatnonzero(self.scored.all(axis=1)))
 
 
 def score_outcome(scores: np.ndarray, scoring: Scoring) -> np.ndarray:
@@ -170,13 +183,78 @@ def split_by_task(dataset: RoutingDataset, scoring: Scoring | None) -> list[Rout
     return parts
 
 
+def is_routerbench_csv(path: Path) -> bool:
+    return path.name.endswith((".csv", ".csv.gz"))
+
+
+def load_routerbench_csv(path: Path | str, expected_llms: Sequence[str] | None = None) -> RoutingDataset:
+    """RouterBench's CSV as it is: ``prompt`` (a Python-list repr of one string, read without evaluating it),
+    ``eval_name``, and per LLM a quality column (1.0 / 0.0, empty = not scored), ``<llm>|model_response`` and
+    ``<llm>|total_cost`` (US dollars). The question is the prompt string, as a client would send it."""
+    import ast
+    import csv
+    import gzip
+    import io
+
+    path = Path(path)
+    try:
+        raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    except (OSError, EOFError, gzip.BadGzipFile) as exc:
+        raise RoutingDataError(f"{path}: cannot read ({exc})") from None
+    reader = csv.DictReader(io.StringIO(raw.decode("utf-8")))
+    columns = reader.fieldnames or []
+    llm_names = [c[: -len("|total_cost")] for c in columns if c.endswith("|total_cost")]
+    missing = [c for c in ("prompt", "eval_name", *llm_names) if c not in columns]
+    if not llm_names or missing:
+        raise RoutingDataError(f"{path}: not a RouterBench CSV (needs prompt, eval_name and <llm> / "
+                               f"<llm>|total_cost columns; missing: {', '.join(missing) or 'every <llm>|total_cost'})")
+    if expected_llms is not None and set(llm_names) != set(expected_llms):
+        raise RoutingDataError(f"{path}: the LLM names disagree with the rest of the data")
+    llm_names = list(expected_llms) if expected_llms is not None else llm_names
+    questions, scores, costs, tasks = [], [], [], []
+    for line, row in enumerate(reader, start=2):
+        try:
+            prompt = ast.literal_eval(row["prompt"])
+        except (ValueError, SyntaxError):
+            prompt = row["prompt"]
+        if isinstance(prompt, list):
+            prompt = "\n".join(str(part) for part in prompt)
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise RoutingDataError(f"{path}, line {line}: 'prompt' is empty")
+        questions.append(prompt)
+        tasks.append(row["eval_name"] or task_name(path))
+        scores.append([_cell(row[name], path, line, name) for name in llm_names])
+        costs.append([_cell(row[f"{name}|total_cost"], path, line, f"{name}|total_cost") for name in llm_names])
+    if not questions:
+        raise RoutingDataError(f"{path}: no records")
+    return RoutingDataset(task=tasks[0] if len(set(tasks)) == 1 else task_name(path), path=str(path),
+                          questions=questions, llm_names=llm_names, scores=np.asarray(scores, dtype=np.float64),
+                          cluster_ids=None, scoring="probability",
+                          row_tasks=tasks if len(set(tasks)) > 1 else None, costs=np.asarray(costs, dtype=np.float64))
+
+
+def _cell(value: str | None, path: Path, line: int, column: str) -> float:
+    if value is None or not value.strip():
+        return math.nan
+    try:
+        number = float(value)
+    except ValueError:
+        raise RoutingDataError(f"{path}, line {line}: '{column}' is {value!r}; expected a number or nothing") from None
+    if not math.isfinite(number):
+        raise RoutingDataError(f"{path}, line {line}: '{column}' is {value!r}; expected a finite number")
+    return number
+
+
 def load_routing_files(specs: Sequence[str | Path]) -> list[RoutingDataset]:
-    """Several files (``FILE`` or ``FILE:SCORING``) that must agree on the LLM names; order from the first."""
+    """Several files (``FILE`` or ``FILE:SCORING``; RouterDC JSON/JSONL or RouterBench CSV) that must agree on
+    the LLM names; order from the first."""
     datasets: list[RoutingDataset] = []
     for spec in specs:
         path, scoring = parse_file_spec(str(spec))
         expected = datasets[0].llm_names if datasets else None
-        datasets.extend(split_by_task(load_routing_file(path, scoring, expected), scoring))
+        loaded = load_routerbench_csv(path, expected) if is_routerbench_csv(path) else \
+            load_routing_file(path, scoring, expected)
+        datasets.extend(split_by_task(loaded, scoring))
     names = [d.task for d in datasets]
     for i, name in enumerate(names):  # two files of one task name: keep both, tell them apart
         if names.count(name) > 1:

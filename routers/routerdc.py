@@ -9,14 +9,14 @@ Checkpoint files are read and written by ``routers.checkpoint``; nothing here ne
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from routers.base import Router
+from routers.base import LearnedRouter
 from routers.clusters import ClusterPrior
 from routers.encoders import TextEncoder
 
@@ -104,31 +104,45 @@ class Decision:
                 "min_familiarity": self.min_familiarity}
 
 
+FALLBACK_REASONS = ("", "small_gain", "unfamiliar")  # codes 0, 1, 2 of ``fallback_codes``
+
+
 def decide_scores(membership: np.ndarray, profiles: np.ndarray, logits: np.ndarray | None, decision: Decision,
                   familiarity: np.ndarray | None = None) -> np.ndarray:
     """Ranking scores [Q, L]: the cluster prior's expected outcomes (``membership @ profiles``), plus the heads'
-    centred logits times ``refine_weight``, with the prior fallback applied.
-
-    The fallback judges the top choice by the profile of the query's most likely cluster: a choice is worth
-    leaving the best single LLM for only if the cluster the query most resembles showed the gain. (The soft
-    mix would shrink every gain towards zero wherever clusters overlap, and fall back on familiar queries.)
-    """
+    centred logits times ``refine_weight``, with the prior fallback applied (``fallback_codes``)."""
     scores = membership @ profiles
     if logits is not None and decision.refine_weight:
         scores += decision.refine_weight * (logits - logits.mean(axis=1, keepdims=True))
     if decision.prior is None:
         return scores
-    cluster = membership.argmax(axis=1)
-    top = scores.argmax(axis=1)
-    unsure = profiles[cluster, top] - profiles[cluster, decision.prior] < decision.min_gain
-    if familiarity is not None:
-        unsure |= familiarity < decision.min_familiarity
+    unsure = fallback_codes(membership, profiles, scores, decision, familiarity) > 0
     # The prior goes first, just above the top score; the others keep their order behind it.
     scores[unsure, decision.prior] = scores[unsure].max(axis=1) + 1e-3
     return scores
 
 
-class RouterDCRouter(Router):
+def fallback_codes(membership: np.ndarray, profiles: np.ndarray, scores: np.ndarray, decision: Decision,
+                   familiarity: np.ndarray | None) -> np.ndarray:
+    """Per query: 0 = route by ``scores``; 1 = the top choice's gain over the prior is too small; 2 = the query
+    is unlike the training queries. Either way the prior (the best single LLM) goes first.
+
+    The gain is judged by the profile of the query's most likely cluster: a choice is worth leaving the best
+    single LLM for only if the cluster the query most resembles showed the gain. (The soft mix would shrink
+    every gain towards zero wherever clusters overlap, and fall back on familiar queries.)
+    """
+    codes = np.zeros(len(scores), dtype=int)
+    if decision.prior is None:
+        return codes
+    cluster = membership.argmax(axis=1)
+    top = scores.argmax(axis=1)
+    codes[profiles[cluster, top] - profiles[cluster, decision.prior] < decision.min_gain] = 1
+    if familiarity is not None:
+        codes[familiarity < decision.min_familiarity] = 2
+    return codes
+
+
+class RouterDCRouter(LearnedRouter):
     """A trained RouterDC router: encoder, heads (logits averaged), optional cluster prior and decision."""
 
     def __init__(self, encoder: TextEncoder, heads: Sequence[RouterDCModel], llm_names: Sequence[str],
@@ -152,7 +166,10 @@ class RouterDCRouter(Router):
             inputs = torch.from_numpy(np.asarray(encoded, dtype=np.float32))
             return np.mean([head(inputs)[0].numpy() for head in self.heads], axis=0)  # type: ignore[no-any-return]
 
-    def score_encoded(self, encoded: np.ndarray) -> np.ndarray:
+    def expected_quality(self, encoded: np.ndarray) -> np.ndarray | None:
+        return None if self.cluster_prior is None else self.cluster_prior.expected(encoded)
+
+    def score_encoded(self, encoded: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
         if self.cluster_prior is None:
             return self.head_logits(encoded)
         prior = self.cluster_prior
@@ -160,5 +177,14 @@ class RouterDCRouter(Router):
         return decide_scores(prior.membership(encoded), prior.profiles, logits, self.decision,
                              prior.familiarity(encoded))
 
-    def score(self, queries: Sequence[str]) -> np.ndarray:
-        return self.score_encoded(self.encoder.encode(queries))
+    def fallbacks(self, queries: Sequence[str]) -> list[str]:
+        """Per query, why the best single LLM was put first ("small_gain", "unfamiliar"), or "" when not."""
+        if self.cluster_prior is None:
+            return ["" for _ in queries]
+        encoded = self.encoder.encode(queries)
+        prior = self.cluster_prior
+        membership, familiarity = prior.membership(encoded), prior.familiarity(encoded)
+        logits = self.head_logits(encoded) if self.decision.refine_weight else None
+        raw = decide_scores(membership, prior.profiles, logits, replace(self.decision, prior=None))
+        codes = fallback_codes(membership, prior.profiles, raw, self.decision, familiarity)
+        return [FALLBACK_REASONS[code] for code in codes]

@@ -24,15 +24,17 @@ def calibrate(routed: RoutedModel, datasets: Sequence[RoutingDataset], weights: 
               costs: dict[str, float]) -> list[CalibrationRow]:
     llm_names = routed.router.llm_names
     scored = [np.asarray(routed.router.score(d.questions), dtype=np.float64) for d in datasets]
+    unknown = np.full(len(routed.models), np.nan)
     rows = []
     for weight in weights:
+        alpha = np.array([1.0, weight]) / (1.0 + weight)
         counts = dict.fromkeys(routed.models, 0)
         accuracies, chosen_costs = [], []
         for dataset, scores in zip(datasets, scored, strict=True):
             outcome = dataset.outcome()
             earned = []
             for row, query_scores in enumerate(scores):
-                model = routed.rank_scores(query_scores, weight, needs_vision=False).models[0]
+                model = routed.rank(query_scores, alpha, unknown, needs_vision=False, max_cost_usd=None).models[0]
                 llm = llm_names[routed.models.index(model)]
                 earned.append(outcome[row, dataset.llm_names.index(llm)])
                 counts[model] += 1

@@ -24,16 +24,23 @@ REFINE_MARGIN = 0.5  # accuracy points on validation a non-zero heads' weight mu
 
 @dataclass(frozen=True)
 class Group:
-    """The training rows of one cluster: encoder vectors, outcomes (what each LLM earns) and a name."""
+    """The training rows of one cluster: encoder vectors, outcomes (what each LLM earns), a name, and which
+    cells were scored at all (None = every one; unscored cells are left out of the profiles, not counted 0)."""
 
     name: str
     encoded: np.ndarray
     outcomes: np.ndarray
+    scored: np.ndarray | None = None
+
+    def mean_outcome(self) -> np.ndarray:
+        if self.scored is None:
+            return self.outcomes.mean(axis=0)  # type: ignore[no-any-return]
+        return (self.outcomes * self.scored).sum(axis=0) / self.scored.sum(axis=0).clip(1)  # type: ignore[no-any-return]
 
 
 def task_averaged_prior(groups: Sequence[Group]) -> int:
     """The best single LLM when every group weighs the same."""
-    return int(np.argmax(np.mean([g.outcomes.mean(axis=0) for g in groups], axis=0)))
+    return int(np.argmax(np.mean([g.mean_outcome() for g in groups], axis=0)))
 
 
 def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, shrink: float = 10.0,
@@ -44,8 +51,11 @@ def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, 
     from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
 
-    overall = np.mean([g.outcomes.mean(axis=0) for g in groups], axis=0)
-    profiles = np.stack([(g.outcomes.sum(axis=0) + shrink * overall) / (len(g.outcomes) + shrink) for g in groups])
+    overall = np.mean([g.mean_outcome() for g in groups], axis=0)
+    profiles = []
+    for g in groups:
+        scored = np.ones_like(g.outcomes) if g.scored is None else g.scored.astype(float)
+        profiles.append(((g.outcomes * scored).sum(axis=0) + shrink * overall) / (scored.sum(axis=0) + shrink))
     names = [g.name for g in groups]
     features = np.concatenate([g.encoded for g in groups])
     dim = features.shape[1]
@@ -54,14 +64,14 @@ def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, 
         centres = KMeans(n_clusters=min(landmarks, len(features)), n_init=1, random_state=seed).fit(features)
         unit = centres.cluster_centers_ / np.linalg.norm(centres.cluster_centers_, axis=1, keepdims=True).clip(1e-12)
     if len(groups) == 1:
-        return ClusterPrior(names, np.zeros((1, dim)), np.zeros(1), profiles, unit)
+        return ClusterPrior(names, np.zeros((1, dim)), np.zeros(1), np.stack(profiles), unit)
     labels = np.concatenate([np.full(len(g.encoded), i) for i, g in enumerate(groups)])
     gate = LogisticRegression(C=regularisation, max_iter=3000, class_weight="balanced", random_state=seed)
     gate.fit(features, labels)
     weight, bias = gate.coef_, gate.intercept_
     if len(groups) == 2:  # sklearn keeps one row for two classes: p(1) = sigmoid(w x + b) = softmax([0, w x + b])
         weight, bias = np.stack([np.zeros(dim), weight[0]]), np.array([0.0, bias[0]])
-    return ClusterPrior(names, weight, bias, profiles, unit)
+    return ClusterPrior(names, weight, bias, np.stack(profiles), unit)
 
 
 def kmeans_groups(encoded: np.ndarray, outcomes: np.ndarray, n_clusters: int, seed: int) -> list[Group]:

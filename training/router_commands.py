@@ -14,9 +14,13 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     router = commands.add_parser("router", help="train and evaluate routers")
     sub = router.add_subparsers(dest="router_command", required=True, metavar="COMMAND")
 
-    train = sub.add_parser("train", help="train a RouterDC router on RouterDC-format data")
+    train = sub.add_parser("train", help="train a router: RouterDC (quality) or LORPMAN (quality and cost)")
     train.add_argument("--data", nargs="+", required=True, metavar="FILE",
-                       help="training files (JSON list or JSONL; FILE:SCORING to set the scoring rule)")
+                       help="training files: RouterDC JSON list or JSONL (FILE:SCORING sets the scoring rule), or "
+                            "RouterBench CSV (.csv / .csv.gz, with prices)")
+    train.add_argument("--objective", choices=["quality", "pareto"], default="quality",
+                       help="quality: RouterDC (default); pareto: one LORPMAN router for every quality/cost "
+                            "preference (needs prices per question)")
     train.add_argument("--out", required=True, type=Path, help="checkpoint directory to write")
     train.add_argument("--mode", choices=["frozen", "finetune"], default="frozen")
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
@@ -38,6 +42,16 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     train.add_argument("--fallback", choices=["calibrated", "off"], default=None,
                        help="prior fallback: calibrated on held-out training tasks (default) or off")
     train.set_defaults(handler=_train)
+
+    front = sub.add_parser("front", help="the quality-cost front of a pareto checkpoint over a preference sweep")
+    front.add_argument("--checkpoint", required=True, type=Path, help="a checkpoint from --objective pareto")
+    front.add_argument("--test", nargs="+", required=True, metavar="FILE", help="test files with prices")
+    front.add_argument("--json", type=Path, help="write the front here, and a PNG plot next to it")
+    front.add_argument("--baselines", choices=["quick", "all", "none"], default="quick",
+                       help="baselines on the same test set, built from the checkpoint's training files: quick "
+                            "(static-price re-rank, kNN, logistic, RouteLLM threshold); all adds one scalarised "
+                            "router trained per preference (minutes)")
+    front.set_defaults(handler=_front)
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or a baseline on test files")
     source = evaluate.add_mutually_exclusive_group(required=True)
@@ -80,6 +94,9 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
 
 def _train(args: argparse.Namespace) -> int:
     from routers.data import load_routing_files
+
+    if args.objective == "pareto":
+        return _train_pareto(args, load_routing_files(args.data))
     from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
 
     overrides = {name: value for name, value in {
@@ -104,6 +121,69 @@ def _train(args: argparse.Namespace) -> int:
               f"{decision.refine_weight:g}; fallback to {result.router.llm_names[decision.prior or 0]} unless the "
               f"expected gain is at least {decision.min_gain:g}")
     print(f"trained in {result.seconds:.1f} s; checkpoint written to {args.out}")
+    return 0
+
+
+def _train_pareto(args: argparse.Namespace, datasets: list) -> int:  # type: ignore[type-arg]
+    from routers.checkpoint import save_router
+    from training.pareto import MissingCostsError, ParetoTrainingConfig, check_costs, train_pareto_router
+
+    try:
+        check_costs(datasets)
+    except MissingCostsError as exc:
+        print(f"llm-gateway router train: {exc}", file=sys.stderr)
+        return 2
+    overrides = {name: value for name, value in {
+        "steps": args.steps, "seed": args.seed, "encoder": args.encoder, "batch_size": args.batch_size,
+        "learning_rate": args.lr, "mix_k": args.mix_k}.items() if value is not None}
+    config = ParetoTrainingConfig(**overrides)
+    print(f"training LORPMAN (encoder {config.encoder}) on "
+          + ", ".join(f"{d.task} ({len(d)}, {int((~d.scored).sum())} unscored cells)" for d in datasets),
+          file=sys.stderr)
+    result = train_pareto_router(datasets, config, cache_dir=Settings().cache_dir)
+    save_router(args.out, result.router, metadata={"history": result.history})
+    print(f"best validation step {result.best_step}: hypervolume {result.validation_hypervolume:.4f}; trained in "
+          f"{result.seconds:.1f} s; checkpoint written to {args.out}")
+    return 0
+
+
+def _front(args: argparse.Namespace) -> int:
+    from routers.checkpoint import load_router, read_metadata
+    from routers.data import load_routing_files
+    from routers.encoders import with_cache
+    from routers.pareto import ParetoRouter
+    from training.front import FRONT_PREFERENCES, format_front, front_report, route_front, write_front
+    from training.pareto import MissingCostsError, check_costs
+    from training.pareto_baselines import QUICK_BASELINES, TestSet, scalarised_front
+
+    cache_dir = Settings().cache_dir
+    router = load_router(args.checkpoint)
+    if not isinstance(router, ParetoRouter):
+        print(f"llm-gateway router front: {args.checkpoint} is a quality-only router; train one with "
+              "--objective pareto", file=sys.stderr)
+        return 2
+    tests = load_routing_files(args.test)
+    try:
+        check_costs(tests)
+    except MissingCostsError as exc:
+        print(f"llm-gateway router front: {exc}", file=sys.stderr)
+        return 2
+    encoder = with_cache(router.encoder, cache_dir / "embeddings")
+    test = TestSet(tests, encoder)
+    points = route_front(router, test.encoded, test.outcomes, test.costs, FRONT_PREFERENCES)
+    baselines = {}
+    if args.baselines != "none":
+        train = load_routing_files(read_metadata(args.checkpoint).get("train_files", []))
+        for name, build in QUICK_BASELINES.items():
+            baselines[name] = build(train, test, encoder, cache_dir)
+        if args.baselines == "all":
+            baselines["scalarised, one router per preference"] = scalarised_front(
+                train, test, cache_dir, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])[0]
+    report = front_report(points, router.llm_names, test.outcomes, test.costs, baselines)
+    print(format_front(report))
+    if args.json:
+        png = write_front(report, args.json)
+        print(f"wrote {args.json} and {png}")
     return 0
 
 

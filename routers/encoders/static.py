@@ -34,7 +34,12 @@ def is_static_model_dir(path: Path) -> bool:
 
 
 class StaticEncoder(TextEncoder):
-    """A model2vec static model (a directory) behind the ``TextEncoder`` interface."""
+    """A model2vec static model (a directory) behind the ``TextEncoder`` interface.
+
+    model2vec loads the table and tokenizer; encoding is done here, the same way (text cut to the model's
+    length, no special tokens, unknown tokens dropped, mean of rows, unit norm) but in float32 and without its
+    per-call dispatch, which cost more than the lookup itself for one query (~170 vs ~90 us).
+    """
 
     batches_help = False
 
@@ -42,13 +47,25 @@ class StaticEncoder(TextEncoder):
         from model2vec import StaticModel
 
         self.spec = spec
-        self.model = StaticModel.from_pretrained(str(path))
-        self.dim = int(self.model.dim)
+        model = StaticModel.from_pretrained(str(path))
+        if model.token_mapping is not None or model.weights is not None:
+            raise ValueError(f"{path}: quantised or weighted model2vec vocabularies are not supported")
+        self._tokenizer = model.tokenizer  # its truncation is set to the model's max_length by model2vec
+        self._table = np.asarray(model.embedding, dtype=np.float32)
+        self._unknown = model.unk_token_id
+        self._max_chars = model.max_length * model.median_token_length if model.max_length else None
+        self.dim = int(self._table.shape[1])
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        # No worker processes: the gateway calls this inline for one query at a time.
-        vectors = self.model.encode(list(texts), use_multiprocessing=False, normalize=True)
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+        encodings = self._tokenizer.encode_batch_fast([text[:self._max_chars] for text in texts],
+                                                      add_special_tokens=False)
+        vectors = np.zeros((len(texts), self.dim), dtype=np.float32)
+        for row, encoding in enumerate(encodings):
+            ids = encoding.ids if self._unknown is None else [i for i in encoding.ids if i != self._unknown]
+            if ids:
+                vectors[row] = self._table[ids].mean(axis=0)
+        norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+        return vectors / np.where(norms > 0, norms, 1.0)
 
 
 def distilled_dir(source: Path, cache_dir: Path, name: str, dims: int = STATIC_DIMS) -> Path:

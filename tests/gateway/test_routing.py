@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections import Counter
 
@@ -73,7 +74,9 @@ def test_math_goes_to_math_models_and_code_to_code_models(pool, router_checkpoin
     assert math["metamath"] > code["metamath"]
     metrics = httpx.get(f"{gateway.url}/metrics").text
     assert 'gateway_routed_requests_total{model="metamath",router_model="auto"}' in metrics
-    assert "gateway_routing_decision_seconds_count" in metrics
+    assert "gateway_routing_decision_seconds_count 60.0" in metrics
+    # A static encoder scores inline on the event loop: no router thread, no batch window.
+    assert not any(thread.name.startswith("router") for thread in threading.enumerate())
 
 
 def test_failover_when_the_top_model_is_down_or_hangs_or_fails(pool, router_checkpoint, make_gateway):

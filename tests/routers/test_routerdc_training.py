@@ -91,7 +91,8 @@ def test_baselines_route_through_the_same_interface(name, train_sets, test_sets,
 
 
 def test_unknown_router_names_list_the_known_ones(train_sets):
-    with pytest.raises(ValueError, match="known routers: random, fixed, best-single, knn, cosine-classifier, routerdc-paper, routerdc"):
+    known = "known routers: random, fixed, best-single, knn, cosine-classifier, routerdc-paper, routerdc"
+    with pytest.raises(ValueError, match=known):
         build_router("magic", train_sets)
     assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "cosine-classifier", "routerdc-paper", "routerdc"}
 
@@ -135,3 +136,58 @@ def test_finetune_mode_trains_the_encoder_and_saves_it(train_sets, tmp_path):
     assert json.loads((directory / "router.json").read_text())["encoder"] == "encoder"
     queries = small[0].questions[:3]
     assert np.allclose(load_router(directory).score(queries), result.router.score(queries), atol=1e-5)
+
+
+FAR_AWAY = ["ᚠᚢᚦᚨᚱᚲ ᚷᚹᚺᚾᛁᛃ ᛇᛈᛉᛊ", "🙂🙃😉😊😇🥰😍🤩", "", "ꦲꦏ꧀ꦱꦫ ꦗꦮ"]
+
+
+def test_the_prior_goes_first_for_far_away_queries_and_not_for_familiar_ones(trained, test_sets):
+    router = trained.router
+    prior = router.decision.prior
+    assert prior is not None and router.llm_names[prior] == router.best_single
+    assert router.fallbacks(FAR_AWAY) == ["unfamiliar"] * len(FAR_AWAY)
+    assert (router.score(FAR_AWAY).argmax(axis=1) == prior).all()
+    familiar = [q for d in test_sets for q in d.questions]
+    reasons = router.fallbacks(familiar)
+    # The familiarity threshold sits at the 1st percentile of validation queries.
+    assert reasons.count("unfamiliar") / len(familiar) < 0.05
+    routed_away = [i for i, r in enumerate(reasons) if not r]
+    assert routed_away, "familiar questions with a clear expected gain leave the prior"
+    assert (router.score([familiar[i] for i in routed_away]).argmax(axis=1) != prior).any()
+
+
+def test_fallback_off_routes_by_the_prior_alone(train_sets, embedding_cache):
+    config = RouterTrainingConfig(steps=20, eval_every=10, samples_per_task=50, batch_size=16, fallback="off")
+    result = train_router(train_sets, config, cache_dir=embedding_cache, progress=False)
+    assert result.router.decision.prior is None
+    assert result.router.fallbacks(FAR_AWAY) == [""] * len(FAR_AWAY)
+
+
+@pytest.mark.parametrize("extra", [{"mix_k": 5}, {"experts": 3}], ids=["multi-mix", "moce"])
+def test_multi_mix_and_cluster_experts_lower_the_loss(train_sets, embedding_cache, extra):
+    config = RouterTrainingConfig(steps=120, eval_every=10, samples_per_task=200, batch_size=32, seed=1,
+                                  cluster_prior=False, **extra)
+    result = train_router(train_sets, config, cache_dir=embedding_cache, progress=False)
+    losses = [h["loss"] for h in result.history]
+    assert np.mean(losses[-3:]) < 0.9 * np.mean(losses[:2])
+    head = result.router.heads[0]
+    if config.experts > 1:
+        # The gate reads the cluster, not the query: different clusters get different mixtures of experts.
+        with torch.no_grad():
+            mixtures = torch.softmax(head.gate(head.centroids), dim=-1)
+        assert mixtures.shape == (len(head.centroids), 3)
+        assert (mixtures.max(dim=0).values - mixtures.min(dim=0).values).max() > 0.01
+
+
+def test_an_ensemble_averages_its_heads(train_sets, embedding_cache, tmp_path):
+    config = RouterTrainingConfig(steps=30, eval_every=10, samples_per_task=50, batch_size=16, ensemble=2,
+                                  cluster_prior=False)
+    result = train_router(train_sets, config, cache_dir=embedding_cache, progress=False)
+    router = result.router
+    queries = [d.questions[0] for d in train_sets]
+    encoded = router.encoder.encode(queries)
+    each = [h(torch.from_numpy(encoded))[0].detach().numpy() for h in router.heads]
+    assert len(each) == 2 and not np.allclose(each[0], each[1])
+    assert np.allclose(router.score(queries), (each[0] + each[1]) / 2, atol=1e-6)
+    loaded = load_router(save_trained_router(result, tmp_path / "ensemble"))
+    assert np.allclose(loaded.score(queries), router.score(queries), atol=1e-6)
