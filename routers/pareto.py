@@ -25,6 +25,10 @@ from routers.clusters import ClusterPrior
 from routers.encoders import TextEncoder
 
 OBJECTIVES = ("quality", "cost")
+# Preferences are read on this grid of cost weights (0, 0.02, ..., 1): fine enough that no one can tell, coarse
+# enough that walking it from 0 (see ``ParetoRouter.score_encoded``) costs one small batched forward pass.
+PREFERENCE_STEP = 0.02
+GRID = np.round(np.arange(0, 1 + PREFERENCE_STEP / 2, PREFERENCE_STEP), 6)
 
 
 class LowRankLinear(nn.Module):
@@ -94,14 +98,42 @@ class ParetoRouter(LearnedRouter):
     def best_single(self) -> str | None:
         return self.metadata.get("best_single")
 
-    def score_encoded(self, encoded: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
-        """[n, n_llms] scores under preference ``alpha`` ([objectives] for all rows, or [n, objectives])."""
-        alpha = self.default_preference if alpha is None else np.asarray(alpha, dtype=np.float32)
-        rows = np.broadcast_to(alpha, (len(encoded), len(OBJECTIVES)))
+    def head_scores(self, encoded: np.ndarray, cost_weights: np.ndarray) -> np.ndarray:
+        """[len(cost_weights), n, n_llms]: the head's scores at α = (1 − c, c) for every c, in one pass."""
+        n, k = len(encoded), len(cost_weights)
+        inputs = np.repeat(np.asarray(encoded, dtype=np.float32)[None], k, axis=0).reshape(k * n, -1)
+        alphas = np.repeat(np.stack([1 - cost_weights, cost_weights], axis=1).astype(np.float32), n, axis=0)
         with torch.inference_mode():
-            scores = self.head(torch.from_numpy(np.asarray(encoded, dtype=np.float32)),
-                               torch.from_numpy(np.ascontiguousarray(rows)))
-        return scores.numpy().astype(np.float64)
+            scores = self.head(torch.from_numpy(inputs), torch.from_numpy(alphas))
+        return scores.numpy().astype(np.float64).reshape(k, n, -1)
+
+    def monotone_choices(self, encoded: np.ndarray, steps: int) -> np.ndarray:
+        """[steps, n] the choice per query at the first ``steps`` grid preferences, walking from quality-first:
+        at each step the best-scored LLM among those no more expensive (learnt mean price) than the previous
+        step's choice. So moving a preference towards cost can never pick a dearer LLM for any query, which a
+        network's argmax alone does not promise."""
+        scores = self.head_scores(encoded, GRID[:steps])
+        rows = np.arange(len(encoded))
+        choices = np.empty((steps, len(encoded)), dtype=int)
+        choices[0] = scores[0].argmax(axis=1)
+        for step in range(1, steps):
+            ceiling = self.cost_per_query[choices[step - 1]][:, None]
+            allowed = self.cost_per_query[None, :] <= ceiling + 1e-15
+            choices[step] = np.where(allowed, scores[step], -np.inf).argmax(axis=1)
+        assert (self.cost_per_query[choices[:, rows]][1:] <= self.cost_per_query[choices[:, rows]][:-1] + 1e-15).all()
+        return choices
+
+    def score_encoded(self, encoded: np.ndarray, alpha: np.ndarray | None = None) -> np.ndarray:
+        """[n, n_llms] ranking scores under preference ``alpha`` (one for all rows; read on ``GRID``): the head's
+        scores at that preference, with the monotone choice (``monotone_choices``) ranked first."""
+        alpha = self.default_preference if alpha is None else np.asarray(alpha, dtype=np.float64)
+        cost_weight = float(alpha[1] / max(float(alpha.sum()), 1e-12))
+        step = int(round(cost_weight / PREFERENCE_STEP))
+        choices = self.monotone_choices(encoded, step + 1)
+        scores = self.head_scores(encoded, GRID[step:step + 1])[0]
+        rows = np.arange(len(encoded))
+        scores[rows, choices[-1]] = scores.max(axis=1) + 1e-3
+        return scores
 
     def expected_quality(self, encoded: np.ndarray) -> np.ndarray | None:
         """[n, n_llms] expected accuracy per LLM (the cluster prior), or None when the checkpoint has none."""
