@@ -53,7 +53,9 @@ def save_router(directory: Path | str, router: RouterDCRouter | ParetoRouter, en
         tensors.update(_numpy_state("pareto.", router.head))
         tensors["pareto.cost_per_query"] = np.ascontiguousarray(router.cost_per_query, dtype=np.float64)
         document.update(router="pareto", head=router.head.config,
-                        default_preference=[float(a) for a in router.default_preference])
+                        default_preference=[float(a) for a in router.default_preference],
+                        single_best=None if router.single_best is None else [int(i) for i in router.single_best],
+                        min_familiarity=router.min_familiarity)
     else:
         for index, head in enumerate(router.heads):
             tensors.update(_numpy_state(f"head{index}.", head))
@@ -111,6 +113,7 @@ def _load_pareto(directory: Path, metadata: dict[str, Any], encoder: TextEncoder
     prior = ClusterPrior.from_tensors(metadata["clusters"], tensors) if metadata.get("clusters") else None
     return ParetoRouter(encoder, head, metadata["llm_names"], cost_per_query=tensors["pareto.cost_per_query"],
                         quality=prior, default_preference=metadata.get("default_preference", (1.0, 0.0)),
+                        single_best=metadata.get("single_best"), min_familiarity=metadata.get("min_familiarity", -1.0),
                         metadata=metadata)
 
 

@@ -86,12 +86,17 @@ class ParetoRouter(LearnedRouter):
 
     def __init__(self, encoder: TextEncoder, head: ParetoHead, llm_names: Sequence[str], *,
                  cost_per_query: np.ndarray, quality: ClusterPrior | None = None,
-                 default_preference: Sequence[float] = (1.0, 0.0), metadata: dict[str, Any] | None = None) -> None:
+                 default_preference: Sequence[float] = (1.0, 0.0), single_best: Sequence[int] | None = None,
+                 min_familiarity: float = -1.0, metadata: dict[str, Any] | None = None) -> None:
         super().__init__(llm_names)
         self.encoder, self.head = encoder, head.eval()
         self.cost_per_query = np.asarray(cost_per_query, dtype=np.float64)  # [n_llms] mean US dollars per question
         self.quality = quality
         self.default_preference = np.asarray(default_preference, dtype=np.float32)
+        # The fallback: for a query unlike the training queries (familiarity below ``min_familiarity``), the
+        # single LLM that is best on the training data at each grid preference (its price never rises with c).
+        self.single_best = None if single_best is None else np.asarray(single_best, dtype=int)
+        self.min_familiarity = min_familiarity
         self.metadata = metadata or {}
 
     @property
@@ -120,6 +125,9 @@ class ParetoRouter(LearnedRouter):
             ceiling = self.cost_per_query[choices[step - 1]][:, None]
             allowed = self.cost_per_query[None, :] <= ceiling + 1e-15
             choices[step] = np.where(allowed, scores[step], -np.inf).argmax(axis=1)
+        unfamiliar = self.unfamiliar(encoded)
+        if unfamiliar.any() and self.single_best is not None:
+            choices[:, unfamiliar] = self.single_best[:steps, None]
         assert (self.cost_per_query[choices[:, rows]][1:] <= self.cost_per_query[choices[:, rows]][:-1] + 1e-15).all()
         return choices
 
@@ -134,6 +142,12 @@ class ParetoRouter(LearnedRouter):
         rows = np.arange(len(encoded))
         scores[rows, choices[-1]] = scores.max(axis=1) + 1e-3
         return scores
+
+    def unfamiliar(self, encoded: np.ndarray) -> np.ndarray:
+        """[n] True for queries unlike every training landmark (they get the single-best LLM)."""
+        if self.quality is None:
+            return np.zeros(len(encoded), dtype=bool)
+        return self.quality.familiarity(encoded) < self.min_familiarity  # type: ignore[no-any-return]
 
     def expected_quality(self, encoded: np.ndarray) -> np.ndarray | None:
         """[n, n_llms] expected accuracy per LLM (the cluster prior), or None when the checkpoint has none."""

@@ -26,8 +26,8 @@ from tqdm.auto import tqdm
 from routers.baselines import best_single_llm
 from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, build_encoder, with_cache
-from routers.pareto import OBJECTIVES, ParetoHead, ParetoRouter
-from training.cluster_prior import Group, fit_cluster_prior
+from routers.pareto import GRID, OBJECTIVES, ParetoHead, ParetoRouter
+from training.cluster_prior import FAMILIARITY_PERCENTILE, Group, fit_cluster_prior
 from training.front import FRONT_PREFERENCES, hypervolume, route_front
 
 
@@ -40,7 +40,7 @@ class ParetoTrainingConfig:
     # --- the network
     encoder: str = field(default=DEFAULT_ENCODER, metadata={"help": "encoder spec (routers.encoders)"})
     hidden_dim: int = field(default=256, metadata={"help": "width of the head's hidden layer"})
-    rank: int = field(default=8, metadata={"help": "rank r of each objective's low-rank pair"})
+    rank: int = field(default=16, metadata={"help": "rank r of each objective's low-rank pair"})
     scale: float = field(default=1.0, metadata={"help": "s in W0 + s Σ α_i B_i A_i (paper: stable in [0.1, 1])"})
     dropout: float = field(default=0.1, metadata={"help": "dropout on the head's input"})
     # --- the objectives and penalties
@@ -51,12 +51,12 @@ class ParetoTrainingConfig:
     mix_k: int = field(default=0, metadata={"help": "multi-mix interpolations per pair of queries (0 = off)"})
     mix_alpha: float = field(default=0.4, metadata={"help": "multi-mix: α of Beta(α, α)"})
     # --- optimisation
-    steps: int = field(default=1500, metadata={"help": "optimiser steps"})
+    steps: int = field(default=3000, metadata={"help": "optimiser steps"})
     batch_size: int = field(default=64, metadata={"help": "queries per step"})
     learning_rate: float = field(default=1e-3, metadata={"help": "AdamW learning rate"})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay"})
     val_fraction: float = field(default=0.15, metadata={"help": "share of each training file held out"})
-    eval_every: int = field(default=50, metadata={"help": "validate every N steps"})
+    eval_every: int = field(default=100, metadata={"help": "validate every N steps"})
     seed: int = field(default=0, metadata={"help": "seeds splits, sampling and initialisation"})
     default_preference: tuple[float, float] = field(default=(1.0, 0.0), metadata={
         "help": "the preference a request without one gets (router.preference in the config overrides it)"})
@@ -170,12 +170,21 @@ def train_pareto_router(datasets: Sequence[RoutingDataset], config: ParetoTraini
     groups = [Group(d.task, encoder.encode(d.questions), d.outcome(), d.scored) for d in datasets]
     quality = fit_cluster_prior(groups, seed=config.seed)
     router = _router(base_encoder, head, llm_names, mean_cost, config, quality)
+    router.single_best = single_best_per_preference(groups, mean_cost * cost_scale)
+    router.min_familiarity = float(np.percentile(quality.familiarity(val.encoded), FAMILIARITY_PERCENTILE))
     seconds = time.monotonic() - started
     router.metadata.update(best_single=best_single_llm(datasets), training=asdict(config),
                            validation={"hypervolume": best, "step": best_step}, training_seconds=round(seconds, 1),
                            train_files=[d.path for d in datasets], cost_reference_usd=reference,
                            cost_scale_per_usd=cost_scale)
     return ParetoTrainingResult(router, best_step, best, history, seconds)
+
+
+def single_best_per_preference(groups: Sequence[Group], cost: np.ndarray) -> np.ndarray:
+    """[len(GRID)] for each grid preference (1 − c, c), the LLM with the best (1 − c)·accuracy − c·cost over the
+    training tasks (each task weighing the same); its price never rises as c grows."""
+    accuracy = np.mean([g.mean_outcome() for g in groups], axis=0)
+    return np.array([int(np.argmax((1 - c) * accuracy - c * cost)) for c in GRID])
 
 
 def cost_unit(datasets: Sequence[RoutingDataset], mean_cost: np.ndarray) -> float:
