@@ -1,49 +1,38 @@
 """Pipeline wiring: the stages configured on a model (``stages: [ecso]``) around its backend call.
 
-Stages are registered by name; each is built from the model's config entry. They run on chat requests.
+Stages are registered by name (entry points of the ``llm_gateway.stages`` group; ``safety`` registers ecso
+and aligncot) and each is built from the model's config entry, so the engine never imports a stage package.
+They run on chat requests.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from gateway.backends import Backend
 from gateway.config import ConfigError, GatewayConfig, ModelConfig
+from gateway.errors import InvalidRequestError
 from gateway.metrics import GatewayMetrics
 from gateway.pool import ModelPool
 from gateway.protocol import ChatCompletionRequest
-from safety.stage import Stage, StageContext
+from gateway.stages import Stage, StageBuilder, StageContext, registered_stages
 
 STAGES_HEADER = "x-gateway-stages"
 
 
-def _build_ecso(model: ModelConfig, config: GatewayConfig) -> Stage:
-    from safety.ecso import ECSOStage
-
-    return ECSOStage(model.ecso_model)
-
-
-def _build_aligncot(model: ModelConfig, config: GatewayConfig) -> Stage:
-    from safety.aligncot import AlignCoTStage
-
-    return AlignCoTStage.from_config(model.aligncot)
-
-
-STAGE_BUILDERS: dict[str, Callable[[ModelConfig, GatewayConfig], Stage]] = {
-    "ecso": _build_ecso,
-    "aligncot": _build_aligncot,
-}
-
-
-def build_stages(model: ModelConfig, config: GatewayConfig) -> list[Stage]:
+def build_stages(model: ModelConfig, config: GatewayConfig,
+                 builders: dict[str, StageBuilder] | None = None) -> list[Stage]:
+    if not model.stages:
+        return []
+    builders = builders if builders is not None else registered_stages()
     stages = []
     for name in model.stages:
-        if name not in STAGE_BUILDERS:
+        if name not in builders:
             raise ConfigError(f"model '{model.name}': unknown stage '{name}'; known stages: "
-                              f"{', '.join(STAGE_BUILDERS)}")
+                              f"{', '.join(sorted(builders)) or 'none installed'}")
         try:
-            stage = STAGE_BUILDERS[name](model, config)
+            stage = builders[name](model, config)
         except ValueError as exc:
             raise ConfigError(f"model '{model.name}': {exc}") from None
         for referenced in stage.referenced_models():
@@ -78,6 +67,15 @@ class Pipeline:
 
     def __init__(self, backend: Backend, stages: list[Stage], caller: PoolCaller, metrics: GatewayMetrics) -> None:
         self.backend, self.stages, self._caller, self._metrics = backend, stages, caller, metrics
+
+    def check(self, request: ChatCompletionRequest) -> None:
+        """A stage judges and rewrites one answer: ``n > 1`` through a stage is refused (400) rather than
+        returning choices no stage looked at."""
+        applying = [stage.name for stage in self.stages if stage.applies(request)]
+        if applying and request.n > 1:
+            raise InvalidRequestError(f"n={request.n} is not supported through the safety stage "
+                                      f"{', '.join(applying)} of model '{self.backend.name}' (each answer must be "
+                                      "checked on its own): send n separate requests", param="n")
 
     def context(self) -> StageContext:
         return StageContext(model=self.backend.name, models=self._caller,

@@ -105,7 +105,7 @@ class AlignCotOptions(OpenAIBaseModel):
 class SamplingRequest(OpenAIBaseModel):
     """Fields shared by chat and legacy completions."""
 
-    model: str = Field(min_length=1)
+    model: str = Field(min_length=1, max_length=256)
     stream: bool = False
     stream_options: StreamOptions | None = None
     max_tokens: int | None = Field(default=None, ge=1)
@@ -226,6 +226,16 @@ def message_text_of(response: dict[str, Any], index: int = 0) -> str:
     if "message" in choice:
         return choice["message"].get("content") or ""
     return choice.get("text") or ""
+
+
+def judged_text_of(response: dict[str, Any], index: int = 0) -> str:
+    """What a safety check must read of an answer: its text and every tool call it makes (a tool call with
+    ``content: null`` is an answer too, not an empty pass)."""
+    choice = response["choices"][index]
+    message = choice.get("message") or {}
+    calls = [f"[tool call] {(call.get('function') or {}).get('name', '?')}"
+             f"({(call.get('function') or {}).get('arguments', '')})" for call in message.get("tool_calls") or []]
+    return "\n".join([message_text_of(response, index), *calls]).strip()
 
 
 def response_to_chunks(response: dict[str, Any], piece_chars: int = 24) -> list[dict[str, Any]]:

@@ -75,7 +75,7 @@ class Gateway:
 
     def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any],
                    key: ApiKey | None = None) -> RequestRecord:
-        record = RequestRecord(self.metrics, endpoint, model, log_fields)
+        record = RequestRecord(self.metrics, endpoint, self.service.metric_label(model), log_fields)
         if key is not None and key.tokens_per_minute is not None:
             record.on_finish = lambda tokens: self._settle(key, tokens)
         return record

@@ -33,6 +33,7 @@ from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecis
 FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
 
 _COMPACT = (",", ":")
+UNKNOWN_MODEL_LABEL = "unknown"
 
 
 @dataclass
@@ -69,6 +70,14 @@ class CompletionService:
 
     def public_model_names(self) -> list[str]:
         return list(self.pool.backends) + ([self.routed.name] if self.routed else [])
+
+    def metric_label(self, model: str) -> str:
+        """The configured name a requested model is counted under; any other string is ``unknown`` (a client
+        must not be able to create metric series at will)."""
+        if self.routed is not None and model == self.routed.name:
+            return model
+        backend = self.pool.get(model)
+        return backend.name if backend is not None else UNKNOWN_MODEL_LABEL
 
     async def _plan(self, request: Request) -> tuple[list[Backend], RouteDecision | None]:
         """The backends to try, in order, and the routing decision when the request was routed."""
@@ -120,6 +129,7 @@ class CompletionService:
                                       param="max_tokens")
         pipeline = self.pipelines.get(backend.name)
         if pipeline is not None and isinstance(request, ChatCompletionRequest):
+            pipeline.check(request)
             ctx = pipeline.context()
             if request.stream:
                 chunks = await _primed(pipeline.stream(ctx, request))  # stages report before their first chunk

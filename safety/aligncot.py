@@ -19,9 +19,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.protocol import ChatCompletionRequest, message_text_of
+from gateway.config import GatewayConfig, ModelConfig
+from gateway.protocol import ChatCompletionRequest, judged_text_of, message_text_of
+from gateway.stages import CompleteNext, Stage, StageContext, add_usage, non_streaming
 from safety import prompts
-from safety.stage import CompleteNext, Stage, StageContext, add_usage, non_streaming
 
 logger = logging.getLogger(__name__)
 SKIPPED, CHAIN, REFUSED = "skipped", "chain", "refused"
@@ -72,7 +73,7 @@ class AlignCoTStage(Stage):
             direct = await call_next(non_streaming(request))
             calls.append(direct)
             chain.append({"step": "direct", "text": message_text_of(direct)})
-            if await self._passes_check(ctx, query, message_text_of(direct), calls, chain):
+            if await self._passes_check(ctx, query, judged_text_of(direct), calls, chain):
                 return self._finish(ctx, request, direct, calls, chain, SKIPPED)
         analysis = await self._step(ctx, "analysis", _single_turn(request, prompts.aligncot_analysis(query),
                                                                   self.settings.step_max_tokens), calls, chain)
@@ -81,7 +82,7 @@ class AlignCoTStage(Stage):
         final_request = _replace_last_user(request, prompts.aligncot_answer(query, analysis, guidance))
         answer_text = await self._step(ctx, "answer", final_request, calls, chain)
         final = calls[-1]
-        if await self._passes_check(ctx, query, answer_text, calls, chain):
+        if await self._passes_check(ctx, query, judged_text_of(final) or answer_text, calls, chain):
             return self._finish(ctx, request, final, calls, chain, CHAIN)
         refusal = {**final, "choices": [{**final["choices"][0], "message": {"role": "assistant",
                                                                              "content": prompts.ALIGNCOT_REFUSAL},
@@ -133,3 +134,8 @@ def _replace_last_user(request: ChatCompletionRequest, prompt: str) -> ChatCompl
     last_user = max(i for i, m in enumerate(body["messages"]) if m["role"] == "user")
     body["messages"][last_user] = {"role": "user", "content": prompt}
     return ChatCompletionRequest.model_validate(body)
+
+
+def build_stage(model: ModelConfig, config: GatewayConfig) -> AlignCoTStage:
+    """Entry point ``llm_gateway.stages: aligncot``."""
+    return AlignCoTStage.from_config(model.aligncot)

@@ -15,9 +15,17 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-from gateway.protocol import ChatCompletionRequest, ChatMessage, ContentPart, message_text_of, response_to_chunks
+from gateway.config import GatewayConfig, ModelConfig
+from gateway.protocol import (
+    ChatCompletionRequest,
+    ChatMessage,
+    ContentPart,
+    judged_text_of,
+    message_text_of,
+    response_to_chunks,
+)
+from gateway.stages import CompleteNext, Stage, StageContext, StreamNext, add_usage, non_streaming
 from safety import prompts
-from safety.stage import CompleteNext, Stage, StageContext, StreamNext, add_usage, non_streaming
 
 SAFE, REWRITTEN = "safe", "rewritten"
 
@@ -73,7 +81,7 @@ class ECSOStage(Stage):
                      answer: dict[str, Any]) -> tuple[str, list[dict[str, Any]]]:
         query = request.last_user_text()
         check = await ctx.models.complete(self._model(ctx), _with_image(
-            request, prompts.ecso_harm_check(query, message_text_of(answer)), self.check_max_tokens))
+            request, prompts.ecso_harm_check(query, judged_text_of(answer)), self.check_max_tokens))
         return (REWRITTEN if prompts.is_unsafe_verdict(message_text_of(check)) else SAFE), [check]
 
     async def _caption(self, ctx: StageContext, request: ChatCompletionRequest) -> dict[str, Any]:
@@ -115,3 +123,8 @@ def _text_only(message: ChatMessage) -> dict[str, Any]:
     if isinstance(message.content, list):
         data["content"] = message.text
     return data
+
+
+def build_stage(model: ModelConfig, config: GatewayConfig) -> ECSOStage:
+    """Entry point ``llm_gateway.stages: ecso``."""
+    return ECSOStage(model.ecso_model)

@@ -147,7 +147,7 @@ class LocalBackend(Backend):
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            params = self._params(request, prompt.ids)
+            params = self._params(request, prompt.ids, index)
             async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
                                                            adapter)) as deltas:
                 text = "".join([delta async for delta in deltas])
@@ -164,7 +164,7 @@ class LocalBackend(Backend):
         prompt_tokens = completion_tokens = 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            params = self._params(request, prompt.ids)
+            params = self._params(request, prompt.ids, index)
             async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
                                                            adapter)) as deltas:
                 first = True
@@ -187,12 +187,24 @@ class LocalBackend(Backend):
         return [(prompt, tokenizer.decode(prompt.ids) if echo else "") for prompt in prompts for _ in range(request.n)]
 
     async def _prompts(self, request: Request) -> list[PromptInputs]:
+        """Token ids of every prompt. Templates and tokenizers run in a thread: a long prompt takes long
+        enough to stall every other request on the event loop."""
+        if isinstance(request, ChatCompletionRequest) and request.has_images:
+            if self._processor is None:
+                raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
+            return [await self._vision_prompt(request)]
+        prompts = await asyncio.to_thread(self._tokenize, request)
+        vocabulary = len(self.generator.tokenizer)
+        for prompt in prompts:
+            bad = next((token for token in prompt.ids if not 0 <= token < vocabulary), None)
+            if bad is not None:
+                raise InvalidRequestError(f"token id {bad} is outside the vocabulary of model '{self.name}' "
+                                          f"(0 to {vocabulary - 1})", param="prompt", code="invalid_token_id")
+        return prompts
+
+    def _tokenize(self, request: Request) -> list[PromptInputs]:
         tokenizer = self.generator.tokenizer
         if isinstance(request, ChatCompletionRequest):
-            if request.has_images:
-                if self._processor is None:
-                    raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
-                return [await self._vision_prompt(request)]
             messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
                         for m in request.messages]
             text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
@@ -221,12 +233,14 @@ class LocalBackend(Backend):
             else:
                 messages.append({"role": message.role, "content": [{"type": "text", "text": message.text}]})
         text = self._processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        inputs = self._processor(text=text, images=images, return_tensors="pt")
+        inputs = await asyncio.to_thread(self._processor, text=text, images=images, return_tensors="pt")
         ids = inputs.pop("input_ids")[0].tolist()
         inputs.pop("attention_mask", None)
         return PromptInputs(ids, dict(inputs))
 
-    def _params(self, request: Request, prompt: list[int]) -> SamplingParams:
+    def _params(self, request: Request, prompt: list[int], choice: int = 0) -> SamplingParams:
+        """Sampling for one choice; with ``seed``, choice i draws from seed + i (n choices that differ, each
+        reproducible)."""
         text_config = self.generator.model.config.get_text_config()
         context = int(getattr(text_config, "max_position_embeddings", 0) or 0)
         wanted = request.completion_token_limit
@@ -243,4 +257,5 @@ class LocalBackend(Backend):
                     f"plus max_tokens {wanted} is too many", param="max_tokens")
             wanted = context - len(prompt)
         return SamplingParams(max_new_tokens=wanted, temperature=request.temperature, top_p=request.top_p,
-                              stop=tuple(request.stop_sequences), seed=request.seed)
+                              stop=tuple(request.stop_sequences),
+                              seed=None if request.seed is None else request.seed + choice)

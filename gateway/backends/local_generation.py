@@ -4,6 +4,10 @@ Each local model owns a thread pool of ``max_concurrency`` workers; at most ``ma
 wait for one, beyond that a request is refused with 503 at once. Tokens travel from the worker thread
 to the event loop through an ``asyncio.Queue``; closing the consumer sets a flag that a stopping criterion
 checks after every token, so a disconnected client stops its generation within one decoding step.
+
+Sampling is done by ``_Sampler``, the last logits processor, with a generator of its own; transformers then
+decodes greedily (its sampler would draw from torch's global RNG, which every worker thread shares, so a
+seeded request would not be reproducible while another generation runs).
 """
 
 from __future__ import annotations
@@ -18,13 +22,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from transformers import StoppingCriteria, StoppingCriteriaList
+from tokenizers.decoders import DecodeStream
+from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
 from transformers.generation.streamers import BaseStreamer
 
 from gateway.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
-
-# torch's global RNG is shared by all threads: seeded generations take it exclusively.
-_SEEDED_GENERATION = threading.Lock()
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,21 +71,55 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
+class _Sampler(LogitsProcessor):
+    """Draws the next token (temperature, then top-p) with its own ``torch.Generator`` and hands transformers'
+    greedy decoding a distribution with all its mass on that token. Temperature 0 (or None) is greedy."""
+
+    def __init__(self, temperature: float | None, top_p: float | None, generator: torch.Generator) -> None:
+        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if not self.temperature:
+            return scores
+        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1)
+        if self.top_p is not None and self.top_p < 1:
+            ordered, order = probabilities.sort(dim=-1, descending=True)
+            outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # keep the smallest set reaching top_p
+            probabilities = probabilities.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+        choice = torch.multinomial(probabilities, 1, generator=self.generator)
+        return torch.full_like(scores, float("-inf")).scatter(-1, choice, 0.0)
+
+
 class _IncrementalText:
-    """Turns a growing list of token ids into text deltas, cutting at the first stop sequence.
+    """Turns token ids into text deltas (incrementally, through ``tokenizers``' ``DecodeStream``: decoding
+    the whole sequence again for every token is quadratic), cutting at the first stop sequence.
 
     Text that could be the start of a stop sequence is held back until it is decided.
     """
 
     def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
         self._tokenizer, self._stop = tokenizer, [s for s in stop if s]
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._backend = backend
+        self._stream = DecodeStream(skip_special_tokens=True) if backend is not None else None
         self._ids: list[int] = []
+        self._text = ""
         self._emitted = 0
         self.stopped = False
 
+    def _extend(self, ids: list[int]) -> str:
+        if self._stream is None:  # a slow tokenizer: decode everything again
+            self._ids.extend(ids)
+            self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+            return self._text
+        for token in ids:
+            piece = self._stream.step(self._backend, token)
+            if piece:
+                self._text += piece
+        return self._text
+
     def add(self, ids: list[int]) -> str:
-        self._ids.extend(ids)
-        text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+        text = self._extend(ids)
         if text.endswith("\ufffd"):  # an incomplete multi-byte character: wait for the next token
             return ""
         if not self._stop:
@@ -99,7 +135,7 @@ class _IncrementalText:
     def flush(self) -> str:
         if self.stopped:
             return ""
-        return self._take(self._tokenizer.decode(self._ids, skip_special_tokens=True), None)
+        return self._take(self._text, None)
 
     def _undecided_suffix(self, text: str) -> int:
         for size in range(min(len(text), max(len(s) for s in self._stop) - 1), 0, -1):
@@ -132,6 +168,8 @@ class LocalGenerator:
             self._eos_ids.add(tokenizer.eos_token_id)
 
     def shutdown(self) -> None:
+        """Refuse new work, stop the running generations within one decoding step, drop the queued ones."""
+        self.abort()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     def abort(self) -> None:
@@ -198,27 +236,27 @@ class LocalGenerator:
             return
         config = copy.deepcopy(self.model.generation_config)
         config.max_new_tokens = params.max_new_tokens
-        if params.temperature == 0:
-            config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
-        elif params.temperature is not None or params.top_p is not None:
-            config.do_sample = True
-            config.temperature = params.temperature if params.temperature is not None else 1.0
-            config.top_p = params.top_p if params.top_p is not None else 1.0
-            config.top_k = None
+        # Unset fields follow the model's own sampling defaults (its generation_config).
+        default_temperature = (config.temperature or 1.0) if config.do_sample else 0.0
+        temperature = params.temperature if params.temperature is not None else default_temperature
+        top_p = params.top_p if params.top_p is not None else (config.top_p if config.do_sample else None)
+        # transformers decodes greedily; _Sampler (the last processor) makes the draw with its own generator.
+        config.do_sample, config.temperature, config.top_p, config.top_k = False, None, None, None
         if config.pad_token_id is None:
             config.pad_token_id = self.tokenizer.pad_token_id or next(iter(self._eos_ids), 0)
+        generator = torch.Generator(device=self.model.device)
+        if params.seed is None:
+            generator.seed()
+        else:
+            generator.manual_seed(params.seed)
         input_ids = torch.tensor([prompt_ids], device=self.model.device)
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": config,
-                  "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)])}
+                  "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)]),
+                  "logits_processor": LogitsProcessorList([_Sampler(temperature, top_p, generator)])}
         for name, value in extra_inputs.items():  # e.g. pixel_values of a vision model
             kwargs[name] = value.to(self.model.device) if isinstance(value, torch.Tensor) else value
         with torch.inference_mode(), self._adapter(adapter):
-            if params.seed is None:
-                self.model.generate(**kwargs)
-                return
-            with _SEEDED_GENERATION:
-                torch.manual_seed(params.seed)
-                self.model.generate(**kwargs)
+            self.model.generate(**kwargs)
 
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None) -> Iterator[None]:

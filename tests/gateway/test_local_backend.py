@@ -102,6 +102,71 @@ def test_n_choices(embedded_gateway):
     assert response.choices[0].message.content == response.choices[1].message.content
 
 
+def test_n_seeded_choices_differ_and_each_reproduces(embedded_gateway):
+    client = embedded_gateway.client()
+    messages = [{"role": "user", "content": "Name an animal."}]
+
+    def ask() -> list[str]:
+        response = client.chat.completions.create(model="smollm2-135m", messages=messages, n=3, seed=7,
+                                                  temperature=1.3, max_tokens=12)
+        return [choice.message.content for choice in response.choices]
+
+    first = ask()
+    assert len(set(first)) > 1  # choice i samples from seed + i, not three copies of one draw
+    assert ask() == first
+
+
+def test_a_seed_reproduces_while_other_generations_run(make_gateway):
+    gateway = make_gateway({"models": [{"name": "smol", "backend": "local", "max_concurrency": 3}]})
+    client = gateway.async_client()
+    seeded = {"model": "smol", "seed": 11, "temperature": 1.2, "max_tokens": 24,
+              "messages": [{"role": "user", "content": "Write one sentence about the sea."}]}
+
+    async def run() -> tuple[str, str]:
+        alone = (await client.chat.completions.create(**seeded)).choices[0].message.content
+        noise = {**seeded, "seed": None, "messages": [{"role": "user", "content": "Count to twenty."}]}
+        together = await asyncio.gather(client.chat.completions.create(**noise),
+                                        client.chat.completions.create(**seeded),
+                                        client.chat.completions.create(**noise))
+        return alone, together[1].choices[0].message.content
+
+    alone, beside_others = asyncio.run(run())
+    assert alone == beside_others
+
+
+@pytest.mark.parametrize("prompt", [[99999999], [-5], [1, 2, 49152]])
+def test_token_ids_outside_the_vocabulary_are_400s(embedded_gateway, prompt):
+    response = httpx.post(f"{embedded_gateway.base_url}/completions", timeout=30,
+                          json={"model": "smollm2-135m", "prompt": prompt, "max_tokens": 2})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "prompt" and error["code"] == "invalid_token_id"
+    assert str(prompt[-1]) in error["message"]
+
+
+def test_shutdown_stops_running_generations(tokenizer):
+    from gateway.backends.local import load_causal_lm
+    from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams
+    from gateway.errors import UpstreamUnavailableError
+
+    model, tok, _ = load_causal_lm(embedded_model_dir(Settings().cache_dir), "cpu")
+    generator = LocalGenerator(model, tok, name="smol", max_concurrency=1, max_queue=1)
+    prompt = tok("Count from one to a thousand:")["input_ids"]
+
+    async def run() -> tuple[int, float]:
+        deltas, stopped_at = 0, 0.0
+        with pytest.raises(UpstreamUnavailableError, match="shutting down"):
+            async for _ in generator.stream_text(prompt, SamplingParams(max_new_tokens=2000), Generation()):
+                deltas += 1
+                if deltas == 3:
+                    generator.shutdown()
+                    stopped_at = time.monotonic()
+        return deltas, time.monotonic() - stopped_at
+
+    deltas, after = asyncio.run(run())
+    assert deltas < 20 and after < 2.0
+
+
 def test_legacy_completion(embedded_gateway):
     client = embedded_gateway.client()
     result = client.completions.create(model="smollm2-135m", prompt="The capital of France is", max_tokens=5,

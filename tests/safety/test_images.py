@@ -14,7 +14,10 @@ from PIL import Image
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequestError
-from gateway.images import ImagePolicy, _check_host, load_image
+import ipaddress
+import socket
+
+from gateway.images import ImagePolicy, check_address, load_image
 from tests.support.servers import ServerThread
 
 
@@ -96,8 +99,56 @@ def test_private_hosts_only_when_allowed(image_server):
         _load(f"{image_server.url}/big.png", allow_private_hosts=True, max_bytes=1000)
 
 
-def test_public_addresses_pass_the_host_check():
-    asyncio.run(_check_host("93.184.216.34", 80, ImagePolicy()))
+@pytest.mark.parametrize(("address", "verdict"), [
+    ("93.184.216.34", None),
+    ("2606:2800:220:1:248:1893:25c8:1946", None),
+    ("64:ff9b::7f00:1", "tunnelled"),  # NAT64 of 127.0.0.1: "global" to Python 3.11
+    ("64:ff9b::a9fe:a9fe", "tunnelled"),  # NAT64 of 169.254.169.254
+    ("2002:7f00:1::1", "tunnelled"),  # 6to4 of 127.0.0.1
+    ("::ffff:127.0.0.1", "non-public address 127.0.0.1"),  # IPv4-mapped: judged by what it maps
+    ("::ffff:93.184.216.34", None),
+    ("100.64.0.1", "non-public"),  # carrier-grade NAT
+])
+def test_address_check(address, verdict):
+    reason = check_address(ipaddress.ip_address(address))
+    assert reason is None if verdict is None else verdict in reason
+
+
+def test_the_fetch_connects_to_the_address_that_was_checked(monkeypatch):
+    """DNS rebinding: the name resolves to a public address for the check and to 127.0.0.1 afterwards. The
+    gateway must connect to the checked address, never look the name up again."""
+    hits = []
+    app = FastAPI()
+
+    @app.get("/secret.png")
+    def secret() -> Response:
+        hits.append(1)
+        return Response(_png(), media_type="image/png")
+
+    real = socket.getaddrinfo
+    lookups = []
+
+    def rebinding(host, port, *args, **kwargs):
+        if host == "rebind.example":
+            lookups.append(host)
+            address = "93.184.216.34" if len(lookups) == 1 else "127.0.0.1"
+            return real(address, port, *args, **kwargs)
+        return real(host, port, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    with ServerThread(app) as server:
+        port = server.url.rsplit(":", 1)[1]
+        with pytest.raises(InvalidRequestError, match="could not be fetched"):
+            _load(f"http://rebind.example:{port}/secret.png", fetch_timeout_s=1)
+    assert lookups == ["rebind.example"] and not hits
+
+
+def test_decompression_bombs_and_huge_images_are_400s():
+    # A 10000 x 10000 PNG of one colour compresses to a few hundred kilobytes.
+    with pytest.raises(InvalidRequestError, match="100000000 pixels|too many pixels"):
+        _load(_data_url(_png((10000, 10000), (0, 0, 0))))
+    with pytest.raises(InvalidRequestError, match="the limit is 1000"):
+        _load(_data_url(_png((40, 30))), max_pixels=1000)
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,9 @@
 """The pipeline-stage interface: a stage wraps the model call of a chat request.
 
+It sits at the bottom of the layers, beside the protocol types: the engine runs stages without importing
+any (they are registered by name, through the ``llm_gateway.stages`` entry points, and built from the
+config), and stage packages such as ``safety`` implement this interface.
+
 A stage sees the request, can call the rest of the pipeline (``call_next``: the remaining stages and
 finally the model that serves the request) and can reach any configured model by name through
 ``StageContext.models``; it never knows which backend serves a model::
@@ -22,9 +26,12 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 from gateway.protocol import ChatCompletionRequest, response_to_chunks
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig, ModelConfig
 
 CompleteNext = Callable[[ChatCompletionRequest], Awaitable[dict[str, Any]]]
 StreamNext = Callable[[ChatCompletionRequest], AsyncIterator[dict[str, Any]]]
@@ -83,3 +90,14 @@ def non_streaming(request: ChatCompletionRequest) -> ChatCompletionRequest:
         return request
     return ChatCompletionRequest.model_validate(
         {**request.model_dump(exclude_unset=True), "stream": False, "stream_options": None})
+
+
+StageBuilder = Callable[["ModelConfig", "GatewayConfig"], Stage]
+ENTRY_POINT_GROUP = "llm_gateway.stages"
+
+
+def registered_stages() -> dict[str, StageBuilder]:
+    """Every stage installed: name -> builder (``[project.entry-points."llm_gateway.stages"]``)."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry.load() for entry in entry_points(group=ENTRY_POINT_GROUP)}
