@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import io
+import ipaddress
+import socket
 
 import httpx
 import pytest
@@ -14,9 +16,6 @@ from PIL import Image
 from starlette.responses import Response
 
 from gateway.errors import InvalidRequestError
-import ipaddress
-import socket
-
 from gateway.images import ImagePolicy, check_address, load_image
 from tests.support.servers import ServerThread
 
