@@ -200,6 +200,11 @@ class LimitsConfig(StrictModel):
     max_body_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="larger bodies get 413")
     max_messages: int = Field(default=1024, ge=1, description="most messages in one chat request")
     redis_url: str | None = Field(default=None, description="share per-key counters between replicas")
+    redis_timeout_s: float = Field(default=0.25, gt=0, description="bound on every call to the counter store")
+    on_limiter_error: Literal["open", "closed"] = Field(default="open", description="Redis down or slow: admit "
+                                                        "uncounted (open) or refuse with 503 (closed)")
+    reserve_completion_tokens: int = Field(default=256, ge=0, description="tokens reserved against "
+                                           "tokens_per_minute for a request that sets no max_tokens")
 
 
 def _embedded_default() -> list[ModelConfig]:

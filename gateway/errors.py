@@ -33,17 +33,23 @@ class GatewayError(Exception):
     status_code = 500
     error_type = "internal_error"
     code: str | None = None
+    retry_after_s: float | None = None  # sent as Retry-After when set (429, and 503s worth retrying soon)
 
-    def __init__(self, message: str, *, param: str | None = None, code: str | None = None) -> None:
+    def __init__(self, message: str, *, param: str | None = None, code: str | None = None,
+                 retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.param = param
         if code is not None:
             self.code = code
+        if retry_after_s is not None:
+            self.retry_after_s = retry_after_s
 
     @property
     def headers(self) -> dict[str, str]:
-        return {}
+        if self.retry_after_s is None:
+            return {}
+        return {"retry-after": str(max(1, int(self.retry_after_s + 0.999)))}
 
     def to_dict(self) -> dict[str, Any]:
         return {"error": {"message": self.message, "type": self.error_type, "param": self.param,
@@ -80,12 +86,7 @@ class RateLimitError(GatewayError):
     code = "rate_limit_exceeded"
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"retry-after": str(max(1, int(self.retry_after_s + 0.999)))}
+        super().__init__(message, retry_after_s=retry_after_s)
 
 
 class OverloadedError(GatewayError):
@@ -117,8 +118,8 @@ class UpstreamError(GatewayError):
     code = "upstream_error"
 
     def __init__(self, message: str, *, upstream_status: int | None = None, param: str | None = None,
-                 code: str | None = None) -> None:
-        super().__init__(message, param=param, code=code)
+                 code: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message, param=param, code=code, retry_after_s=retry_after_s)
         self.upstream_status = upstream_status
 
 

@@ -40,6 +40,8 @@ class GatewayMetrics:
                                   ["stage", "outcome"], registry=r)
         self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a per-key limit",
                                     ["key", "limit"], registry=r)
+        self.limiter_errors = Counter("gateway_rate_limiter_errors", "Calls to the rate limiter's store (Redis) "
+                                      "that failed or timed out", registry=r)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

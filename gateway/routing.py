@@ -127,7 +127,7 @@ def query_text(request: ChatCompletionRequest | CompletionRequest, turns: int) -
     return "\n".join(users[-turns:]) if users else request.messages[-1].text
 
 
-def _prompt_characters(request: ChatCompletionRequest | CompletionRequest) -> int:
+def prompt_characters(request: ChatCompletionRequest | CompletionRequest) -> int:
     if isinstance(request, CompletionRequest):
         prompt = request.prompt
         return len(prompt) if isinstance(prompt, str) else sum(len(p) if isinstance(p, str) else 4 for p in prompt)
@@ -183,7 +183,7 @@ class RoutedModel:
     def expected_costs(self, request: ChatCompletionRequest | CompletionRequest) -> np.ndarray:
         """[n] expected US dollars of this request on each candidate: configured prices times the estimated
         tokens, else the checkpoint's learnt mean price per question, else NaN (unknown)."""
-        prompt_tokens = _prompt_characters(request) / CHARACTERS_PER_TOKEN
+        prompt_tokens = prompt_characters(request) / CHARACTERS_PER_TOKEN
         completion_tokens = request.completion_token_limit or self.config.expected_output_tokens
         costs = self.token_prices @ np.array([prompt_tokens, completion_tokens])
         if self.learnt_cost is not None:

@@ -9,12 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from gateway.auth import ApiKey, ApiKeyStore
+from gateway.backends import Request
 from gateway.config import ConfigError, GatewayConfig
 from gateway.errors import RateLimitError, UpstreamUnavailableError
-from gateway.limits import build_rate_limiter
+from gateway.limits import LimiterUnavailable, Reservation, build_rate_limiter, limiter_unavailable_error
 from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pool import ModelPool
-from gateway.routing import RoutedModel
+from gateway.routing import CHARACTERS_PER_TOKEN, RoutedModel, prompt_characters
 from gateway.serving import CompletionService
 
 logger = logging.getLogger(__name__)
@@ -28,7 +29,7 @@ class Gateway:
         self.service = CompletionService(self.pool, self.metrics, self._load_router())
         self.started_at = int(time.time())
         self.keys = ApiKeyStore(config.auth)
-        self.limiter = build_rate_limiter(config.limits.redis_url)
+        self.limiter = build_rate_limiter(config.limits.redis_url, config.limits.redis_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
         self.draining = False
 
@@ -60,30 +61,47 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def admit(self, key: ApiKey | None) -> None:
-        """Refuse work while draining; per-key limits, before any upstream call (429 with Retry-After)."""
+    async def admit(self, key: ApiKey | None, request: Request) -> Reservation | None:
+        """Refuse work while draining; per-key limits, before any upstream call (429 with Retry-After). The
+        tokens the request may use are reserved now and settled with its real usage when it ends."""
         if self.draining:
             raise UpstreamUnavailableError("the gateway is shutting down; retry on another replica",
                                            code="shutting_down")
         if key is None or (key.requests_per_minute is None and key.tokens_per_minute is None):
-            return
+            return None
         try:
-            await self.limiter.admit(key)
+            return await self.limiter.admit(key, self._token_estimate(request))
         except RateLimitError:
             self.metrics.rate_limited.labels(key.name, "minute").inc()
             raise
+        except LimiterUnavailable as exc:
+            self.metrics.limiter_errors.inc()
+            logger.warning("rate limiter unavailable", extra={"fields": {"error": str(exc)[:200]}})
+            if self.config.limits.on_limiter_error == "closed":
+                raise limiter_unavailable_error() from None
+            return None
 
-    def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any],
-                   key: ApiKey | None = None) -> RequestRecord:
+    def _token_estimate(self, request: Request) -> int:
+        completion = request.completion_token_limit or self.config.limits.reserve_completion_tokens
+        return prompt_characters(request) // CHARACTERS_PER_TOKEN + completion
+
+    def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any], key: ApiKey | None = None,
+                   reservation: Reservation | None = None) -> RequestRecord:
         record = RequestRecord(self.metrics, endpoint, self.service.metric_label(model), log_fields)
-        if key is not None and key.tokens_per_minute is not None:
-            record.on_finish = lambda tokens: self._settle(key, tokens)
+        if key is not None and reservation is not None and key.tokens_per_minute is not None:
+            record.on_finish = lambda tokens: self._settle(key, reservation, tokens)
         return record
 
-    def _settle(self, key: ApiKey, tokens: int) -> None:
+    def _settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
         """Charge the request's real usage to its key (in the background: the response is not delayed)."""
-        if tokens:
-            self._keep(asyncio.get_running_loop().create_task(self.limiter.settle(key, tokens)))
+        self._keep(asyncio.get_running_loop().create_task(self._settle_now(key, reservation, tokens)))
+
+    async def _settle_now(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
+        try:
+            await self.limiter.settle(key, reservation, tokens)
+        except LimiterUnavailable as exc:
+            self.metrics.limiter_errors.inc()
+            logger.warning("rate limiter unavailable at settlement", extra={"fields": {"error": str(exc)[:200]}})
 
     async def start(self) -> None:
         await self.pool.start()

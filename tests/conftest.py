@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +19,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gateway.config import parse_config  # noqa: E402
 from gateway.http import create_app  # noqa: E402
-from tests.support.servers import GatewayProcess, ServerThread, wait_for  # noqa: E402
+from tests.support.servers import GatewayProcess, ServerThread, free_port, wait_for  # noqa: E402
 from tests.support.upstream import ScriptedUpstream  # noqa: E402
 
 
@@ -85,6 +88,40 @@ def embedded_gateway() -> Iterator[LiveGateway]:
         yield LiveGateway(process.url, None, process)
     finally:
         process.stop()
+
+
+@dataclass
+class RedisServer:
+    url: str
+    process: subprocess.Popen  # type: ignore[type-arg]
+
+
+@pytest.fixture
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server on a free port (scripts/setup.sh --dev installs it)."""
+    import redis
+
+    binary = shutil.which("redis-server")
+    assert binary, "redis-server is not installed (scripts/setup.sh --dev installs it)"
+    port = free_port()
+    process = subprocess.Popen([binary, "--port", str(port), "--save", "", "--appendonly", "no"],
+                               stdout=subprocess.DEVNULL)
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            redis.Redis(port=port).ping()
+            break
+        except redis.ConnectionError:
+            assert time.monotonic() < deadline, "redis-server did not start"
+            time.sleep(0.05)
+    yield RedisServer(f"redis://127.0.0.1:{port}/0", process)
+    process.kill()
+    process.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="session")

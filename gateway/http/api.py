@@ -140,8 +140,8 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
         raise InvalidRequestError(f"{len(parsed.messages)} messages; the limit is "
                                   f"{gateway.config.limits.max_messages}", param="messages")
     key: ApiKey | None = request.state.api_key
-    await gateway.admit(key)
-    record = gateway.new_record(endpoint, parsed.model, request.state.log, key)
+    reservation = await gateway.admit(key, parsed)
+    record = gateway.new_record(endpoint, parsed.model, request.state.log, key, reservation)
     try:
         answer = await cancel_on_disconnect(request, gateway.service.serve(endpoint, parsed, record))
     except ClientDisconnected:
