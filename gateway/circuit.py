@@ -1,4 +1,11 @@
-"""Circuit breakers: a backend that keeps failing is taken out of routing and probed back in."""
+"""Circuit breakers: a backend that keeps failing is taken out of routing and let back in on trial.
+
+States: **closed** (routed to) → ``threshold`` consecutive backend faults → **open** (skipped; its health,
+e.g. vLLM's ``GET /health``, is probed every ``open_seconds``) → a healthy probe → **half-open** (routed to
+again) → the next real request decides: success closes it, a fault opens it again. A passing health check
+alone never closes a circuit: a server whose ``/health`` is fine but which cannot serve the model (a 404 from
+a misconfigured upstream) would otherwise flap between open and closed forever.
+"""
 
 from __future__ import annotations
 
@@ -6,60 +13,62 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from typing import Literal
 
 logger = logging.getLogger(__name__)
+State = Literal["closed", "open", "half_open"]
+STATE_GAUGE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
 
 
 class CircuitBreaker:
-    """Opens after ``threshold`` consecutive failures. While open the backend is skipped by routing, and a
-    probe (the backend's health check, e.g. vLLM's ``GET /health``) runs every ``open_seconds``; the first
-    healthy probe, or any successful request, closes it again."""
-
     def __init__(self, name: str, *, threshold: int, open_seconds: float,
                  probe: Callable[[], Awaitable[tuple[bool, str]]],
-                 on_change: Callable[[str, bool], None] | None = None) -> None:
+                 on_change: Callable[[str, State], None] | None = None) -> None:
         self.name, self.threshold, self.open_seconds = name, threshold, open_seconds
         self._probe, self._on_change = probe, on_change
         self.failures = 0
+        self.state: State = "closed"
         self.opened_at: float | None = None
         self._prober: asyncio.Task[None] | None = None
 
     @property
     def is_open(self) -> bool:
-        return self.opened_at is not None
+        """Whether routing should skip the backend (half-open lets requests through on trial)."""
+        return self.state == "open"
 
     def record_success(self) -> None:
         self.failures = 0
-        if self.is_open:
-            self._close("a request succeeded")
+        if self.state != "closed":
+            self._set("closed", "a request succeeded")
 
     def record_failure(self) -> None:
         self.failures += 1
-        if not self.is_open and self.failures >= self.threshold:
+        if self.state == "half_open" or (self.state == "closed" and self.failures >= self.threshold):
             self.opened_at = time.monotonic()
-            logger.warning("circuit opened", extra={"fields": {"model": self.name, "failures": self.failures}})
-            if self._on_change:
-                self._on_change(self.name, True)
+            self._set("open", f"{self.failures} consecutive failures")
             self._prober = asyncio.get_running_loop().create_task(self._probe_until_healthy())
 
-    def _close(self, reason: str) -> None:
-        self.opened_at, self.failures = None, 0
-        logger.info("circuit closed", extra={"fields": {"model": self.name, "reason": reason}})
+    def _set(self, state: State, reason: str) -> None:
+        self.state = state
+        if state != "open":
+            self.opened_at = None
+        log = logger.warning if state == "open" else logger.info
+        log("circuit %s", state.replace("_", "-"), extra={"fields": {"model": self.name, "reason": reason}})
         if self._on_change:
-            self._on_change(self.name, False)
-        if self._prober is not None and self._prober is not asyncio.current_task():
+            self._on_change(self.name, state)
+        if state == "closed" and self._prober is not None and self._prober is not asyncio.current_task():
             self._prober.cancel()
-        self._prober = None
+            self._prober = None
 
     async def _probe_until_healthy(self) -> None:
-        while self.is_open:
+        while self.state == "open":
             await asyncio.sleep(self.open_seconds)
             try:
                 healthy, _ = await self._probe()
             except Exception:  # a probe that crashes counts as unhealthy
                 healthy = False
-            if healthy and self.is_open:
-                self._close("health probe passed")
+            if healthy and self.state == "open":
+                self._set("half_open", "health probe passed; the next request decides")
                 return
 
     def close(self) -> None:

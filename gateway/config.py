@@ -132,6 +132,8 @@ class RouterConfig(StrictModel):
     expected_output_tokens: int = Field(default=256, ge=1, description="completion length assumed for a price "
                                         "estimate when the request sets no max_tokens")
     max_attempts: int = Field(default=3, ge=1, description="candidates tried before giving up (failover)")
+    deadline_s: float | None = Field(default=None, gt=0, description="bound on the whole failover, up to a "
+                                     "stream's first chunk (default: each attempt's own timeout_s only)")
     batch_window_ms: float = Field(default=3.0, ge=0, description="micro-batch window for router encoding")
     max_batch: int = Field(default=64, ge=1)
     failure_threshold: int = Field(default=3, ge=1, description="consecutive failures that open a circuit")

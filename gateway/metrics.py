@@ -34,7 +34,8 @@ class GatewayMetrics:
                                  ["from_model", "reason"], registry=r)
         self.routing_seconds = Histogram("gateway_routing_decision_seconds", "Time to rank candidates",
                                          buckets=FAST_BUCKETS, registry=r)
-        self.circuit_open = Gauge("gateway_circuit_open", "1 while a model's circuit breaker is open", ["model"],
+        self.circuit_open = Gauge("gateway_circuit_open", "1 while a model's circuit breaker is open, 0.5 "
+                                  "half-open (on trial)", ["model"],
                                   registry=r)
         self.stage_runs = Counter("gateway_stage_runs", "Safety stage runs, by stage and outcome",
                                   ["stage", "outcome"], registry=r)

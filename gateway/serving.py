@@ -7,13 +7,14 @@ answer with a proper error status (and routing can still fail over to the next c
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.backends import Backend, Request
-from gateway.circuit import CircuitBreaker
+from gateway.circuit import STATE_GAUGE, CircuitBreaker, State
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -21,6 +22,7 @@ from gateway.errors import (
     OverloadedError,
     RateLimitError,
     UpstreamError,
+    UpstreamTimeoutError,
     sse_error_event,
 )
 from gateway.metrics import GatewayMetrics, RequestRecord
@@ -65,8 +67,8 @@ class CompletionService:
                                  on_change=self._circuit_changed)
             for name, backend in pool.backends.items()}
 
-    def _circuit_changed(self, model: str, is_open: bool) -> None:
-        self.metrics.circuit_open.labels(model).set(1 if is_open else 0)
+    def _circuit_changed(self, model: str, state: State) -> None:
+        self.metrics.circuit_open.labels(model).set(STATE_GAUGE[state])
 
     def public_model_names(self) -> list[str]:
         return list(self.pool.backends) + ([self.routed.name] if self.routed else [])
@@ -84,6 +86,11 @@ class CompletionService:
         if self.routed is not None and request.model == self.routed.name:
             decision = await self.routed.decide(request)
             ranked = [self.pool.backends[name] for name in decision.models]
+            # A candidate whose max_tokens_cap the request exceeds is passed over, not the end of routing.
+            fitting = [b for b in ranked if _within_cap(b, request)]
+            if not fitting:
+                _check_cap(ranked[0], request)
+            ranked = fitting
             healthy = [b for b in ranked if not self.breakers[b.name].is_open]
             # With every circuit open, still try in rank order: a success closes the circuit again.
             return (healthy or ranked)[: self.routed.config.max_attempts], decision
@@ -96,15 +103,25 @@ class CompletionService:
 
     async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
         backends, decision = await self._plan(request)
+        deadline_s = self.routed.config.deadline_s if decision is not None and self.routed is not None else None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + deadline_s if deadline_s is not None else None
         failures: list[str] = []
         for attempt, backend in enumerate(backends):
             record.answered_by(backend.name)
             try:
-                answer = await self._attempt(backend, endpoint, request, record)
+                # The deadline bounds the whole failover (up to the first chunk of a stream), not each try.
+                async with asyncio.timeout_at(deadline):
+                    answer = await self._attempt(backend, endpoint, request, record)
+            except TimeoutError:
+                error = UpstreamTimeoutError(f"no candidate of '{request.model}' answered within router.deadline_s "
+                                             f"= {deadline_s:g} s" + (f" (tried: {'; '.join(failures)}; then "
+                                                                      f"{backend.name})" if failures else ""))
+                raise error from None
             except FAILOVER_ERRORS as exc:
-                if isinstance(exc, UpstreamError) and backend.name in self.breakers:
+                if backend.name in self.breakers and _is_backend_fault(exc, request):
                     self.breakers[backend.name].record_failure()
-                if attempt + 1 == len(backends):
+                if attempt + 1 == len(backends) or (deadline is not None and loop.time() >= deadline):
                     if failures:
                         exc.message = f"{exc.message} (after failing over from: {'; '.join(failures)})"
                     raise
@@ -123,10 +140,7 @@ class CompletionService:
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
                        record: RequestRecord) -> Answer | StreamAnswer:
-        cap, wanted = backend.config.max_tokens_cap, request.completion_token_limit
-        if cap is not None and wanted is not None and wanted > cap:
-            raise InvalidRequestError(f"max_tokens {wanted} is above the limit of {cap} for model '{backend.name}'",
-                                      param="max_tokens")
+        _check_cap(backend, request)
         pipeline = self.pipelines.get(backend.name)
         if pipeline is not None and isinstance(request, ChatCompletionRequest):
             pipeline.check(request)
@@ -148,6 +162,29 @@ class CompletionService:
             breaker.close()
         if self.routed is not None:
             self.routed.close()
+
+
+def _within_cap(backend: Backend, request: Request) -> bool:
+    cap, wanted = backend.config.max_tokens_cap, request.completion_token_limit
+    return cap is None or wanted is None or wanted <= cap
+
+
+def _check_cap(backend: Backend, request: Request) -> None:
+    if not _within_cap(backend, request):
+        raise InvalidRequestError(f"max_tokens {request.completion_token_limit} is above the limit of "
+                                  f"{backend.config.max_tokens_cap} for model '{backend.name}'", param="max_tokens")
+
+
+def _is_backend_fault(exc: GatewayError, request: Request) -> bool:
+    """Whether a failure says something about the backend's health (what circuit breakers count): refused or
+    broken connections and 5xx do; a full queue or an upstream 429 is load, not a fault; a timeout counts only
+    while waiting for a stream's first chunk (a whole long generation that outlives timeout_s is the
+    request's size, not the server's health)."""
+    if isinstance(exc, OverloadedError | RateLimitError):
+        return False
+    if isinstance(exc, UpstreamTimeoutError):
+        return bool(request.stream)
+    return isinstance(exc, UpstreamError)
 
 
 async def _primed(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:

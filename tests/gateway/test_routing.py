@@ -138,14 +138,75 @@ def test_circuit_breaker_opens_and_closes(pool, router_checkpoint, make_gateway)
         assert completion.model != first
     assert len(pool[first].calls) == 3
     pool[first].responder = pool[first].echo
-    pool[first].healthy = True  # the health probe (GET /health) brings it back
-    deadline = time.monotonic() + 5
-    closed = f'gateway_circuit_open{{model="{first}"}} 0.0'
-    while closed not in httpx.get(f"{gateway.url}/metrics").text:
-        assert time.monotonic() < deadline, "circuit did not close after the upstream recovered"
-        time.sleep(0.1)
+    pool[first].healthy = True  # the health probe (GET /health) lets it back in on trial
+    _wait_for_metric(gateway, f'gateway_circuit_open{{model="{first}"}} 0.5')
     _, completion = _route(client, question)
-    assert completion.model == first
+    assert completion.model == first  # the trial request succeeds: closed
+    assert f'gateway_circuit_open{{model="{first}"}} 0.0' in httpx.get(f"{gateway.url}/metrics").text
+
+
+def _wait_for_metric(gateway, line: str, timeout_s: float = 5) -> None:
+    deadline = time.monotonic() + timeout_s
+    while line not in httpx.get(f"{gateway.url}/metrics").text:
+        assert time.monotonic() < deadline, f"{line} never appeared"
+        time.sleep(0.05)
+
+
+def test_a_healthy_server_that_cannot_serve_the_model_does_not_flap(pool, router_checkpoint, make_gateway):
+    """/health passes but every request gets a 404 (the model is not on that server): a passing probe only lets
+    one trial through, and its failure opens the circuit again; it never closes on /health alone."""
+    gateway = make_gateway(_config(pool, router_checkpoint, failure_threshold=2, open_seconds=0.3))
+    client = gateway.client()
+    question = load_routing_file(SLICE / "gsm8k-test.json").questions[1]
+    first = json.loads(_route(client, question)[0]["x-gateway-route-scores"])[0]["model"]
+    pool[first].responder = lambda body: Reply(status=404, error_message="model not found")
+    for _ in range(2):
+        assert _route(client, question)[1].model != first  # failed over
+    gauge = f'gateway_circuit_open{{model="{first}"}}'
+    assert f"{gauge} 1.0" in httpx.get(f"{gateway.url}/metrics").text
+    for _ in range(3):  # each time the probe passes, one trial, then open again
+        _wait_for_metric(gateway, f"{gauge} 0.5")
+        calls = len(pool[first].calls)
+        assert _route(client, question)[1].model != first
+        assert len(pool[first].calls) == calls + 1
+        assert f"{gauge} 1.0" in httpx.get(f"{gateway.url}/metrics").text
+    assert f"{gauge} 0.0" not in httpx.get(f"{gateway.url}/metrics").text
+
+
+def test_client_errors_and_long_generations_do_not_open_circuits(pool, router_checkpoint, make_gateway):
+    gateway = make_gateway(_config(pool, router_checkpoint, failure_threshold=1))
+    client = gateway.client()
+    question = load_routing_file(SLICE / "gsm8k-test.json").questions[1]
+    first = json.loads(_route(client, question)[0]["x-gateway-route-scores"])[0]["model"]
+    pool[first].responder = lambda body: Reply(status=400, error_message="prompt too long")
+    for _ in range(3):
+        with pytest.raises(openai.BadRequestError):  # the client's error: no failover, no circuit
+            _route(client, question)
+    pool[first].responder = lambda body: Reply(text="slow", delay_s=3)  # longer than timeout_s = 2
+    assert _route(client, question)[1].model != first  # failed over, but a long generation is no fault
+    metrics = httpx.get(f"{gateway.url}/metrics").text
+    assert f'gateway_circuit_open{{model="{first}"}} 1.0' not in metrics
+
+
+def test_the_deadline_bounds_the_whole_failover(pool, router_checkpoint, make_gateway):
+    gateway = make_gateway(_config(pool, router_checkpoint, deadline_s=1.0, max_attempts=3))
+    for server in pool.values():
+        server.responder = lambda body: Reply(hang=True)  # each would wait out timeout_s = 2 s
+    started = time.monotonic()
+    with pytest.raises(openai.APIStatusError) as info:
+        _route(gateway.client(), "What is 2 + 2?")
+    assert info.value.status_code == 504 and "router.deadline_s" in info.value.body["message"]
+    assert time.monotonic() - started < 1.8
+
+
+def test_a_max_tokens_cap_passes_over_a_candidate(pool, router_checkpoint, make_gateway):
+    config = _config(pool, router_checkpoint)
+    question = load_routing_file(SLICE / "gsm8k-test.json").questions[1]
+    first = json.loads(_route(make_gateway(config).client(), question)[0]["x-gateway-route-scores"])[0]["model"]
+    next(m for m in config["models"] if m["name"] == first)["max_tokens_cap"] = 10
+    gateway = make_gateway(config)
+    assert _route(gateway.client(), question, max_tokens=50)[1].model != first
+    assert _route(gateway.client(), question, max_tokens=5)[1].model == first
 
 
 def test_stream_failing_after_the_first_byte_ends_with_an_error_not_a_failover(pool, router_checkpoint,
