@@ -19,6 +19,8 @@ only when a command runs.
 from __future__ import annotations
 
 import argparse
+import asyncio
+import math
 import socket
 import sys
 from collections.abc import Callable, Sequence
@@ -48,19 +50,25 @@ def _serve(args: argparse.Namespace) -> int:
             "  or pass --allow-unauthenticated if something in front of the gateway already authenticates.")
     configure_logging(config.server.log_level)
     app = create_app(config, cache_dir=settings.cache_dir)
+    # uvicorn takes whole seconds and reads 0 as "wait forever": round a fraction up, never down to 0.
+    grace = max(1, math.ceil(config.server.shutdown_grace_s))
     server = DrainingServer(uvicorn.Config(app, host=host, port=args.port or settings.port, log_config=None,
-                                           access_log=False,
-                                           timeout_graceful_shutdown=int(config.server.shutdown_grace_s) or None))
+                                           access_log=False, timeout_graceful_shutdown=grace))
     server.run()
     return 0
 
 
 class DrainingServer(uvicorn.Server):
-    """uvicorn's server, telling the gateway when a shutdown (SIGTERM) begins so it can drain: in-flight
+    """uvicorn's server with a drain: on SIGTERM /ready goes 503 while requests are still served for
+    ``drain_delay_s`` (the load balancer takes the replica out), then the listener closes and in-flight
     requests and streams get ``shutdown_grace_s`` to finish, then end with an error rather than a cut."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        self.config.app.state.gateway.begin_drain()
+        gateway = self.config.app.state.gateway
+        gateway.begin_drain()
+        if gateway.config.server.drain_delay_s:
+            await asyncio.sleep(gateway.config.server.drain_delay_s)
+        gateway.begin_stop()
         await super().shutdown(sockets)
 
 

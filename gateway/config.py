@@ -153,6 +153,8 @@ class RouterConfig(StrictModel):
 
 class ServerConfig(StrictModel):
     shutdown_grace_s: float = Field(default=30.0, ge=0, description="SIGTERM: time given to in-flight work")
+    drain_delay_s: float = Field(default=0.0, ge=0, description="SIGTERM: keep serving this long with /ready "
+                                 "at 503 (load balancers take the replica out), then stop accepting")
     log_level: str = "info"
     metrics_allow_remote: bool = Field(default=False, description="serve /metrics to non-loopback clients")
 

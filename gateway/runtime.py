@@ -31,7 +31,8 @@ class Gateway:
         self.keys = ApiKeyStore(config.auth)
         self.limiter = build_rate_limiter(config.limits.redis_url, config.limits.redis_timeout_s)
         self._background: set[asyncio.Task[None]] = set()
-        self.draining = False
+        self.draining = False  # SIGTERM received: /ready says 503, requests are still served
+        self.stopping = False  # the listener is closed: new work refused, in-flight work given its grace
 
     def _load_router(self) -> RoutedModel | None:
         """The routed model, loaded now so a bad checkpoint or mapping stops the start with a clear message."""
@@ -46,12 +47,21 @@ class Gateway:
         return RoutedModel(self.config.router, self.config, router, self.metrics)
 
     def begin_drain(self) -> None:
-        """Shutdown began (SIGTERM): refuse new work; after ``shutdown_grace_s`` less a second, end whatever is
-        still running with an error (upstream connections closed, generations stopped) so no response is cut
+        """SIGTERM: /ready goes 503 at once; requests are still served (for ``drain_delay_s``, until the server
+        stops accepting, see ``begin_stop``)."""
+        if not self.draining:
+            self.draining = True
+            logger.info("draining: /ready reports 503", extra={"fields": {
+                "delay_s": self.config.server.drain_delay_s}})
+
+    def begin_stop(self) -> None:
+        """The server stops accepting: refuse new work; after ``shutdown_grace_s`` less a second, end whatever
+        is still running with an error (upstream connections closed, generations stopped) so no response is cut
         off silently when the server stops."""
-        if self.draining:
+        self.begin_drain()
+        if self.stopping:
             return
-        self.draining = True
+        self.stopping = True
         grace = self.config.server.shutdown_grace_s
         logger.info("draining", extra={"fields": {"grace_s": grace}})
         loop = asyncio.get_running_loop()
@@ -62,9 +72,9 @@ class Gateway:
         task.add_done_callback(self._background.discard)
 
     async def admit(self, key: ApiKey | None, request: Request) -> Reservation | None:
-        """Refuse work while draining; per-key limits, before any upstream call (429 with Retry-After). The
+        """Refuse work while stopping; per-key limits, before any upstream call (429 with Retry-After). The
         tokens the request may use are reserved now and settled with its real usage when it ends."""
-        if self.draining:
+        if self.stopping:
             raise UpstreamUnavailableError("the gateway is shutting down; retry on another replica",
                                            code="shutting_down")
         if key is None or (key.requests_per_minute is None and key.tokens_per_minute is None):

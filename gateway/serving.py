@@ -8,8 +8,9 @@ answer with a proper error status (and routing can still fail over to the next c
 from __future__ import annotations
 
 import asyncio
-import json
+import contextlib
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -23,10 +24,9 @@ from gateway.errors import (
     RateLimitError,
     UpstreamError,
     UpstreamTimeoutError,
-    sse_error_event,
 )
 from gateway.metrics import GatewayMetrics, RequestRecord
-from gateway.pipeline import Pipeline, PoolCaller, build_stages, stage_headers
+from gateway.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.pool import ModelPool
 from gateway.protocol import ChatCompletionRequest, Endpoint
 from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecision, RoutedModel
@@ -34,7 +34,6 @@ from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecis
 # Failures before any byte reached the client that the next-ranked candidate may fix.
 FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
 
-_COMPACT = (",", ":")
 UNKNOWN_MODEL_LABEL = "unknown"
 
 
@@ -46,8 +45,16 @@ class Answer:
 
 @dataclass
 class StreamAnswer:
+    """Chunks of a streamed answer; ``KEEPALIVE`` among them means "still working" (no data yet)."""
+
     chunks: AsyncIterator[dict[str, Any]]
     headers: dict[str, str] = field(default_factory=dict)
+
+
+# Yielded by a stream that is held (a stage checking the whole answer first) every KEEPALIVE_S without a chunk,
+# so that proxies with idle timeouts do not cut it; the HTTP layer sends it as an SSE comment.
+KEEPALIVE: dict[str, Any] = {}
+KEEPALIVE_S = 5.0
 
 
 class CompletionService:
@@ -146,8 +153,11 @@ class CompletionService:
             pipeline.check(request)
             ctx = pipeline.context()
             if request.stream:
-                chunks = await _primed(pipeline.stream(ctx, request))  # stages report before their first chunk
-                return StreamAnswer(chunks, stage_headers(ctx))
+                # A stage may hold the answer for a while (ECSO checks it whole first): the response starts
+                # at once, keep-alive comments flow while it works, and the verdict travels in the chunks.
+                applying = [stage.name for stage in pipeline.stages if stage.applies(request)]
+                headers = {STAGES_HEADER: ",".join(applying)} if applying else {}
+                return StreamAnswer(_with_keepalive(pipeline.stream(ctx, request), KEEPALIVE_S), headers)
             body = await pipeline.complete(ctx, request)
             record.add_usage(body.get("usage"))
             return Answer(body, stage_headers(ctx))
@@ -187,6 +197,32 @@ def _is_backend_fault(exc: GatewayError, request: Request) -> bool:
     return isinstance(exc, UpstreamError)
 
 
+async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]], interval_s: float
+                          ) -> AsyncIterator[dict[str, Any]]:
+    """The chunks, with ``KEEPALIVE`` whenever ``interval_s`` passes without one; closes ``chunks`` at the end."""
+    async with aclosing(chunks):  # type: ignore[type-var]
+        pending: asyncio.Task[dict[str, Any]] | None = None
+        try:
+            while True:
+                pending = pending or asyncio.ensure_future(anext(chunks))  # type: ignore[arg-type]
+                done, _ = await asyncio.wait({pending}, timeout=interval_s)
+                if not done:
+                    yield KEEPALIVE
+                    continue
+                try:
+                    chunk = pending.result()
+                except StopAsyncIteration:
+                    return
+                finally:
+                    pending = None
+                yield chunk
+        finally:
+            if pending is not None:
+                pending.cancel()
+                with contextlib.suppress(BaseException):
+                    await pending
+
+
 async def _primed(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
     """Wait for the first chunk (so start-up failures raise here), then replay the whole stream."""
     try:
@@ -207,38 +243,3 @@ async def _replay(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, An
                 yield chunk
     finally:
         await rest.aclose()  # type: ignore[attr-defined]
-
-
-async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: bool) -> AsyncIterator[str]:
-    """The SSE body of a stream: chunks, an error event if it broke, always ``data: [DONE]``.
-
-    Counts usage from the backend's usage chunk and drops that chunk when the client did not ask for it.
-    """
-    status, code, first = 200, None, True
-    try:
-        async for chunk in answer.chunks:
-            if first:
-                record.first_chunk()
-                first = False
-            if chunk.get("usage"):
-                record.add_usage(chunk["usage"])
-                if not chunk.get("choices"):
-                    if not include_usage:
-                        continue
-                elif not include_usage:
-                    chunk = {**chunk, "usage": None}
-            yield f"data: {json.dumps(chunk, ensure_ascii=False, separators=_COMPACT)}\n\n"
-    except GatewayError as exc:
-        status, code = exc.status_code, exc.code
-        yield sse_error_event(exc)
-    except Exception as exc:  # a stream never raises to the client: it reports and ends
-        error = UpstreamError(f"stream failed: {type(exc).__name__}")
-        status, code = error.status_code, error.code
-        yield sse_error_event(error)
-    except BaseException:
-        status, code = 499, "client_closed_request"  # client went away (cancelled)
-        raise
-    finally:
-        record.finish(status, code)
-        await answer.chunks.aclose()  # type: ignore[attr-defined]
-    yield "data: [DONE]\n\n"

@@ -13,6 +13,7 @@ query is its last user turn's text; earlier turns are kept for the answers (with
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from gateway.config import GatewayConfig, ModelConfig
@@ -69,10 +70,11 @@ class ECSOStage(Stage):
         self._record(ctx, REWRITTEN)
         earlier = add_usage(answer, *calls, caption)
         safe_request = _answer_without_image(request, message_text_of(caption))
-        async for chunk in ctx.models.stream(self._model(ctx), safe_request):
-            if chunk.get("usage"):  # the usage chunk: the final answer plus the steps before it
-                chunk = {**chunk, "usage": add_usage({"usage": earlier}, chunk)}
-            yield {**chunk, self.name: REWRITTEN}
+        async with aclosing(ctx.models.stream(self._model(ctx), safe_request)) as chunks:
+            async for chunk in chunks:
+                if chunk.get("usage") and not chunk.get("choices"):  # the final usage chunk: all steps together
+                    chunk = {**chunk, "usage": add_usage({"usage": earlier}, chunk)}
+                yield {**chunk, self.name: REWRITTEN}
 
     def _model(self, ctx: StageContext) -> str:
         return self.step_model or ctx.model

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any
 
 from gateway.config import ModelConfig
@@ -81,5 +82,7 @@ class AdapterView(Backend):
         return {**response, "model": self.name}
 
     async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
-        async for chunk in self.base.stream(endpoint, request, adapter=self.adapter):  # type: ignore[call-arg]
-            yield {**chunk, "model": self.name}
+        # Closed explicitly when this stream is: the base's generation stops at once, not at garbage collection.
+        async with aclosing(self.base.stream(endpoint, request, adapter=self.adapter)) as chunks:  # type: ignore[call-arg]
+            async for chunk in chunks:
+                yield {**chunk, "model": self.name}

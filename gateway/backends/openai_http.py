@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
 import httpx
+from httpx_sse import EventSource, SSEError
 
 from gateway.backends.base import Backend, Request
 from gateway.errors import (
@@ -100,20 +101,21 @@ class OpenAIHTTPBackend(Backend):
                 async with asyncio.timeout_at(deadline):
                     content = await response.aread()
                 self._raise_for_status(response.status_code, content, response.headers)
-            lines = response.aiter_lines()
-            events = _sse_events(lines)
+            events = EventSource(response).aiter_sse()
             while True:
                 # The deadline covers only the wait for the next event: never wrap a `yield` in a timeout.
                 try:
                     async with asyncio.timeout_at(deadline):
-                        data = await anext(events, None)
-                except (httpx.HTTPError, TimeoutError) as exc:
+                        event = await anext(events, None)
+                except (httpx.HTTPError, TimeoutError, SSEError) as exc:
                     self._raise_transport_error(exc)
-                if data is None:
-                    await _drain(lines)
+                if event is None or event.data.strip() == "[DONE]":
+                    await _drain(response)
                     return
-                chunk = json.loads(data)
-                if isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk:
+                if not event.data:  # a comment or an empty event
+                    continue
+                chunk = json.loads(event.data)
+                if event.event == "error" or (isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk):
                     raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
                 chunk["model"] = self.name
                 yield chunk
@@ -153,29 +155,12 @@ class OpenAIHTTPBackend(Backend):
         raise UpstreamError(message, upstream_status=status)
 
 
-async def _sse_events(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The ``data`` payloads of a server-sent event stream, ending at ``[DONE]``."""
-    data_lines: list[str] = []
-    async for line in lines:
-        if line.startswith("data:"):
-            data_lines.append(line[5:].lstrip(" "))
-            continue
-        if line == "" and data_lines:
-            data = "\n".join(data_lines)
-            data_lines = []
-            if data.strip() == "[DONE]":
-                return
-            yield data
-    if data_lines and "\n".join(data_lines).strip() != "[DONE]":
-        yield "\n".join(data_lines)
-
-
-async def _drain(lines: AsyncIterator[str], timeout_s: float = 0.5) -> None:
+async def _drain(response: httpx.Response, timeout_s: float = 0.5) -> None:
     """Read what follows ``[DONE]`` (normally just the end of the chunked body) so the connection goes back
     to the pool instead of being closed; an upstream that keeps it open is given up on quickly."""
-    with contextlib.suppress(httpx.HTTPError, TimeoutError):
+    with contextlib.suppress(httpx.HTTPError, TimeoutError, RuntimeError):
         async with asyncio.timeout(timeout_s):
-            async for _ in lines:
+            async for _ in response.aiter_bytes():
                 pass
 
 

@@ -15,9 +15,10 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError
+from gateway.http.sse import sse_lines
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
 from gateway.runtime import Gateway
-from gateway.serving import StreamAnswer, sse_lines
+from gateway.serving import StreamAnswer
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
@@ -199,11 +200,12 @@ async def health() -> dict[str, str]:
 
 @router.get("/ready", responses={503: {"description": "Not ready yet"}})
 async def ready(gateway: GatewayDep) -> JSONResponse:
-    """Readiness: every local model loaded and every upstream reachable."""
+    """Readiness: every local model loaded and every upstream reachable; not ready while draining (SIGTERM
+    received), so load balancers stop sending new requests before the process goes."""
     models = await gateway.pool.readiness()
-    is_ready = all(entry["ready"] for entry in models.values())
-    return JSONResponse({"status": "ready" if is_ready else "not_ready", "models": models,
-                         "uptime_s": round(time.time() - gateway.started_at, 1)},
+    is_ready = all(entry["ready"] for entry in models.values()) and not gateway.draining
+    status = "draining" if gateway.draining else "ready" if is_ready else "not_ready"
+    return JSONResponse({"status": status, "models": models, "uptime_s": round(time.time() - gateway.started_at, 1)},
                         status_code=200 if is_ready else 503)
 
 
@@ -221,4 +223,4 @@ def _is_loopback(host: str) -> bool:
     try:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
-        return host in ("localhost", "testclient")
+        return host == "localhost"

@@ -88,3 +88,25 @@ def test_a_checkpoint_refuses_another_encoder(router_checkpoint):
     with pytest.raises(CheckpointError, match="maps the probe texts elsewhere"):
         load_router(router_checkpoint, encoder=_Rotated(build_encoder("static:minilm")))
     assert load_router(router_checkpoint, encoder=build_encoder("static:minilm")).llm_names
+
+
+def test_a_checkpoint_loads_and_routes_without_the_trainers(router_checkpoint):
+    """routers must not need training/: a gateway image could ship without it."""
+    script = f"""
+import sys
+class NoTrainers:
+    def find_spec(self, name, path=None, target=None):
+        if name == "training" or name.startswith("training."):
+            raise ImportError("training/ is absent")
+sys.meta_path.insert(0, NoTrainers())
+from routers import load_router
+router = load_router({str(router_checkpoint)!r})
+print(router.score(["What is 2 + 3?"]).argmax())
+assert not any(m == "training" or m.startswith("training.") for m in sys.modules)
+"""
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().isdigit()

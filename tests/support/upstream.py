@@ -34,6 +34,7 @@ class Reply:
     endless: bool = False  # stream: keep sending chunks until the client goes away
     die_after_chunks: int | None = None  # stream: drop the connection after this many chunks
     extra: dict[str, Any] = field(default_factory=dict)  # merged into the response body
+    raw_sse: str | None = None  # stream: send exactly this body (to test the gateway's SSE parsing)
 
 
 @dataclass
@@ -142,6 +143,8 @@ class ScriptedUpstream:
             call.finished = time.monotonic()
             return JSONResponse({"error": {"message": reply.error_message, "type": "server_error", "code": None}},
                                 status_code=reply.status)
+        if body.get("stream") and reply.raw_sse is not None:
+            return Response(reply.raw_sse, media_type="text/event-stream")
         if body.get("stream"):
             return StreamingResponse(self._stream(call, endpoint, body, reply), media_type="text/event-stream")
         call.finished = time.monotonic()
@@ -166,7 +169,18 @@ class ScriptedUpstream:
         chunks = reply.chunks if reply.chunks is not None else [w + " " for w in reply.text.split()]
         cid = f"up-{uuid.uuid4().hex[:8]}"
 
+        continuous = bool((body.get("stream_options") or {}).get("continuous_usage_stats"))
+        sent: list[str] = []
+
         def event(delta: str | None, finish: str | None = None, usage: dict[str, int] | None = None) -> str:
+            if delta:
+                sent.append(delta)
+            if usage is None and continuous:  # vLLM: the cumulative usage so far, on every chunk
+                data = {"id": cid, "object": "chat.completion.chunk", "created": int(time.time()),
+                        "model": body.get("model"), "usage": self._usage(body, "".join(sent)),
+                        "choices": [{"index": 0, "delta": {} if delta is None else {"content": delta},
+                                     "finish_reason": finish}]}
+                return f"data: {json.dumps(data)}\n\n"
             if usage is not None:
                 choices: list[dict[str, Any]] = []
             elif endpoint == "chat":
