@@ -20,6 +20,8 @@ MIN_GAIN_GRID = (0.0, 0.01, 0.02, 0.03, 0.04, 0.05, 0.06, 0.08, 0.10, 0.15)
 REFINE_GRID = (0.0, 0.01, 0.02, 0.05, 0.1)
 FAMILIARITY_PERCENTILE = 1.0  # validation queries below this percentile of familiarity fall back
 REFINE_MARGIN = 0.5  # accuracy points on validation a non-zero heads' weight must gain over 0
+# Fewer groups than this cannot say what an unseen kind of query looks like: the fallback stays off.
+MIN_CALIBRATION_GROUPS = 3
 
 
 @dataclass(frozen=True)
@@ -46,8 +48,8 @@ def task_averaged_prior(groups: Sequence[Group]) -> int:
 def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, shrink: float = 10.0,
                       landmarks: int = 64, seed: int = 0) -> ClusterPrior:
     """A linear gate over the groups (logistic regression, groups weighted equally), each group's outcome
-    profile shrunk towards the task-averaged profile by ``shrink`` pseudo-questions, and ``landmarks`` k-means
-    centres of all training queries (for familiarity; 0 = none)."""
+    profile shrunk towards the task-averaged profile by ``shrink`` pseudo-questions, and up to ``landmarks``
+    k-means centres of all training queries (for familiarity; 0 = none)."""
     from sklearn.cluster import KMeans
     from sklearn.linear_model import LogisticRegression
 
@@ -61,7 +63,10 @@ def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, 
     dim = features.shape[1]
     unit = None
     if landmarks:
-        centres = KMeans(n_clusters=min(landmarks, len(features)), n_init=1, random_state=seed).fit(features)
+        # At least ~10 queries per landmark: with a landmark per query, familiarity would be the distance to the
+        # nearest training duplicate, and a paraphrase of a training question would count as unfamiliar.
+        n_landmarks = max(1, min(landmarks, len(features) // 10))
+        centres = KMeans(n_clusters=n_landmarks, n_init=1, random_state=seed).fit(features)
         unit = centres.cluster_centers_ / np.linalg.norm(centres.cluster_centers_, axis=1, keepdims=True).clip(1e-12)
     if len(groups) == 1:
         return ClusterPrior(names, np.zeros((1, dim)), np.zeros(1), np.stack(profiles), unit)
@@ -72,6 +77,16 @@ def fit_cluster_prior(groups: Sequence[Group], *, regularisation: float = 10.0, 
     if len(groups) == 2:  # sklearn keeps one row for two classes: p(1) = sigmoid(w x + b) = softmax([0, w x + b])
         weight, bias = np.stack([np.zeros(dim), weight[0]]), np.array([0.0, bias[0]])
     return ClusterPrior(names, weight, bias, np.stack(profiles), unit)
+
+
+def familiarity_threshold(prior: ClusterPrior, validation: Sequence[np.ndarray], n_groups: int) -> float:
+    """The familiarity below which a query falls back to the best single LLM: a low percentile of the
+    validation queries' familiarity, or -1 (never) with fewer than ``MIN_CALIBRATION_GROUPS`` groups — data
+    that narrow makes its own paraphrases look foreign (measured: two tasks of templated questions put a new
+    number in a template below every validation query)."""
+    if n_groups < MIN_CALIBRATION_GROUPS:
+        return -1.0
+    return float(np.percentile(np.concatenate([prior.familiarity(x) for x in validation]), FAMILIARITY_PERCENTILE))
 
 
 def kmeans_groups(encoded: np.ndarray, outcomes: np.ndarray, n_clusters: int, seed: int) -> list[Group]:
@@ -108,7 +123,7 @@ def calibrate_min_gain(groups: Sequence[Group], *, regularisation: float = 10.0,
     with no held-out group worse than the others' best single LLM by more than ``tolerance_se`` standard
     errors of its gain (a held-out task of 115 questions moves by a tenth of a question from one threshold to
     the next; that is noise, not harm). The most cautious threshold when none qualifies."""
-    if len(groups) < 3:
+    if len(groups) < MIN_CALIBRATION_GROUPS:
         return Calibration(0.0, {})
     gains: dict[str, dict[float, tuple[float, float]]] = {}
     for held in groups:

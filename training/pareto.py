@@ -27,7 +27,7 @@ from routers.baselines import best_single_llm
 from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, build_encoder, with_cache
 from routers.pareto import GRID, OBJECTIVES, ParetoHead, ParetoRouter
-from training.cluster_prior import FAMILIARITY_PERCENTILE, Group, fit_cluster_prior
+from training.cluster_prior import Group, familiarity_threshold, fit_cluster_prior
 from training.front import FRONT_PREFERENCES, hypervolume, route_front
 
 
@@ -171,7 +171,7 @@ def train_pareto_router(datasets: Sequence[RoutingDataset], config: ParetoTraini
     quality = fit_cluster_prior(groups, seed=config.seed)
     router = _router(base_encoder, head, llm_names, mean_cost, config, quality)
     router.single_best = single_best_per_preference(groups, mean_cost * cost_scale)
-    router.min_familiarity = float(np.percentile(quality.familiarity(val.encoded), FAMILIARITY_PERCENTILE))
+    router.min_familiarity = familiarity_threshold(quality, [val.encoded], len(groups))
     seconds = time.monotonic() - started
     router.metadata.update(best_single=best_single_llm(datasets), training=asdict(config),
                            validation={"hypervolume": best, "step": best_step}, training_seconds=round(seconds, 1),

@@ -34,11 +34,11 @@ from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, SentenceTransformerEncoder, TextEncoder, build_encoder, with_cache
 from routers.routerdc import Decision, RouterDCModel, RouterDCRouter, decide_scores
 from training.cluster_prior import (
-    FAMILIARITY_PERCENTILE,
     REFINE_GRID,
     REFINE_MARGIN,
     Group,
     calibrate_min_gain,
+    familiarity_threshold,
     fit_cluster_prior,
     kmeans_groups,
     task_averaged_prior,
@@ -360,8 +360,7 @@ def _add_cluster_prior(router: RouterDCRouter, train: Sequence[RoutingDataset], 
     calibrated = config.fallback == "calibrated"
     calibration = calibrate_min_gain(groups, seed=config.seed) if calibrated else None
     fallback = Decision(prior=task_averaged_prior(groups), min_gain=calibration.min_gain if calibration else 0.0,
-                        min_familiarity=float(np.percentile(np.concatenate([prior.familiarity(x) for x in
-                                                                            val_encoded]), FAMILIARITY_PERCENTILE)))
+                        min_familiarity=familiarity_threshold(prior, val_encoded, len(groups)))
     if not calibrated:
         fallback = Decision()
     logits = [router.head_logits(x) for x in val_encoded]

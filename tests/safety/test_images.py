@@ -7,6 +7,7 @@ import asyncio
 import base64
 import io
 import ipaddress
+import json
 import socket
 
 import httpx
@@ -174,8 +175,13 @@ def test_local_vision_model_answers_through_ecso(vlm_gateway, stream):
     response = httpx.post(f"{vlm_gateway.url}/v1/chat/completions", json=payload, timeout=60)
     assert response.status_code == 200, response.text
     assert response.headers["x-gateway-stages"] == "ecso"
-    assert response.headers["x-gateway-ecso"] in ("safe", "rewritten")  # a random model says anything
-    if not stream:
+    if stream:  # a held stream starts at once, so the verdict travels in every chunk rather than a header
+        chunks = [json.loads(line[len("data: "):]) for line in response.text.splitlines()
+                  if line.startswith("data: ") and line != "data: [DONE]"]
+        assert chunks and {chunk["ecso"] for chunk in chunks} <= {"safe", "rewritten"}
+        assert len({chunk["ecso"] for chunk in chunks}) == 1
+    else:
+        assert response.headers["x-gateway-ecso"] in ("safe", "rewritten")  # a random model says anything
         body = response.json()
         assert body["choices"][0]["message"]["content"]
         assert body["usage"]["completion_tokens"] >= 6 + 1  # the answer and at least the check
