@@ -6,7 +6,14 @@ import numpy as np
 import pytest
 
 from routers.routerdc import Decision, decide_scores
-from training.cluster_prior import MIN_GAIN_GRID, Group, calibrate_min_gain, fit_cluster_prior, task_averaged_prior
+from training.cluster_prior import (
+    MIN_GAIN_GRID,
+    Group,
+    calibrate_min_gain,
+    familiarity_threshold,
+    fit_cluster_prior,
+    task_averaged_prior,
+)
 
 
 def _group(name: str, centre: list[float], accuracy: list[float], n: int = 200, seed: int = 0) -> Group:
@@ -48,3 +55,14 @@ def test_calibration_picks_the_smallest_threshold_that_spares_held_out_tasks():
     assert chosen > 0 and gains[calibration.min_gain][0] == pytest.approx(0.0, abs=1.0)
     below, error = gains[MIN_GAIN_GRID[chosen - 1]]
     assert below < -error  # the next smaller threshold still hurt the held-out task beyond noise
+
+
+def test_familiarity_is_calibrated_only_with_three_groups_and_ten_queries_per_landmark():
+    two = [_group("math", [1, 0, 0], [0.9, 0.5], n=40), _group("code", [0, 1, 0], [0.4, 0.8], n=40, seed=1)]
+    prior = fit_cluster_prior(two)
+    assert prior.landmarks is not None and len(prior.landmarks) == 8  # 80 queries: not one landmark per query
+    validation = [g.encoded[:5] for g in two]
+    assert familiarity_threshold(prior, validation, len(two)) == -1.0  # two groups cannot say what is foreign
+    three = [*two, _group("chat", [0, 0, 1], [0.5, 0.5], n=40, seed=2)]
+    threshold = familiarity_threshold(fit_cluster_prior(three), [g.encoded[:5] for g in three], len(three))
+    assert 0.5 < threshold <= 1.0
