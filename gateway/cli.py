@@ -1,6 +1,6 @@
 """The ``llm-gateway`` command line.
 
-    llm-gateway serve [--config FILE] [--host H] [--port P] [--allow-unauthenticated]
+    llm-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--allow-unauthenticated]
     llm-gateway keys hash [KEY]
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
@@ -20,15 +20,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import math
+import os
 import socket
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
-from gateway.config import ConfigError, Settings, hash_key, load_config
+from gateway.config import ConfigError, GatewayConfig, Settings, hash_key, load_config
+from gateway.metrics import MULTIPROCESS_ENV
+
+logger = logging.getLogger(__name__)
 
 Command = Callable[[argparse.Namespace], int]
 
@@ -37,7 +44,6 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.http import create_app
     from gateway.logs import configure_logging
 
     settings = Settings()
@@ -48,14 +54,73 @@ def _serve(args: argparse.Namespace) -> int:
             f"refusing to serve on {host} without API keys: anyone who can reach it could use your models.\n"
             "  Add keys to the config (auth: {api_keys: [{key_sha256: <llm-gateway keys hash>, name: team-a}]}),\n"
             "  or pass --allow-unauthenticated if something in front of the gateway already authenticates.")
+    port = args.port or settings.port
+    if args.workers == 1:
+        _run_worker(config, settings.cache_dir, host, port)
+        return 0
+    limited = [key.name for key in config.auth.api_keys if key.requests_per_minute or key.tokens_per_minute]
+    if limited and not config.limits.redis_url:
+        raise ConfigError(f"--workers {args.workers} with per-key limits ({', '.join(limited)}) needs "
+                          "limits.redis_url: each worker would count alone and allow the limit once per worker")
     configure_logging(config.server.log_level)
-    app = create_app(config, cache_dir=settings.cache_dir)
-    # uvicorn takes whole seconds and reads 0 as "wait forever": round a fraction up, never down to 0.
-    grace = max(1, math.ceil(config.server.shutdown_grace_s))
-    server = DrainingServer(uvicorn.Config(app, host=host, port=args.port or settings.port, log_config=None,
-                                           access_log=False, timeout_graceful_shutdown=grace))
-    server.run()
+    _serve_workers(config, settings.cache_dir, host, port, args.workers)
     return 0
+
+
+def _uvicorn_config(app: Any, host: str, port: int, shutdown_grace_s: float, **options: Any) -> uvicorn.Config:
+    # uvicorn takes whole seconds and reads 0 as "wait forever": round a fraction up, never down to 0.
+    grace = max(1, math.ceil(shutdown_grace_s))
+    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, backlog=4096,
+                          timeout_graceful_shutdown=grace, **options)
+
+
+def _run_worker(config: GatewayConfig, cache_dir: Path, host: str, port: int,
+                sockets: list[socket.socket] | None = None) -> None:
+    """One server process: the app and its event loop (``sockets`` come bound from the supervisor)."""
+    from gateway.http import create_app
+    from gateway.logs import configure_logging
+
+    configure_logging(config.server.log_level)
+    app = create_app(config, cache_dir=cache_dir)
+    DrainingServer(_uvicorn_config(app, host, port, config.server.shutdown_grace_s)).run(sockets=sockets)
+
+
+def _serve_workers(config: GatewayConfig, cache_dir: Path, host: str, port: int, workers: int) -> None:
+    """``workers`` processes on one listening socket, each a ``DrainingServer``; SIGTERM/SIGINT are passed on to
+    them, and a worker that dies while serving is replaced. Prometheus values are summed over the workers
+    through a shared directory. (uvicorn's own supervisor builds plain ``uvicorn.Server`` workers, without the
+    drain, so it is not used.)"""
+    import multiprocessing
+    import signal
+    import time
+
+    multiprocessing.allow_connection_pickling()  # the bound socket travels to the spawned workers
+    spawn = multiprocessing.get_context("spawn")
+    stopping: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="llm-gateway-metrics-") as metrics_dir:
+        os.environ[MULTIPROCESS_ENV] = metrics_dir  # the workers inherit it: see gateway.metrics
+        listener = _uvicorn_config(None, host, port, config.server.shutdown_grace_s).bind_socket()
+
+        def start_worker() -> multiprocessing.process.BaseProcess:
+            process = spawn.Process(target=_run_worker, args=(config, cache_dir, host, port, [listener]))
+            process.start()
+            return process
+
+        processes = [start_worker() for _ in range(workers)]
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda number, frame: stopping.append(number))
+        while not stopping:
+            time.sleep(0.2)
+            for i, process in enumerate(processes):
+                if not process.is_alive() and not stopping:
+                    logger.error("worker %s exited with %s; starting another", process.pid, process.exitcode)
+                    processes[i] = start_worker()
+        for process in processes:
+            if process.pid is not None and process.is_alive():
+                os.kill(process.pid, signal.SIGTERM)
+        for process in processes:
+            process.join()
+        listener.close()
 
 
 class DrainingServer(uvicorn.Server):
@@ -89,6 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "model alone)")
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", type=int, help="port (default 8000)")
+    serve.add_argument("--workers", type=int, default=1, choices=range(1, 257), metavar="N",
+                       help="server processes sharing the port, one per core (default 1; per-key limits then "
+                            "need limits.redis_url)")
     serve.add_argument("--allow-unauthenticated", action="store_true",
                        help="serve on a non-loopback address without API keys")
     serve.set_defaults(handler=_serve)

@@ -1,12 +1,20 @@
-"""Prometheus metrics of one gateway app (own registry, so several apps can live in one process)."""
+"""Prometheus metrics of one gateway app (own registry, so several apps can live in one process).
+
+With ``llm-gateway serve --workers N`` the supervisor sets ``PROMETHEUS_MULTIPROC_DIR`` before the workers
+start: each worker's values go to files there, and ``/metrics`` from any worker shows the sum over all of them
+(gauges: in-flight requests summed over live workers, circuit state the highest).
+"""
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
+
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"  # read by prometheus_client when it is imported
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1)
@@ -26,7 +34,8 @@ class GatewayMetrics:
                                  "the last byte)", ["endpoint", "model"], buckets=LATENCY_BUCKETS, registry=r)
         self.time_to_first_chunk = Histogram("gateway_time_to_first_chunk_seconds", "Streams: latency until the "
                                              "first chunk", ["model"], buckets=LATENCY_BUCKETS, registry=r)
-        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served", ["model"], registry=r)
+        self.in_flight = Gauge("gateway_requests_in_flight", "Requests being served", ["model"], registry=r,
+                               multiprocess_mode="livesum")
         self.tokens = Counter("gateway_tokens", "Tokens processed, from real usage", ["model", "kind"], registry=r)
         self.routed = Counter("gateway_routed_requests", "Requests routed by the router, by chosen model",
                               ["router_model", "model"], registry=r)
@@ -35,8 +44,7 @@ class GatewayMetrics:
         self.routing_seconds = Histogram("gateway_routing_decision_seconds", "Time to rank candidates",
                                          buckets=FAST_BUCKETS, registry=r)
         self.circuit_open = Gauge("gateway_circuit_open", "1 while a model's circuit breaker is open, 0.5 "
-                                  "half-open (on trial)", ["model"],
-                                  registry=r)
+                                  "half-open (on trial)", ["model"], registry=r, multiprocess_mode="livemax")
         self.stage_runs = Counter("gateway_stage_runs", "Safety stage runs, by stage and outcome",
                                   ["stage", "outcome"], registry=r)
         self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a per-key limit",
@@ -45,7 +53,16 @@ class GatewayMetrics:
                                       "that failed or timed out", registry=r)
 
     def render(self) -> bytes:
+        if os.environ.get(MULTIPROCESS_ENV):
+            combined = CollectorRegistry()
+            multiprocess.MultiProcessCollector(combined)
+            return generate_latest(combined)
         return generate_latest(self.registry)
+
+    def close(self) -> None:
+        """This process stops serving: its live gauges leave the multi-process sums."""
+        if os.environ.get(MULTIPROCESS_ENV):
+            multiprocess.mark_process_dead(os.getpid())
 
 
 class RequestRecord:

@@ -8,8 +8,8 @@ never sent upstream.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -182,7 +182,7 @@ Endpoint = Literal["chat", "completions"]
 
 
 def new_completion_id(endpoint: Endpoint) -> str:
-    return f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{uuid.uuid4().hex}"
+    return f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{os.urandom(16).hex()}"
 
 
 def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:

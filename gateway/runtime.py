@@ -122,3 +122,4 @@ class Gateway:
             await asyncio.wait(self._background, timeout=5)
         await self.limiter.aclose()
         await self.pool.aclose()
+        self.metrics.close()

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import urllib.request
 from collections.abc import AsyncIterator
 from typing import Any, NoReturn
 
-import httpx
-from httpx_sse import EventSource, SSEError
+import aiohttp
+import orjson
+from multidict import CIMultiDictProxy
 
 from gateway.backends.base import Backend, Request
+from gateway.backends.sse_reader import iter_sse
+from gateway.config import ModelConfig
 from gateway.errors import (
     GatewayError,
     InvalidRequestError,
@@ -23,64 +26,84 @@ from gateway.errors import (
 from gateway.protocol import Endpoint
 
 _PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions"}
+_JSON_HEADERS = {"content-type": "application/json"}
 
 
 class OpenAIHTTPBackend(Backend):
     """Forwards requests to ``base_url``, renaming the model and passing every other field through.
 
-    One pooled ``httpx.AsyncClient`` per upstream; ``connect_timeout_s`` bounds connecting and
-    ``timeout_s`` the whole request, streamed ones included. Streams are relayed event by event.
+    One pooled aiohttp session per upstream (aiohttp rather than httpx: the client is most of a proxied
+    request's CPU, and on one core aiohttp's does ~12,000 requests/s where httpx's does ~900);
+    ``connect_timeout_s`` bounds connecting and ``timeout_s`` the whole request, streamed ones included.
+    Streams are relayed event by event.
     """
 
-    _client: httpx.AsyncClient
+    _session: aiohttp.ClientSession
     _aborted = False
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__(config)
+        self._open: set[aiohttp.ClientResponse] = set()  # responses being read, closed by ``abort``
 
     async def start(self) -> None:
         headers = {}
         key = self.config.upstream_api_key()
         if key:
             headers["authorization"] = f"Bearer {key}"
-        base_url = self.config.base_url or ""
-        self._client = httpx.AsyncClient(
-            base_url=base_url.rstrip("/") + "/",
-            headers=headers,
-            timeout=httpx.Timeout(self.config.timeout_s, connect=self.config.connect_timeout_s),
-            limits=httpx.Limits(max_connections=self.config.max_connections,
-                                max_keepalive_connections=self.config.max_connections),
-        )
-        root = base_url.rstrip("/")
+        root = (self.config.base_url or "").rstrip("/")
+        self._urls = {endpoint: f"{root}/{path}" for endpoint, path in _PATHS.items()}
+        self._models_url = f"{root}/models"
         self._health_url = (root[: -len("/v1")] if root.endswith("/v1") else root) + "/health"
+        # Only connecting has its own bound here; the whole request's deadline is an asyncio timeout around
+        # each call (a wait for a free pooled connection is part of the request, not a connect failure).
+        self._session = aiohttp.ClientSession(
+            headers=headers, proxy=_env_proxy_for(root),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
+            connector=aiohttp.TCPConnector(limit=self.config.max_connections, limit_per_host=0))
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._session.close()
 
     async def abort(self) -> None:
         self._aborted = True
-        await self._client.aclose()  # in-flight requests fail at once; vLLM sees the connections close
+        # Closing a response makes its pending read fail with a connection error (which becomes the
+        # "shutting down" error); closing only the session would cancel those reads instead.
+        for response in list(self._open):
+            response.close()
+        await self._session.close()  # vLLM sees the connections close and aborts the generations
 
     async def check_ready(self) -> tuple[bool, str]:
         """vLLM's ``GET /health`` next to ``/v1``; servers without it (404) are asked ``GET /v1/models``."""
-        timeout = min(5.0, self.config.timeout_s)
         try:
-            response = await self._client.get(self._health_url, timeout=timeout)
-            if response.status_code in (404, 405):
-                response = await self._client.get("models", timeout=timeout)
-        except httpx.HTTPError as exc:
+            async with asyncio.timeout(min(5.0, self.config.timeout_s)):
+                async with self._session.get(self._health_url) as response:
+                    status = response.status
+                if status in (404, 405):
+                    async with self._session.get(self._models_url) as response:
+                        status = response.status
+        except (aiohttp.ClientError, TimeoutError) as exc:
             return False, f"upstream unreachable: {type(exc).__name__}"
-        if response.status_code != 200:
-            return False, f"upstream answered {response.status_code}"
+        if status != 200:
+            return False, f"upstream answered {status}"
         return True, "ok"
 
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
-        body = request.upstream_body(self.config.served_model)
+        body = orjson.dumps(request.upstream_body(self.config.served_model))
         try:
             async with asyncio.timeout(self.config.timeout_s):
-                response = await self._client.post(_PATHS[endpoint], json=body)
-                if response.status_code >= 400:
-                    self._raise_for_status(response.status_code, response.content, response.headers)
-                data = response.json()
-        except (httpx.HTTPError, TimeoutError, json.JSONDecodeError) as exc:
+                async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
+                    self._open.add(response)
+                    try:
+                        content = await response.read()
+                    finally:
+                        self._open.discard(response)
+                    if response.status >= 400:
+                        self._raise_for_status(response.status, content, response.headers)
+            data = orjson.loads(content)
+        except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             self._raise_transport_error(exc)
+        if not isinstance(data, dict):
+            raise UpstreamError(f"upstream '{self.name}' returned JSON that is not an object")
         data["model"] = self.name
         return data
 
@@ -92,56 +115,67 @@ class OpenAIHTTPBackend(Backend):
         deadline = asyncio.get_running_loop().time() + self.config.timeout_s
         try:
             async with asyncio.timeout_at(deadline):
-                response = await self._client.send(
-                    self._client.build_request("POST", _PATHS[endpoint], json=body), stream=True)
-        except (httpx.HTTPError, TimeoutError) as exc:
+                response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body),
+                                                    headers=_JSON_HEADERS)
+        except (aiohttp.ClientError, TimeoutError) as exc:
             self._raise_transport_error(exc)
+        finished = False
+        self._open.add(response)
         try:
-            if response.status_code >= 400:
-                async with asyncio.timeout_at(deadline):
-                    content = await response.aread()
-                self._raise_for_status(response.status_code, content, response.headers)
-            events = EventSource(response).aiter_sse()
+            if response.status >= 400:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        content = await response.read()
+                except (aiohttp.ClientError, TimeoutError) as exc:
+                    self._raise_transport_error(exc)
+                self._raise_for_status(response.status, content, response.headers)
+            events = iter_sse(response.content.iter_any())
             while True:
                 # The deadline covers only the wait for the next event: never wrap a `yield` in a timeout.
                 try:
                     async with asyncio.timeout_at(deadline):
                         event = await anext(events, None)
-                except (httpx.HTTPError, TimeoutError, SSEError) as exc:
+                except (aiohttp.ClientError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
                 if event is None or event.data.strip() == "[DONE]":
-                    await _drain(response)
+                    finished = await _drain(response)
                     return
-                if not event.data:  # a comment or an empty event
+                if not event.data:  # an event without data (a keep-alive some servers send)
                     continue
-                chunk = json.loads(event.data)
+                chunk = orjson.loads(event.data)
                 if event.event == "error" or (isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk):
                     raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
                 chunk["model"] = self.name
                 yield chunk
-        except json.JSONDecodeError as exc:
+        except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"upstream '{self.name}' sent an unreadable stream event: {exc}") from exc
         finally:
-            await response.aclose()
+            # A stream read to its end goes back to the pool; any other end closes the connection, which is
+            # how vLLM learns to abort the generation.
+            self._open.discard(response)
+            if finished:
+                response.release()
+            else:
+                response.close()
 
     def _raise_transport_error(self, exc: BaseException) -> NoReturn:
-        """Translate httpx/timeout failures, most specific first."""
+        """Translate aiohttp/timeout failures, most specific first."""
         if isinstance(exc, GatewayError):
             raise exc
         if self._aborted:
             raise UpstreamUnavailableError("the gateway is shutting down; the request was ended before it "
                                            "completed", code="shutting_down") from exc
-        if isinstance(exc, httpx.ConnectTimeout | httpx.ConnectError):
+        if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
             raise UpstreamUnavailableError(f"upstream '{self.name}' is unreachable: {exc or type(exc).__name__}"
                                            ) from exc
-        if isinstance(exc, TimeoutError | httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             raise UpstreamTimeoutError(
                 f"upstream '{self.name}' did not answer within {self.config.timeout_s:g} s") from exc
-        if isinstance(exc, json.JSONDecodeError):
+        if isinstance(exc, orjson.JSONDecodeError):
             raise UpstreamError(f"upstream '{self.name}' returned invalid JSON") from exc
         raise UpstreamError(f"upstream '{self.name}' connection failed: {type(exc).__name__}: {exc}") from exc
 
-    def _raise_for_status(self, status: int, content: bytes, headers: httpx.Headers) -> NoReturn:
+    def _raise_for_status(self, status: int, content: bytes, headers: CIMultiDictProxy[str]) -> NoReturn:
         message = f"upstream '{self.name}' answered {status}: {_message_of(_json_or_text(content))}"
         if status in (400, 413, 422):
             # The request itself is at fault (too long a prompt, bad vLLM parameter): the client's error.
@@ -155,19 +189,31 @@ class OpenAIHTTPBackend(Backend):
         raise UpstreamError(message, upstream_status=status)
 
 
-async def _drain(response: httpx.Response, timeout_s: float = 0.5) -> None:
-    """Read what follows ``[DONE]`` (normally just the end of the chunked body) so the connection goes back
-    to the pool instead of being closed; an upstream that keeps it open is given up on quickly."""
-    with contextlib.suppress(httpx.HTTPError, TimeoutError, RuntimeError):
+async def _drain(response: aiohttp.ClientResponse, timeout_s: float = 0.5) -> bool:
+    """Read what follows ``[DONE]`` (normally just the end of the chunked body) so the connection can go back
+    to the pool; whether the body ended (an upstream that keeps it open is given up on quickly)."""
+    with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with asyncio.timeout(timeout_s):
-            async for _ in response.aiter_bytes():
+            async for _ in response.content.iter_any():
                 pass
+            return True
+    return False
+
+
+def _env_proxy_for(url: str) -> str | None:
+    """The proxy that HTTP(S)_PROXY / NO_PROXY name for ``url``, read once at start (aiohttp's ``trust_env``
+    reads the environment and ``~/.netrc`` on every request: measured at ~5% of a proxied request's CPU)."""
+    scheme, _, rest = url.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if not host or urllib.request.proxy_bypass(host.rsplit(":", 1)[0] if not host.endswith("]") else host):
+        return None
+    return urllib.request.getproxies().get(scheme.lower())
 
 
 def _json_or_text(content: bytes) -> Any:
     try:
-        return json.loads(content)
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        return orjson.loads(content)
+    except orjson.JSONDecodeError:
         return content.decode("utf-8", "replace")
 
 
@@ -180,7 +226,7 @@ def _message_of(payload: Any) -> str:
         for key in ("message", "detail", "error"):
             if payload.get(key):
                 return str(payload[key])[:1000]
-        return json.dumps(payload)[:1000]
+        return orjson.dumps(payload).decode()[:1000]
     return str(payload).strip()[:1000] or "(empty body)"
 
 

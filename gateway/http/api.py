@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
-import json
 import time
 from collections.abc import Awaitable
 from typing import Annotated, Any, TypeVar
 
+import orjson
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ValidationError
 from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.auth import ApiKey
-from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError
+from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
 from gateway.runtime import Gateway
@@ -35,14 +37,16 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
                                 (504, "Upstream timeout")]}
 
 
-def _gateway(request: Request) -> Gateway:
+# Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker thread, a thread hop per
+# request on the hot path.
+async def _gateway(request: Request) -> Gateway:
     return request.app.state.gateway  # type: ignore[no-any-return]
 
 
 GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
-def _authenticate(request: Request, gateway: GatewayDep) -> ApiKey | None:
+async def _authenticate(request: Request, gateway: GatewayDep) -> ApiKey | None:
     """Every /v1 request: the caller's API key (401 when keys are configured and it is missing or wrong)."""
     key = gateway.keys.authenticate(request.headers.get("authorization"))
     request.state.api_key = key
@@ -75,10 +79,9 @@ async def read_json_request(request: Request, model: type[RequestModel]) -> Requ
     if not raw.strip():
         raise InvalidRequestError("the request body is empty; expected a JSON object")
     try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as exc:
-        reason = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
-        raise InvalidRequestError(f"the request body is not valid JSON: {reason}") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequestError(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("the request body must be a JSON object")
     try:
@@ -134,6 +137,13 @@ class ClientDisconnected(Exception):
     pass
 
 
+class FastJSONResponse(JSONResponse):
+    """JSON rendered by orjson (compact UTF-8, as Starlette's, at a fraction of the CPU)."""
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
 async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
                    parsed: ChatCompletionRequest | CompletionRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
@@ -159,19 +169,46 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                                           **answer.headers})
     record.finish(200)
-    return JSONResponse(answer.body, headers=answer.headers)
+    return FastJSONResponse(answer.body, headers=answer.headers)
 
 
-@v1.post("/chat/completions", openapi_extra=_body_schema(ChatCompletionRequest), responses=ERROR_RESPONSES)
-async def create_chat_completion(request: Request, gateway: GatewayDep) -> Response:
-    """OpenAI chat completions (``stream`` for SSE)."""
-    return await _respond(request, gateway, "chat", await read_json_request(request, ChatCompletionRequest))
+class OpenAIEndpoint:
+    """A POST endpoint of the OpenAI API (chat completions, completions) as a plain ASGI app.
+
+    The gateway's hot path, so it skips FastAPI's per-request machinery (dependency solving, exit stacks,
+    route wrappers: measured at ~30% of a proxied request's CPU): it authenticates, parses and answers itself.
+    Errors leave as OpenAI error objects; anything unexpected rises to the app's error handler (a logged 500).
+    Its OpenAPI operation is ``openapi_operation``.
+    """
+
+    def __init__(self, endpoint: Endpoint, model: type[ChatCompletionRequest] | type[CompletionRequest],
+                 summary: str) -> None:
+        self.endpoint, self.model, self.summary = endpoint, model, summary
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        gateway: Gateway = request.app.state.gateway
+        try:
+            await _authenticate(request, gateway)
+            parsed = await read_json_request(request, self.model)
+            response = await _respond(request, gateway, self.endpoint, parsed)
+        except GatewayError as exc:
+            response = error_response(exc)
+        await response(scope, receive, send)
+
+    def openapi_operation(self) -> dict[str, Any]:
+        responses: dict[int | str, Any] = {200: {"description": "The completion (JSON, or SSE with stream)",
+                                                 "content": {"application/json": {"schema": {"type": "object"}},
+                                                             "text/event-stream": {"schema": {"type": "string"}}}}}
+        return {"summary": self.summary, "operationId": f"create_{self.endpoint}", **_body_schema(self.model),
+                "responses": {str(status): value for status, value in {**responses, **ERROR_RESPONSES}.items()}}
 
 
-@v1.post("/completions", openapi_extra=_body_schema(CompletionRequest), responses=ERROR_RESPONSES)
-async def create_completion(request: Request, gateway: GatewayDep) -> Response:
-    """OpenAI legacy completions."""
-    return await _respond(request, gateway, "completions", await read_json_request(request, CompletionRequest))
+OPENAI_ENDPOINTS = {
+    "/v1/chat/completions": OpenAIEndpoint("chat", ChatCompletionRequest, "OpenAI chat completions (stream for SSE)"),
+    "/v1/completions": OpenAIEndpoint("completions", CompletionRequest, "OpenAI legacy completions"),
+}
+openai_routes = [Route(path, endpoint, methods=["POST"]) for path, endpoint in OPENAI_ENDPOINTS.items()]
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse
 
 from gateway.config import GatewayConfig, Settings
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
-from gateway.http.api import BODY_SCHEMAS, router, v1
+from gateway.http.api import BODY_SCHEMAS, OPENAI_ENDPOINTS, openai_routes, router, v1
 from gateway.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Gateway
 
@@ -35,9 +35,13 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
         finally:
             await gateway.aclose()
 
+    # FastAPI's native OpenTelemetry looks up the global providers on every request (measured: ~4% of a
+    # proxied request's CPU); the gateway's own metrics are Prometheus.
     app = FastAPI(title="llm-gateway", version="0.1.0", lifespan=lifespan,
+                  telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="OpenAI-compatible gateway with learned routing and safety stages")
     app.state.gateway = gateway
+    app.router.routes.extend(openai_routes)
     app.include_router(v1)
     app.include_router(router)
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
@@ -48,6 +52,8 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, description=app.description,
                                    routes=app.routes)
+            for path, endpoint in OPENAI_ENDPOINTS.items():
+                document.setdefault("paths", {})[path] = {"post": endpoint.openapi_operation()}
             document.setdefault("components", {}).setdefault("schemas", {}).update(BODY_SCHEMAS)
             app.openapi_schema = document
         return app.openapi_schema

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 import time
-import uuid
 from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -31,7 +31,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, REQUEST_ID_HEADER.encode())
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"req-{uuid.uuid4().hex}"
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"req-{os.urandom(16).hex()}"
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         log_fields: dict[str, Any] = {}

@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
+
+import orjson
 
 from gateway.errors import GatewayError, UpstreamError, sse_error_event
 from gateway.metrics import RequestRecord
 from gateway.serving import KEEPALIVE, StreamAnswer
 
-_COMPACT = (",", ":")
 
-
-async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: bool) -> AsyncIterator[str]:
+async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: bool) -> AsyncIterator[str | bytes]:
     """The SSE body of a stream: chunks, an error event if it broke, always ``data: [DONE]``.
 
     Usage is counted once, from the final usage chunk (``choices: []``): a client that asked vLLM for
@@ -32,7 +31,7 @@ async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: 
                 record.add_usage(chunk["usage"])
                 if not include_usage:
                     continue
-            yield f"data: {json.dumps(chunk, ensure_ascii=False, separators=_COMPACT)}\n\n"
+            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
     except GatewayError as exc:
         status, code = exc.status_code, exc.code
         yield sse_error_event(exc)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -110,6 +111,18 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text()
+
+    def log_entries(self) -> list[dict]:
+        """The JSON lines of the log (other output, e.g. a library's warning, is skipped)."""
+        entries = []
+        for line in self.log().splitlines():
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(entry, dict):
+                entries.append(entry)
+        return entries
 
     def terminate(self) -> None:
         if self.process and self.process.poll() is None:

@@ -1,0 +1,222 @@
+"""The proxy hot path, side by side in one run: a canned upstream alone, this gateway with every feature on
+(API key, per-key limits, metrics, request ids, the JSON access log; `auto` routing for its row), and the
+LiteLLM proxy in front of the same upstream. Each server is pinned to core 0 with ``taskset``; the upstream
+and ``wrk`` share the other core. Prints added latency at concurrency 1 and requests/s at concurrency 32.
+
+    .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm]
+        [--workers-row]
+
+Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM into its own venv under
+``~/.cache/llm-gateway/bench`` on first use (never a project dependency). ``--workers-row`` adds the gateway
+with two workers, unpinned (on a 2-core machine they share the cores with the upstream and wrk).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import BIN, HERE, free_port, percentile, wait_ready  # noqa: E402
+
+KEY = "sk-bench-hot-path"
+LITELLM_VERSION = "1.108.7"
+LITELLM_VENV = Path.home() / ".cache" / "llm-gateway" / "bench" / "litellm-venv"
+STREAM_CHUNKS = 100
+
+
+def pinned(core: int | None, command: list[str]) -> list[str]:
+    if core is None or shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        return command
+    return ["taskset", "-c", str(core), *command]
+
+
+@contextmanager
+def process(command: list[str], ready_url: str, log: Path, timeout_s: float = 120) -> Iterator[int]:
+    with log.open("w") as out:
+        proc = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        wait_ready(ready_url, timeout_s)
+        yield proc.pid
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+@dataclass
+class WrkResult:
+    requests_per_s: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _ms(value: str) -> float:
+    number, unit = re.fullmatch(r"([\d.]+)(us|ms|s)", value).groups()  # type: ignore[union-attr]
+    return float(number) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+
+def wrk(url: str, script: Path, connections: int, duration_s: float) -> WrkResult:
+    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url])
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return WrkResult(float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1)),  # type: ignore[union-attr]
+                     _ms(latency["50"]), _ms(latency["99"]), int(errors.group(1)) if errors else 0)
+
+
+def wrk_script(directory: Path, name: str, model: str, stream: bool) -> Path:
+    body = json.dumps({"model": model, "stream": stream, "max_tokens": 4,
+                       "messages": [{"role": "user", "content": "hi"}]})
+    path = directory / f"{name}.lua"
+    path.write_text(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "application/json"\n'
+                    f'wrk.headers["Authorization"] = "Bearer {KEY}"\nwrk.body = {json.dumps(body)}\n')
+    return path
+
+
+def time_to_first_byte(url: str, model: str, requests: int = 300) -> tuple[float, float]:
+    """p50/p99 ms until the first body byte of a streamed answer, one request at a time."""
+    payload = {"model": model, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
+    times = []
+    with httpx.Client(headers={"authorization": f"Bearer {KEY}"}, timeout=30) as client:
+        for i in range(requests + 20):
+            started = time.perf_counter()
+            with client.stream("POST", url, json=payload) as response:
+                next(response.iter_raw())
+                elapsed = time.perf_counter() - started
+                for _ in response.iter_raw():
+                    pass
+            if i >= 20:  # warm-up
+                times.append(elapsed)
+    return percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
+
+
+def ensure_litellm() -> Path:
+    binary = LITELLM_VENV / "bin" / "litellm"
+    if not binary.exists():
+        print(f"installing LiteLLM {LITELLM_VERSION} into {LITELLM_VENV} (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
+        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
+                       check=True)
+    return binary
+
+
+def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None) -> dict:
+    model = {"backend": "openai", "base_url": upstream, "upstream_model": "fake"}
+    config: dict = {
+        "models": [{"name": "bench", **model},
+                   {"name": "bench-stream", "backend": "openai", "base_url": stream_upstream, "upstream_model": "fake"}],
+        "auth": {"api_keys": [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "name": "bench",
+                               "requests_per_minute": 10**9, "tokens_per_minute": 10**12}]},
+        "server": {"log_level": "info"},  # the JSON access log stays on
+    }
+    if checkpoint is not None:
+        names = json.loads((checkpoint / "router.json").read_text())["llm_names"]
+        config["models"] += [{"name": name, **model} for name in names]
+        config["router"] = {"checkpoint": str(checkpoint)}
+    return config
+
+
+def row(name: str, c1: WrkResult | None, c32: WrkResult | None, base: WrkResult | None, note: str = "") -> None:
+    added = f"{c1.p50_ms - base.p50_ms:8.2f}" if c1 and base else f"{'–':>8}"
+    p50 = f"{c1.p50_ms:8.2f}{c1.p99_ms:8.2f}" if c1 else f"{'–':>8}{'–':>8}"
+    rate = f"{c32.requests_per_s:10,.0f}" if c32 else f"{'–':>10}"
+    errors = (c1.errors if c1 else 0) + (c32.errors if c32 else 0)
+    print(f"{name:<34}{p50}{added}{rate}  {note}{' NON-2XX: ' + str(errors) if errors else ''}", flush=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
+    parser.add_argument("--router-checkpoint", type=Path, help="adds the `auto` row")
+    parser.add_argument("--litellm", action="store_true", help="add LiteLLM (installed into its own venv)")
+    parser.add_argument("--workers-row", action="store_true", help="add the gateway with --workers 2")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is needed: apt-get install wrk")
+
+    work = Path(tempfile.mkdtemp(prefix="hot-path-"))
+    ports = {name: free_port() for name in ("upstream", "stream", "gateway", "litellm")}
+    upstream = f"http://127.0.0.1:{ports['upstream']}/v1"
+    stream_upstream = f"http://127.0.0.1:{ports['stream']}/v1"
+    config_file = work / "gateway.yaml"
+    config_file.write_text(yaml.safe_dump(gateway_config(upstream, stream_upstream, args.router_checkpoint)))
+    scripts = {name: wrk_script(work, name, model, stream) for name, model, stream in
+               [("fake", "fake", False), ("bench", "bench", False), ("auto", "auto", False),
+                ("fake-stream", "fake", True), ("bench-stream", "bench-stream", True)]}
+    fake_upstream = [sys.executable, str(HERE / "fake_upstream.py")]
+    d = args.duration
+
+    def measure(url: str, script: str) -> tuple[WrkResult, WrkResult]:
+        wrk(url, scripts[script], 32, 2)  # warm-up
+        return wrk(url, scripts[script], 1, d), wrk(url, scripts[script], 32, d)
+
+    print(f"{os.cpu_count()} cores; servers on core 0, upstream and wrk on core 1; {d:g} s per run; "
+          f"a 4-token chat body; c=1 for latency, c=32 for throughput")
+    print(f"{'server':<34}{'p50 ms':>8}{'p99 ms':>8}{'added':>8}{'req/s c=32':>10}")
+    with (process(pinned(1, [*fake_upstream, "--port", str(ports["upstream"]), "--chunks", "4"]),
+                  f"{upstream}/models", work / "upstream.log"),
+          process(pinned(1, [*fake_upstream, "--port", str(ports["stream"]), "--chunks", str(STREAM_CHUNKS)]),
+                  f"{stream_upstream}/models", work / "stream.log")):
+        direct = measure(f"{upstream}/chat/completions", "fake")
+        row("canned upstream alone", *direct, None)
+        gateway_command = pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(config_file), "--port",
+                                     str(ports["gateway"])])
+        gateway_url = f"http://127.0.0.1:{ports['gateway']}"
+        with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log"):
+            named = measure(f"{gateway_url}/v1/chat/completions", "bench")
+            row("llm-gateway, model named", *named, direct[0])
+            if args.router_checkpoint:
+                routed = measure(f"{gateway_url}/v1/chat/completions", "auto")
+                row("llm-gateway, model auto", *routed, direct[0])
+            stream_direct = wrk(f"{stream_upstream}/chat/completions", scripts["fake-stream"], 32, d)
+            stream_gateway = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench-stream"], 32, d)
+            ttfb_direct = time_to_first_byte(f"{stream_upstream}/chat/completions", "fake")
+            ttfb_gateway = time_to_first_byte(f"{gateway_url}/v1/chat/completions", "bench-stream")
+        if args.workers_row:
+            command = [str(BIN / "llm-gateway"), "serve", "--config", str(config_file), "--port",
+                       str(ports["gateway"]), "--workers", "2"]
+            with process(command, f"{gateway_url}/ready", work / "gateway-2.log"):
+                two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
+                two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, d)
+                row("llm-gateway, 2 workers, unpinned", None, two, None,
+                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker")
+        if args.litellm:
+            litellm_config = work / "litellm.yaml"
+            litellm_config.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench", "litellm_params": {
+                "model": "openai/fake", "api_base": upstream, "api_key": "none"}}]}))
+            command = pinned(0, [str(ensure_litellm()), "--config", str(litellm_config), "--port",
+                                 str(ports["litellm"]), "--num_workers", "1"])
+            url = f"http://127.0.0.1:{ports['litellm']}"
+            with process(command, f"{url}/health/liveliness", work / "litellm.log", timeout_s=300):
+                litellm = measure(f"{url}/v1/chat/completions", "bench")
+                row(f"LiteLLM proxy {LITELLM_VERSION}, 1 worker", *litellm, direct[0])
+    print(f"\nstreaming, {STREAM_CHUNKS} chunks per answer, c=32:")
+    print(f"  upstream alone {stream_direct.requests_per_s * STREAM_CHUNKS:10,.0f} chunks/s   "
+          f"llm-gateway {stream_gateway.requests_per_s * STREAM_CHUNKS:10,.0f} chunks/s")
+    print(f"  time to first byte, c=1: upstream p50 {ttfb_direct[0]:.2f} ms p99 {ttfb_direct[1]:.2f} ms; "
+          f"llm-gateway p50 {ttfb_gateway[0]:.2f} ms p99 {ttfb_gateway[1]:.2f} ms; "
+          f"added p50 {ttfb_gateway[0] - ttfb_direct[0]:.2f} ms")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
