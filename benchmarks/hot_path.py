@@ -8,7 +8,8 @@ and ``wrk`` share the other core. Prints added latency at concurrency 1 and requ
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM into its own venv under
 ``~/.cache/llm-gateway/bench`` on first use (never a project dependency). ``--workers-row`` adds the gateway
-with two workers, unpinned (on a 2-core machine they share the cores with the upstream and wrk).
+with two workers and Redis-shared limits (``redis-server`` needed), unpinned: on a 2-core machine they share
+the cores with the upstream, Redis and wrk.
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ def _ms(value: str) -> float:
 
 
 def wrk(url: str, script: Path, connections: int, duration_s: float) -> WrkResult:
-    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{duration_s}s", "--latency", "-s", str(script), url])
+    command = pinned(1, ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(duration_s))}s", "--latency", "-s",
+                         str(script), url])
     output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
@@ -100,9 +102,10 @@ def time_to_first_byte(url: str, model: str, requests: int = 300) -> tuple[float
         for i in range(requests + 20):
             started = time.perf_counter()
             with client.stream("POST", url, json=payload) as response:
-                next(response.iter_raw())
+                body = response.iter_raw()
+                next(body)
                 elapsed = time.perf_counter() - started
-                for _ in response.iter_raw():
+                for _ in body:
                     pass
             if i >= 20:  # warm-up
                 times.append(elapsed)
@@ -122,8 +125,7 @@ def ensure_litellm() -> Path:
 def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None) -> dict:
     model = {"backend": "openai", "base_url": upstream, "upstream_model": "fake"}
     config: dict = {
-        "models": [{"name": "bench", **model},
-                   {"name": "bench-stream", "backend": "openai", "base_url": stream_upstream, "upstream_model": "fake"}],
+        "models": [{"name": "bench", **model}, {"name": "bench-stream", **model, "base_url": stream_upstream}],
         "auth": {"api_keys": [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "name": "bench",
                                "requests_per_minute": 10**9, "tokens_per_minute": 10**12}]},
         "server": {"log_level": "info"},  # the JSON access log stays on
@@ -138,7 +140,7 @@ def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None)
 def row(name: str, c1: WrkResult | None, c32: WrkResult | None, base: WrkResult | None, note: str = "") -> None:
     added = f"{c1.p50_ms - base.p50_ms:8.2f}" if c1 and base else f"{'–':>8}"
     p50 = f"{c1.p50_ms:8.2f}{c1.p99_ms:8.2f}" if c1 else f"{'–':>8}{'–':>8}"
-    rate = f"{c32.requests_per_s:10,.0f}" if c32 else f"{'–':>10}"
+    rate = f"{c32.requests_per_s:12,.0f}" if c32 else f"{'–':>12}"
     errors = (c1.errors if c1 else 0) + (c32.errors if c32 else 0)
     print(f"{name:<34}{p50}{added}{rate}  {note}{' NON-2XX: ' + str(errors) if errors else ''}", flush=True)
 
@@ -153,6 +155,9 @@ def main() -> None:
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
 
+    cores = os.cpu_count() or 1
+    if cores >= 2:  # this process is a client too (time to first byte): keep it off the servers' core
+        os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="hot-path-"))
     ports = {name: free_port() for name in ("upstream", "stream", "gateway", "litellm")}
     upstream = f"http://127.0.0.1:{ports['upstream']}/v1"
@@ -171,7 +176,7 @@ def main() -> None:
 
     print(f"{os.cpu_count()} cores; servers on core 0, upstream and wrk on core 1; {d:g} s per run; "
           f"a 4-token chat body; c=1 for latency, c=32 for throughput")
-    print(f"{'server':<34}{'p50 ms':>8}{'p99 ms':>8}{'added':>8}{'req/s c=32':>10}")
+    print(f"{'server':<34}{'p50 ms':>8}{'p99 ms':>8}{'added':>8}{'req/s c=32':>12}")
     with (process(pinned(1, [*fake_upstream, "--port", str(ports["upstream"]), "--chunks", "4"]),
                   f"{upstream}/models", work / "upstream.log"),
           process(pinned(1, [*fake_upstream, "--port", str(ports["stream"]), "--chunks", str(STREAM_CHUNKS)]),
@@ -191,14 +196,21 @@ def main() -> None:
             stream_gateway = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench-stream"], 32, d)
             ttfb_direct = time_to_first_byte(f"{stream_upstream}/chat/completions", "fake")
             ttfb_gateway = time_to_first_byte(f"{gateway_url}/v1/chat/completions", "bench-stream")
-        if args.workers_row:
-            command = [str(BIN / "llm-gateway"), "serve", "--config", str(config_file), "--port",
-                       str(ports["gateway"]), "--workers", "2"]
+        if args.workers_row:  # per-key limits across workers need Redis: a local redis-server
+            redis_port = free_port()
+            shared = {**yaml.safe_load(config_file.read_text()), "limits": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}}
+            shared_file = work / "gateway-workers.yaml"
+            shared_file.write_text(yaml.safe_dump(shared))
+            command = ["taskset", "-c", f"0-{cores - 1}", str(BIN / "llm-gateway"), "serve", "--config",
+                       str(shared_file), "--port", str(ports["gateway"]), "--workers", "2"]
+            redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
+                                     stdout=subprocess.DEVNULL)
             with process(command, f"{gateway_url}/ready", work / "gateway-2.log"):
                 two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
                 two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, d)
-                row("llm-gateway, 2 workers, unpinned", None, two, None,
-                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker")
+                row("llm-gateway, 2 workers + Redis", None, two, None,
+                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker (unpinned)")
+            redis.terminate()
         if args.litellm:
             litellm_config = work / "litellm.yaml"
             litellm_config.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench", "litellm_params": {

@@ -54,11 +54,12 @@ class OpenAIHTTPBackend(Backend):
         self._urls = {endpoint: f"{root}/{path}" for endpoint, path in _PATHS.items()}
         self._models_url = f"{root}/models"
         self._health_url = (root[: -len("/v1")] if root.endswith("/v1") else root) + "/health"
-        # Only connecting has its own bound here; the whole request's deadline is an asyncio timeout around
-        # each call (a wait for a free pooled connection is part of the request, not a connect failure).
+        # ``total`` is the whole request's deadline, streamed bodies included: aiohttp checks it on every read
+        # (a read under way is interrupted; a deadline that passed while a chunk was with the client fails the
+        # next read), with no timeout object per event. A wait for a free pooled connection counts towards it.
         self._session = aiohttp.ClientSession(
             headers=headers, proxy=_env_proxy_for(root),
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
+            timeout=aiohttp.ClientTimeout(total=self.config.timeout_s, sock_connect=self.config.connect_timeout_s),
             connector=aiohttp.TCPConnector(limit=self.config.max_connections, limit_per_host=0))
 
     async def aclose(self) -> None:
@@ -90,15 +91,14 @@ class OpenAIHTTPBackend(Backend):
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         body = orjson.dumps(request.upstream_body(self.config.served_model))
         try:
-            async with asyncio.timeout(self.config.timeout_s):
-                async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
-                    self._open.add(response)
-                    try:
-                        content = await response.read()
-                    finally:
-                        self._open.discard(response)
-                    if response.status >= 400:
-                        self._raise_for_status(response.status, content, response.headers)
+            async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
+                self._open.add(response)
+                try:
+                    content = await response.read()
+                finally:
+                    self._open.discard(response)
+                if response.status >= 400:
+                    self._raise_for_status(response.status, content, response.headers)
             data = orjson.loads(content)
         except (aiohttp.ClientError, TimeoutError, orjson.JSONDecodeError) as exc:
             self._raise_transport_error(exc)
@@ -112,11 +112,8 @@ class OpenAIHTTPBackend(Backend):
         # Always ask for usage: token metrics and per-key limits count it; the caller drops the usage
         # chunk when the client did not ask for it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        deadline = asyncio.get_running_loop().time() + self.config.timeout_s
         try:
-            async with asyncio.timeout_at(deadline):
-                response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body),
-                                                    headers=_JSON_HEADERS)
+            response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body), headers=_JSON_HEADERS)
         except (aiohttp.ClientError, TimeoutError) as exc:
             self._raise_transport_error(exc)
         finished = False
@@ -124,17 +121,14 @@ class OpenAIHTTPBackend(Backend):
         try:
             if response.status >= 400:
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        content = await response.read()
+                    content = await response.read()
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
                 self._raise_for_status(response.status, content, response.headers)
             events = iter_sse(response.content.iter_any())
             while True:
-                # The deadline covers only the wait for the next event: never wrap a `yield` in a timeout.
                 try:
-                    async with asyncio.timeout_at(deadline):
-                        event = await anext(events, None)
+                    event = await anext(events, None)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
                 if event is None or event.data.strip() == "[DONE]":

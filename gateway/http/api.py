@@ -108,29 +108,29 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
 
 async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
     """Await ``work`` unless the client disconnects first; then cancel it (which stops the upstream call
-    or the local generation) and raise ``ClientDisconnected``."""
-    task = asyncio.ensure_future(work)
+    or the local generation) and raise ``ClientDisconnected``. The work runs in this task: only the watcher
+    is a task of its own (one task per request, not two, on the hot path)."""
+    this_task = asyncio.current_task()
+    assert this_task is not None
+    disconnected = False
 
-    async def disconnected() -> None:
+    async def watch() -> None:
+        nonlocal disconnected
         while (await request.receive())["type"] != "http.disconnect":
             pass
+        disconnected = True
+        this_task.cancel()
 
-    watcher = asyncio.ensure_future(disconnected())
+    watcher = asyncio.create_task(watch())
     try:
-        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        return await work
     except asyncio.CancelledError:
-        task.cancel()
-        raise
+        if not disconnected:
+            raise
+        this_task.uncancel()  # the cancellation was ours: not a cancellation of the request's task
+        raise ClientDisconnected() from None
     finally:
         watcher.cancel()
-    if task.done():
-        return task.result()
-    task.cancel()
-    try:
-        await task
-    except BaseException:  # noqa: S110 - it was cancelled on purpose; only the disconnect matters
-        pass
-    raise ClientDisconnected()
 
 
 class ClientDisconnected(Exception):
