@@ -32,8 +32,8 @@ def build_app(chunks: int, delay_ms: float) -> Any:
 
     def events(model: str) -> list[bytes]:
         chunk = {"id": "x", "object": "chat.completion.chunk", "model": model}
-        lines = [f"data: {json.dumps({**chunk, 'choices': [{'index': 0, 'delta': {'content': w}, 'finish_reason': None}]})}\n\n"
-                 for w in words]
+        deltas = [{**chunk, "choices": [{"index": 0, "delta": {"content": w}, "finish_reason": None}]} for w in words]
+        lines = [f"data: {json.dumps(delta)}\n\n" for delta in deltas]
         lines.append(f"data: {json.dumps({**chunk, 'choices': [], 'usage': usage})}\n\n")
         lines.append("data: [DONE]\n\n")
         return [line.encode() for line in lines]

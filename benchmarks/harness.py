@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import socket
 import subprocess
 import sys
@@ -78,3 +79,33 @@ def upstream_and_gateway(chunks: int, delay_ms: float = 0.0, router_checkpoint: 
             process.terminate()
             process.wait(15)
         Path(config_file.name).unlink(missing_ok=True)
+
+
+async def run_load(base_url: str, model: str, stream: bool, requests: int,
+                   concurrency: int) -> tuple[list[float], float]:
+    latencies: list[float] = []
+    payload = {"model": model, "stream": stream, "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for i in range(requests):
+        queue.put_nowait(i)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    async with httpx.AsyncClient(base_url=base_url, limits=limits, timeout=30) as client:
+        async def worker() -> None:
+            while not queue.empty():
+                queue.get_nowait()
+                started = time.perf_counter()
+                if stream:
+                    async with client.stream("POST", "/chat/completions", json=payload) as response:
+                        async for line in response.aiter_lines():
+                            if line == "data: [DONE]":
+                                break
+                    assert response.status_code == 200
+                else:
+                    response = await client.post("/chat/completions", json=payload)
+                    assert response.status_code == 200, response.text
+                latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+    return latencies, requests / elapsed

@@ -4,7 +4,7 @@ LiteLLM proxy in front of the same upstream. Each server is pinned to core 0 wit
 and ``wrk`` share the other core. Prints added latency at concurrency 1 and requests/s at concurrency 32.
 
     .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm]
-        [--workers-row]
+        [--workers-row] [--soak 100000]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM into its own venv under
 ``~/.cache/llm-gateway/bench`` on first use (never a project dependency). ``--workers-row`` adds the gateway
@@ -112,6 +112,24 @@ def time_to_first_byte(url: str, model: str, requests: int = 300) -> tuple[float
     return percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
 
 
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def soak_rss(pid: int, url: str, script: Path, requests: int, rate: float) -> tuple[int, int, float, float]:
+    """About ``requests`` requests at c=32 (the duration is estimated from ``rate``): requests sent, non-2xx,
+    RSS before and after."""
+    before = rss_mib(pid)
+    command = pinned(1, ["wrk", "-t1", "-c32", f"-d{max(1, round(requests / rate))}s", "-s", str(script), url])
+    output = subprocess.run(command, capture_output=True, text=True, check=True).stdout
+    sent = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
+    return sent, int(errors.group(1)) if errors else 0, before, rss_mib(pid)
+
+
 def ensure_litellm() -> Path:
     binary = LITELLM_VENV / "bin" / "litellm"
     if not binary.exists():
@@ -151,6 +169,8 @@ def main() -> None:
     parser.add_argument("--router-checkpoint", type=Path, help="adds the `auto` row")
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM (installed into its own venv)")
     parser.add_argument("--workers-row", action="store_true", help="add the gateway with --workers 2")
+    parser.add_argument("--soak", type=int, default=0, metavar="N",
+                        help="then send about N more requests (c=32) and print the gateway's RSS before and after")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         sys.exit("wrk is needed: apt-get install wrk")
@@ -186,12 +206,15 @@ def main() -> None:
         gateway_command = pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(config_file), "--port",
                                      str(ports["gateway"])])
         gateway_url = f"http://127.0.0.1:{ports['gateway']}"
-        with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log"):
+        with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log") as gateway_pid:
             named = measure(f"{gateway_url}/v1/chat/completions", "bench")
             row("llm-gateway, model named", *named, direct[0])
             if args.router_checkpoint:
                 routed = measure(f"{gateway_url}/v1/chat/completions", "auto")
                 row("llm-gateway, model auto", *routed, direct[0])
+            if args.soak:
+                soak = soak_rss(gateway_pid, f"{gateway_url}/v1/chat/completions", scripts["bench"], args.soak,
+                                named[1].requests_per_s)
             stream_direct = wrk(f"{stream_upstream}/chat/completions", scripts["fake-stream"], 32, d)
             stream_gateway = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench-stream"], 32, d)
             ttfb_direct = time_to_first_byte(f"{stream_upstream}/chat/completions", "fake")
@@ -227,6 +250,9 @@ def main() -> None:
     print(f"  time to first byte, c=1: upstream p50 {ttfb_direct[0]:.2f} ms p99 {ttfb_direct[1]:.2f} ms; "
           f"llm-gateway p50 {ttfb_gateway[0]:.2f} ms p99 {ttfb_gateway[1]:.2f} ms; "
           f"added p50 {ttfb_gateway[0] - ttfb_direct[0]:.2f} ms")
+    if args.soak:
+        print(f"\nsoak: {soak[0]:,} requests at c=32 ({soak[1]} non-2xx); gateway RSS {soak[2]:.1f} MiB before, "
+              f"{soak[3]:.1f} MiB after")
     shutil.rmtree(work, ignore_errors=True)
 
 

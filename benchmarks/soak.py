@@ -17,8 +17,7 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from gateway_overhead import run_load  # noqa: E402
-from harness import percentile, upstream_and_gateway  # noqa: E402
+from harness import percentile, run_load, upstream_and_gateway  # noqa: E402
 
 CHUNKS = 16
 EXPECTED = "".join(f"w{i} " for i in range(CHUNKS))
