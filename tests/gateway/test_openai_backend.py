@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import httpx
@@ -189,3 +190,25 @@ def test_upstream_api_key_is_sent(upstream, make_gateway, monkeypatch):
     gateway = make_gateway(_config(upstream, api_key_env="UPSTREAM_KEY"))
     gateway.client().chat.completions.create(model="pub", messages=[{"role": "user", "content": "x"}])
     assert upstream.calls[-1].headers["authorization"] == "Bearer sk-upstream"
+
+
+def test_unknown_response_fields_and_unicode_come_back_unchanged(upstream, make_gateway):
+    """What vLLM adds to a response (``prompt_logprobs``, ``kv_transfer_params``, a choice's ``stop_reason``)
+    reaches the client as the upstream wrote it, streamed or not; only ``model`` is renamed."""
+    extra = {"prompt_logprobs": None, "kv_transfer_params": {"remote": "node-3", "blocks": [1, 2]},
+             "system_fingerprint": "fp-ünï-😀"}
+    upstream.responder = lambda body: Reply(text="héllo wörld 😀", extra=extra)
+    gateway = make_gateway(_config(upstream))
+    response = httpx.post(f"{gateway.url}/v1/chat/completions", timeout=10,
+                          json={"model": "pub", "messages": [{"role": "user", "content": "x"}]})
+    body = response.json()
+    assert body["model"] == "pub" and body["choices"][0]["message"]["content"] == "héllo wörld 😀"
+    assert {key: body[key] for key in extra} == extra
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "model": "org/served-model",
+             "vendor_field": [1, {"a": "ü"}],
+             "choices": [{"index": 0, "delta": {"content": "😀 ok"}, "finish_reason": None, "stop_reason": 42}]}
+    upstream.responder = lambda body: Reply(raw_sse=f"data: {json.dumps(chunk)}\n\ndata: [DONE]\n\n")
+    with httpx.stream("POST", f"{gateway.url}/v1/chat/completions", timeout=10,
+                      json={"model": "pub", "stream": True, "messages": [{"role": "user", "content": "x"}]}) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+    assert events == [{**chunk, "model": "pub"}]
