@@ -35,7 +35,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BIN, HERE, free_port, percentile, wait_ready  # noqa: E402
 
-KEY = "sk-bench-hot-path"
+KEY = "sk-" + hashlib.sha256(b"llm-gateway hot-path benchmark").hexdigest()  # LiteLLM refuses weak keys
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = Path.home() / ".cache" / "llm-gateway" / "bench" / "litellm-venv"
 STREAM_CHUNKS = 100
@@ -236,8 +236,10 @@ def main() -> None:
             redis.terminate()
         if args.litellm:
             litellm_config = work / "litellm.yaml"
-            litellm_config.write_text(yaml.safe_dump({"model_list": [{"model_name": "bench", "litellm_params": {
-                "model": "openai/fake", "api_base": upstream, "api_key": "none"}}]}))
+            litellm_config.write_text(yaml.safe_dump({
+                "model_list": [{"model_name": "bench", "litellm_params": {"model": "openai/fake", "api_base": upstream,
+                                                                           "api_key": "none"}}],
+                "general_settings": {"master_key": KEY}}))  # the same key check as the gateway's
             command = pinned(0, [str(ensure_litellm()), "--config", str(litellm_config), "--port",
                                  str(ports["litellm"]), "--num_workers", "1"])
             url = f"http://127.0.0.1:{ports['litellm']}"
