@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
 #   scripts/setup.sh          runtime dependencies
-#   scripts/setup.sh --dev    runtime + test/lint dependencies (and redis-server for the limit tests)
+#   scripts/setup.sh --dev    runtime + test/lint dependencies (and redis-server for the limit tests, kubectl for
+#                             rendering the Kubernetes manifests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,5 +28,12 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then
   # The rate-limit tests run a real Redis (two gateway processes sharing one counter store).
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) >/dev/null
+  fi
+fi
+
+if [ -n "$extras" ] && ! command -v kubectl >/dev/null 2>&1; then
+  # The Kubernetes manifests are rendered with kubectl's kustomize in the tests (Debian's package, offline).
+  if command -v apt-get >/dev/null 2>&1; then
+    (apt-get install -y -qq kubectl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kubectl; }) >/dev/null
   fi
 fi
