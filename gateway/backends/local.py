@@ -67,6 +67,35 @@ def load_causal_lm(path: Path, device: str, vision: bool = False) -> tuple[Any, 
     return model, tokenizer, None
 
 
+# OpenAI request fields the local backend does not implement, with the values that ask for nothing (those pass).
+# Any other value is a 400 naming the field: a client must be able to tell that what it asked for did not happen.
+_NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "logit_bias": (None, {}),
+    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
+    "top_k": (None, -1, 0), "min_p": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
+    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
+    "function_call": (None, "none"),
+    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+    "prediction": (None,), "web_search_options": (None,), "store": (None, False),
+}
+
+
+def refuse_unsupported_fields(model: str, request: Request) -> None:
+    """400 for a field the local backend would otherwise ignore (``logprobs``, ``tools``, ``response_format``...);
+    fields that only describe the caller (``user``, ``metadata``) and unknown vendor fields pass."""
+    for name, value in (request.model_extra or {}).items():
+        neutral = _NOT_IMPLEMENTED.get(name)
+        if neutral is not None and not any(_same(value, allowed) for allowed in neutral):
+            raise InvalidRequestError(
+                f"'{name}' is not supported by model '{model}' (a local model served by the gateway); leave it "
+                "out, or send the request to a model served by vLLM", param=name, code="unsupported_parameter")
+
+
+def _same(value: Any, allowed: Any) -> bool:
+    """Equal, with booleans kept apart from numbers (``presence_penalty: 0.0`` is neutral, ``top_k: False`` not)."""
+    return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
+
+
 class LocalBackend(Backend):
     """Serves chat and legacy completions from a model loaded in this process.
 
@@ -143,6 +172,7 @@ class LocalBackend(Backend):
     # ---- requests ----------------------------------------------------------------------------------------
 
     async def complete(self, endpoint: Endpoint, request: Request, adapter: str | None = None) -> dict[str, Any]:
+        refuse_unsupported_fields(self.name, request)
         prompts = await self._prompts(request)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
@@ -159,6 +189,7 @@ class LocalBackend(Backend):
 
     async def stream(self, endpoint: Endpoint, request: Request,
                      adapter: str | None = None) -> AsyncIterator[dict[str, Any]]:
+        refuse_unsupported_fields(self.name, request)
         prompts = await self._prompts(request)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0

@@ -266,3 +266,28 @@ def test_entries_with_the_same_weights_share_one_loaded_model(tmp_path, make_gat
                                        {"name": "smol-again", "backend": "local", "aliases": ["again"]}]})
     reply = gateway.client().chat.completions.create(model="again", messages=QUESTION, max_tokens=12, temperature=0)
     assert reply.model == "smol-again" and "Paris" in reply.choices[0].message.content
+
+
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("field, value", [("logprobs", True), ("top_logprobs", 2), ("presence_penalty", 0.5),
+                                          ("logit_bias", {"1": 5}), ("response_format", {"type": "json_object"}),
+                                          ("tools", [TOOL]), ("top_k", 5)])
+def test_fields_the_local_model_cannot_honour_are_400s_not_silence(embedded_gateway, field, value):
+    client = embedded_gateway.client()
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=1,
+                                       extra_body={field: value})
+    error = refused.value.body
+    assert error["param"] == field and error["code"] == "unsupported_parameter"
+    assert "smollm2-135m" in error["message"]
+
+
+@pytest.mark.slow
+def test_values_that_ask_for_nothing_pass(embedded_gateway):
+    answer = embedded_gateway.client().chat.completions.create(
+        model="smollm2-135m", messages=QUESTION, max_tokens=1, user="u-1", presence_penalty=0.0, logprobs=False,
+        tool_choice="none", response_format={"type": "text"}, extra_body={"metadata_tag": "kept"})
+    assert answer.choices[0].message.content is not None
