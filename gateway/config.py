@@ -30,6 +30,7 @@ from gateway.images import ImagePolicy
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
 EMBEDDED_MODEL_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
+EMBEDDED_EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"  # the packaged MiniLM, served for /v1/embeddings
 
 
 class ConfigError(Exception):
@@ -75,6 +76,10 @@ class ModelConfig(StrictModel):
     cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="shorthand for price: the same USD "
                                                                             "per 1k prompt and completion tokens")
     vision: bool = Field(default=False, description="accepts image inputs")
+    task: Literal["generate", "embed"] = Field(default="generate", description="generate: chat and completions; "
+                                                                               "embed: /v1/embeddings")
+    encoder: str | None = Field(default=None, description="local embed: an encoder spec (minilm, e5-small, "
+                                                          "static:minilm, onnx:minilm, a sentence-transformers dir)")
 
     stages: list[str] = Field(default_factory=list, description="pipeline stages, in order: ecso, aligncot")
     ecso_model: str | None = Field(default=None, description="model for ECSO's steps (default: this one)")
@@ -88,6 +93,11 @@ class ModelConfig(StrictModel):
             raise ValueError(f"model '{self.name}': 'base_url' is only for backend 'openai'")
         if self.price is not None and self.cost_per_1k_tokens is not None:
             raise ValueError(f"model '{self.name}': give either 'price' or its shorthand 'cost_per_1k_tokens'")
+        if self.encoder is not None and (self.task != "embed" or self.backend != "local"):
+            raise ValueError(f"model '{self.name}': 'encoder' is only for backend 'local' with task 'embed'")
+        if self.task == "embed" and (self.stages or self.vision or self.adapters or self.path):
+            raise ValueError(f"model '{self.name}': an embedding model takes no stages, vision, adapters or path "
+                             "(a local one names its 'encoder')")
         if self.backend == "openai" and self.adapters:
             raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
                              "each --lora-modules name as its own model with upstream_model)")
@@ -104,7 +114,7 @@ class ModelConfig(StrictModel):
 
     @property
     def is_embedded(self) -> bool:
-        return self.backend == "local" and self.path is None
+        return self.backend == "local" and self.task == "generate" and self.path is None
 
     @property
     def served_model(self) -> str:
@@ -212,7 +222,9 @@ class LimitsConfig(StrictModel):
 
 
 def _embedded_default() -> list[ModelConfig]:
-    return [ModelConfig(name=EMBEDDED_MODEL_NAME, backend="local", aliases=list(EMBEDDED_MODEL_ALIASES))]
+    return [ModelConfig(name=EMBEDDED_MODEL_NAME, backend="local", aliases=list(EMBEDDED_MODEL_ALIASES)),
+            ModelConfig(name=EMBEDDED_EMBEDDING_MODEL_NAME, backend="local", task="embed", encoder="minilm",
+                        aliases=["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"])]
 
 
 class GatewayConfig(StrictModel):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from gateway.backends import AdapterView, Backend, create_backend
 from gateway.config import GatewayConfig, ModelConfig
+from gateway.embeddings import LocalEmbeddingBackend
 
 # Entry fields that do not change how a local model is loaded or generates: entries equal in everything else
 # share one loaded model.
@@ -24,6 +25,9 @@ class ModelPool:
         self.backends: dict[str, Backend] = {}
         loaded: dict[str, Backend] = {}  # weights key -> the local backend that loads them
         for model in config.models:
+            if model.task == "embed" and model.backend == "local":
+                self.backends[model.name] = LocalEmbeddingBackend(model, cache_dir)
+                continue
             key = _weights_key(model) if model.backend == "local" else None
             shared = loaded.get(key) if key and not model.adapters else None
             if shared is not None:  # same weights and settings as an earlier entry: no second copy in memory

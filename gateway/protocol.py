@@ -8,10 +8,12 @@ never sent upstream.
 
 from __future__ import annotations
 
+import base64
 import os
 import time
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 GATEWAY_ONLY_FIELDS = frozenset({"routing", "aligncot"})
@@ -176,9 +178,60 @@ class CompletionRequest(SamplingRequest):
         return value
 
 
+class EmbeddingRequest(OpenAIBaseModel):
+    """``POST /v1/embeddings``: one text, a list of texts, or token ids (one list, or a list of lists)."""
+
+    model: str = Field(min_length=1, max_length=256)
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _check_input(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("input must not be an empty list")
+            if len(value) > MAX_EMBEDDING_INPUTS:
+                raise ValueError(f"at most {MAX_EMBEDDING_INPUTS} inputs in one request")
+            if any(isinstance(item, list) and not item for item in value):
+                raise ValueError("a token-id input must not be empty")
+        return value
+
+    # What the request path reads of any request (streams, usage, token reservations).
+    stream: ClassVar[bool] = False
+    include_usage: ClassVar[bool] = False
+    completion_token_limit: ClassVar[int] = 0
+
+    def texts_or_token_ids(self) -> list[str] | list[list[int]]:
+        """The inputs as a list: texts, or token-id lists."""
+        value = self.input
+        if isinstance(value, str):
+            return [value]
+        if value and isinstance(value[0], int):
+            return [value]  # type: ignore[list-item]
+        return value  # type: ignore[return-value]
+
+
+MAX_EMBEDDING_INPUTS = 2048  # OpenAI's limit per request
+
+
+def embedding_response(model: str, vectors: Any, encoding_format: str, prompt_tokens: int) -> dict[str, Any]:
+    """The OpenAI embeddings list: float lists, or base64 of little-endian float32 (what the SDKs decode)."""
+    data = []
+    for index, vector in enumerate(vectors):
+        array = np.asarray(vector, dtype="<f4")
+        embedding: Any = (base64.b64encode(array.tobytes()).decode() if encoding_format == "base64"
+                          else array.tolist())
+        data.append({"object": "embedding", "index": index, "embedding": embedding})
+    return {"object": "list", "data": data, "model": model,
+            "usage": {"prompt_tokens": prompt_tokens, "total_tokens": prompt_tokens}}
+
+
 # ---- responses -------------------------------------------------------------------------------------------
 
-Endpoint = Literal["chat", "completions"]
+Endpoint = Literal["chat", "completions", "embeddings"]
 
 
 def new_completion_id(endpoint: Endpoint) -> str:

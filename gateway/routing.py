@@ -20,7 +20,7 @@ import numpy as np
 from gateway.config import ConfigError, GatewayConfig, RouterConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.metrics import GatewayMetrics
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, Preference
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Preference
 from routers.base import LearnedRouter
 
 ROUTED_MODEL_HEADER = "x-gateway-routed-model"
@@ -127,7 +127,9 @@ def query_text(request: ChatCompletionRequest | CompletionRequest, turns: int) -
     return "\n".join(users[-turns:]) if users else request.messages[-1].text
 
 
-def prompt_characters(request: ChatCompletionRequest | CompletionRequest) -> int:
+def prompt_characters(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> int:
+    if isinstance(request, EmbeddingRequest):
+        return sum(len(item) if isinstance(item, str) else 4 * len(item) for item in request.texts_or_token_ids())
     if isinstance(request, CompletionRequest):
         prompt = request.prompt
         return len(prompt) if isinstance(prompt, str) else sum(len(p) if isinstance(p, str) else 4 for p in prompt)

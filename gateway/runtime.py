@@ -92,7 +92,8 @@ class Gateway:
             return None
 
     def _token_estimate(self, request: Request) -> int:
-        completion = request.completion_token_limit or self.config.limits.reserve_completion_tokens
+        limit = request.completion_token_limit
+        completion = self.config.limits.reserve_completion_tokens if limit is None else limit
         return prompt_characters(request) // CHARACTERS_PER_TOKEN + completion
 
     def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any], key: ApiKey | None = None,

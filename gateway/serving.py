@@ -28,7 +28,7 @@ from gateway.errors import (
 from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.pool import ModelPool
-from gateway.protocol import ChatCompletionRequest, Endpoint
+from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, Endpoint
 from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecision, RoutedModel
 
 # Failures before any byte reached the client that the next-ranked candidate may fix.
@@ -107,6 +107,21 @@ class CompletionService:
             raise ModelNotFoundError(f"The model '{request.model}' does not exist; available models: {known}",
                                      param="model")
         return [backend], None
+
+    async def embed(self, request: EmbeddingRequest, record: RequestRecord) -> Answer:
+        """``/v1/embeddings`` on the named model (never routed: an embedding space is the model's own)."""
+        backend = self.pool.get(request.model)
+        if backend is None:
+            if self.routed is not None and request.model == self.routed.name:
+                raise InvalidRequestError(f"'{request.model}' routes chat and completions; name an embedding "
+                                          "model", param="model")
+            known = ", ".join(name for name in self.pool.backends if self.pool.backends[name].config.task == "embed")
+            raise ModelNotFoundError(f"The model '{request.model}' does not exist; embedding models: "
+                                     f"{known or 'none configured'}", param="model")
+        record.answered_by(backend.name)
+        body = await backend.embed(request)
+        record.add_usage(body.get("usage"))
+        return Answer(body)
 
     async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
         backends, decision = await self._plan(request)

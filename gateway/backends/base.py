@@ -8,7 +8,8 @@ from contextlib import aclosing
 from typing import Any
 
 from gateway.config import ModelConfig
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
+from gateway.errors import InvalidRequestError
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 
 Request = ChatCompletionRequest | CompletionRequest
 
@@ -60,6 +61,10 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
         """The response as chunks; a usage chunk (``choices: []``) last when the backend knows usage."""
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        """The OpenAI embeddings response (``task: embed`` models)."""
+        raise InvalidRequestError(f"model '{self.name}' does not serve embeddings", param="model")
 
 
 class AdapterView(Backend):

@@ -23,9 +23,9 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.protocol import Endpoint
+from gateway.protocol import EmbeddingRequest, Endpoint
 
-_PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions"}
+_PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -88,8 +88,15 @@ class OpenAIHTTPBackend(Backend):
             return False, f"upstream answered {status}"
         return True, "ok"
 
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        """vLLM (``--task embed``) and OpenAI serve ``/v1/embeddings``: the request goes as sent, model renamed."""
+        body = {**request.model_dump(exclude_unset=True), "model": self.config.served_model}
+        return await self._post("embeddings", orjson.dumps(body))
+
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
-        body = orjson.dumps(request.upstream_body(self.config.served_model))
+        return await self._post(endpoint, orjson.dumps(request.upstream_body(self.config.served_model)))
+
+    async def _post(self, endpoint: Endpoint, body: bytes) -> dict[str, Any]:
         try:
             async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
                 self._open.add(response)

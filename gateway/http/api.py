@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, Endpoint
+from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from gateway.runtime import Gateway
 from gateway.serving import StreamAnswer
 
@@ -145,7 +145,7 @@ class FastJSONResponse(JSONResponse):
 
 
 async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
-                   parsed: ChatCompletionRequest | CompletionRequest) -> Response:
+                   parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
     if isinstance(parsed, ChatCompletionRequest) and len(parsed.messages) > gateway.config.limits.max_messages:
         raise InvalidRequestError(f"{len(parsed.messages)} messages; the limit is "
@@ -153,8 +153,10 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
     key: ApiKey | None = request.state.api_key
     reservation = await gateway.admit(key, parsed)
     record = gateway.new_record(endpoint, parsed.model, request.state.log, key, reservation)
+    work = (gateway.service.embed(parsed, record) if isinstance(parsed, EmbeddingRequest)
+            else gateway.service.serve(endpoint, parsed, record))
     try:
-        answer = await cancel_on_disconnect(request, gateway.service.serve(endpoint, parsed, record))
+        answer = await cancel_on_disconnect(request, work)
     except ClientDisconnected:
         record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
@@ -181,7 +183,8 @@ class OpenAIEndpoint:
     Its OpenAPI operation is ``openapi_operation``.
     """
 
-    def __init__(self, endpoint: Endpoint, model: type[ChatCompletionRequest] | type[CompletionRequest],
+    def __init__(self, endpoint: Endpoint,
+                 model: type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest],
                  summary: str) -> None:
         self.endpoint, self.model, self.summary = endpoint, model, summary
 
@@ -207,6 +210,7 @@ class OpenAIEndpoint:
 OPENAI_ENDPOINTS = {
     "/v1/chat/completions": OpenAIEndpoint("chat", ChatCompletionRequest, "OpenAI chat completions (stream for SSE)"),
     "/v1/completions": OpenAIEndpoint("completions", CompletionRequest, "OpenAI legacy completions"),
+    "/v1/embeddings": OpenAIEndpoint("embeddings", EmbeddingRequest, "OpenAI embeddings (task: embed models)"),
 }
 openai_routes = [Route(path, endpoint, methods=["POST"]) for path, endpoint in OPENAI_ENDPOINTS.items()]
 

@@ -6,6 +6,7 @@ import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -46,6 +47,11 @@ class TextEncoder(ABC):
     @abstractmethod
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         """[len(texts), dim] float32."""
+
+    @property
+    def tokenizer(self) -> Any | None:
+        """The Hugging Face tokenizer the encoder reads text with, when it has one (token-id inputs, counts)."""
+        return None
 
     def probe(self) -> np.ndarray:
         """The encoder's vectors for ``PROBE_TEXTS`` (its fingerprint)."""

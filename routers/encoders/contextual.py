@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -26,6 +27,10 @@ class SentenceTransformerEncoder(TextEncoder):
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
         self.dim = int(self.model.get_embedding_dimension())
         self._lock = threading.Lock()  # one forward at a time: the module is not re-entrant across threads
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.model.tokenizer
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         # Small length-sorted sub-batches: on a CPU, padding a batch of 64 to its longest query costs more

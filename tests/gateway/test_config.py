@@ -10,10 +10,11 @@ from gateway.config import EMBEDDED_MODEL_NAME, ConfigError, load_config, parse_
 from tests.support.servers import VENV_BIN, GatewayProcess
 
 
-def test_no_config_is_the_embedded_model_alone():
+def test_no_config_is_the_embedded_model_and_the_packaged_minilm():
     config = load_config(None)
-    assert [m.name for m in config.models] == [EMBEDDED_MODEL_NAME]
-    assert config.models[0].is_embedded
+    assert [m.name for m in config.models] == [EMBEDDED_MODEL_NAME, "all-minilm-l6-v2"]
+    assert config.models[0].is_embedded and config.models[0].task == "generate"
+    assert config.models[1].task == "embed" and config.models[1].encoder == "minilm"
 
 
 def test_contract_keys():
@@ -38,6 +39,9 @@ def test_contract_keys():
      ["models.0.timeout_s", "greater than 0"]),
     ({"modles": []}, ["modles", "Extra inputs"]),
     ({"models": []}, ["models", "at least 1"]),
+    ({"models": [{"name": "e", "backend": "local", "task": "embed", "stages": ["ecso"]}]},
+     ["an embedding model takes no stages"]),
+    ({"models": [{"name": "e", "backend": "local", "encoder": "minilm"}]}, ["'encoder' is only for", "'embed'"]),
 ])
 def test_errors_name_the_field(data, fragments):
     with pytest.raises(ConfigError) as info:

@@ -40,7 +40,7 @@ def test_answers_the_capital_of_france(embedded_gateway, tokenizer):
 
 def test_alias_and_model_list(embedded_gateway):
     client = embedded_gateway.client()
-    assert [m.id for m in client.models.list()] == ["smollm2-135m"]
+    assert [m.id for m in client.models.list()] == ["smollm2-135m", "all-minilm-l6-v2"]
     response = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=2)
     assert response.model == "smollm2-135m"
 

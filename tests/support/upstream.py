@@ -124,6 +124,18 @@ class ScriptedUpstream:
         async def completions(request: Request) -> Response:
             return await self._handle(request, "completions")
 
+        @app.post("/v1/embeddings")
+        async def embeddings(request: Request) -> Response:
+            """A 3-dimensional embedding per input: (length of the text, index, 1); the call is recorded."""
+            body = json.loads(await request.body())
+            with self._lock:
+                self.calls.append(Call(request.url.path, body, dict(request.headers), time.monotonic()))
+            inputs = body["input"] if isinstance(body["input"], list) else [body["input"]]
+            data = [{"object": "embedding", "index": i, "embedding": [float(len(str(text))), float(i), 1.0]}
+                    for i, text in enumerate(inputs)]
+            return JSONResponse({"object": "list", "data": data, "model": body["model"],
+                                 "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
         return app
 
     async def _handle(self, request: Request, endpoint: str) -> Response:

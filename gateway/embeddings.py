@@ -1,0 +1,95 @@
+"""Local embedding models (``task: embed``, ``backend: local``): the router's encoders served on
+``/v1/embeddings`` — the packaged MiniLM, multilingual e5, the static and ONNX encoders, any
+sentence-transformers directory. Texts from concurrent requests are encoded together on a worker thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from gateway.backends.base import Backend, Request
+from gateway.config import ModelConfig
+from gateway.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.protocol import EmbeddingRequest, Endpoint, embedding_response
+from gateway.routing import MicroBatcher
+from routers.encoders import TextEncoder, build_encoder
+
+DEFAULT_EMBEDDING_ENCODER = "minilm"
+BATCH_WINDOW_S = 0.002
+MAX_BATCH = 64
+
+
+class LocalEmbeddingBackend(Backend):
+    """Embeddings from a local encoder; chat and completions on it are a 400 naming the right endpoint."""
+
+    def __init__(self, config: ModelConfig, cache_dir: Path) -> None:
+        super().__init__(config)
+        self.spec = config.encoder or DEFAULT_EMBEDDING_ENCODER
+        self._cache_dir = cache_dir
+        self._encoder: TextEncoder | None = None
+        self._batcher: MicroBatcher | None = None
+        self._load_error: str | None = None
+
+    async def start(self) -> None:
+        try:
+            self._encoder = await asyncio.to_thread(build_encoder, self.spec)
+        except Exception as exc:  # reported by /ready and on every request, never a crash at start
+            self._load_error = f"{type(exc).__name__}: {exc}"
+            return
+        self._batcher = MicroBatcher(self._encoder.encode, BATCH_WINDOW_S, MAX_BATCH)
+
+    async def aclose(self) -> None:
+        if self._batcher is not None:
+            self._batcher.close()
+
+    async def check_ready(self) -> tuple[bool, str]:
+        if self._load_error:
+            return False, f"encoder '{self.spec}' failed to load: {self._load_error}"
+        return (True, "ok") if self._batcher is not None else (False, "loading")
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        if self._batcher is None or self._encoder is None:
+            raise UpstreamUnavailableError(f"embedding model '{self.name}' is not loaded: "
+                                           f"{self._load_error or 'still loading'}")
+        texts = self._texts(request.texts_or_token_ids())
+        dimension = self._encoder.dim
+        if request.dimensions is not None and request.dimensions != dimension:
+            raise InvalidRequestError(f"model '{self.name}' makes {dimension}-dimensional embeddings and cannot "
+                                      f"shorten them to {request.dimensions}", param="dimensions")
+        vectors = await asyncio.gather(*(self._batcher.encode(text) for text in texts))
+        return embedding_response(self.name, vectors, request.encoding_format, self._count_tokens(texts))
+
+    def _texts(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[str]:
+        if all(isinstance(item, str) for item in inputs):
+            return list(inputs)  # type: ignore[arg-type]
+        tokenizer = self._encoder.tokenizer if self._encoder is not None else None
+        if tokenizer is None:
+            raise InvalidRequestError(f"model '{self.name}' takes text input only (encoder '{self.spec}' has no "
+                                      "tokenizer to read token ids with)", param="input")
+        vocabulary = len(tokenizer)
+        bad = next((t for ids in inputs for t in ids if not isinstance(t, int) or not 0 <= t < vocabulary), None)
+        if bad is not None:
+            raise InvalidRequestError(f"token id {bad} is outside the vocabulary of model '{self.name}' (0 to "
+                                      f"{vocabulary - 1})", param="input", code="invalid_token_id")
+        return [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in inputs]
+
+    def _count_tokens(self, texts: list[str]) -> int:
+        tokenizer = self._encoder.tokenizer if self._encoder is not None else None
+        if tokenizer is None:
+            return sum(len(text.split()) for text in texts)
+        return sum(len(tokenizer(text, add_special_tokens=True)["input_ids"]) for text in texts)
+
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        raise self._not_a_generator()
+
+    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        raise self._not_a_generator()
+        yield {}  # pragma: no cover - makes this an async generator
+
+    def _not_a_generator(self) -> InvalidRequestError:
+        return InvalidRequestError(f"model '{self.name}' is an embedding model: use POST /v1/embeddings",
+                                   param="model")
+
