@@ -293,15 +293,31 @@ def judged_text_of(response: dict[str, Any], index: int = 0) -> str:
 
 def response_to_chunks(response: dict[str, Any], piece_chars: int = 24) -> list[dict[str, Any]]:
     """A whole chat response replayed as stream chunks: content in small pieces, then the finish and usage
-    chunks. Used when an answer had to be held back (e.g. until a safety check passed)."""
+    chunks. Used when an answer had to be held back (e.g. until a safety check passed). Nothing of the answer
+    is lost: a ``refusal``, ``tool_calls`` (as one tool-call delta each, with its index) and the choice's
+    ``logprobs`` (all on the first content chunk) travel too, and ``system_fingerprint`` is on every chunk."""
     chunks: list[dict[str, Any]] = []
     completion_id, model = response.get("id") or new_completion_id("chat"), response.get("model", "")
     extra = {k: v for k, v in response.items() if k not in _RESPONSE_KEYS}
+    if response.get("system_fingerprint") is not None:
+        extra["system_fingerprint"] = response["system_fingerprint"]
     for choice in response["choices"]:
-        index, text = choice.get("index", 0), (choice.get("message") or {}).get("content") or ""
+        index, message = choice.get("index", 0), choice.get("message") or {}
+        text = message.get("content") or ""
         pieces = [text[i:i + piece_chars] for i in range(0, len(text), piece_chars)] or [""]
         for number, piece in enumerate(pieces):
-            chunks.append(chunk_dict("chat", completion_id, model, index=index, text=piece, role=number == 0))
+            chunk = chunk_dict("chat", completion_id, model, index=index, text=piece, role=number == 0)
+            if number == 0 and choice.get("logprobs") is not None:
+                chunk["choices"][0]["logprobs"] = choice["logprobs"]
+            chunks.append(chunk)
+        if message.get("refusal") is not None:
+            chunk = chunk_dict("chat", completion_id, model, index=index)
+            chunk["choices"][0]["delta"] = {"refusal": message["refusal"]}
+            chunks.append(chunk)
+        for position, call in enumerate(message.get("tool_calls") or []):
+            chunk = chunk_dict("chat", completion_id, model, index=index)
+            chunk["choices"][0]["delta"] = {"tool_calls": [{"index": position, **call}]}
+            chunks.append(chunk)
         chunks.append(chunk_dict("chat", completion_id, model, index=index, finish_reason=choice.get("finish_reason")))
     if response.get("usage"):
         chunks.append(chunk_dict("chat", completion_id, model, usage=response["usage"]))

@@ -88,6 +88,37 @@ def test_a_tool_call_answer_is_judged_not_waved_through(live, upstream):
     assert response.json()["choices"][0]["message"]["content"].startswith("I cannot help")
 
 
+def test_a_safe_tool_call_streams_through_a_stage_with_its_logprobs_and_refusal(live, upstream):
+    """A held answer replayed as chunks keeps its tool calls, refusal, logprobs and fingerprint."""
+    import openai
+
+    tool_call = {"id": "call_7", "type": "function",
+                 "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}
+    logprobs = {"content": [{"token": "Sure", "logprob": -0.1, "bytes": [83, 117, 114, 101], "top_logprobs": []}]}
+
+    def reply(body: dict) -> Reply:
+        if body["messages"][-1]["content"].startswith("Safety Check."):
+            return Reply(text="no")
+        return Reply(text="", extra={"system_fingerprint": "fp-7", "choices": [{
+            "index": 0, "finish_reason": "tool_calls", "logprobs": logprobs, "message": {
+                "role": "assistant", "content": "Sure", "refusal": "not the forecast itself",
+                "tool_calls": [tool_call]}}]})
+
+    upstream.responder = reply
+    client = openai.OpenAI(base_url=f"{live.url}/v1", api_key="none", max_retries=0)
+    chunks = list(client.chat.completions.create(model="guarded", stream=True,
+                                                 messages=[{"role": "user", "content": "weather in Oslo?"}]))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    assert "".join(d.content or "" for d in deltas) == "Sure"
+    assert "".join(d.refusal or "" for d in deltas) == "not the forecast itself"
+    calls = [call for d in deltas for call in d.tool_calls or []]
+    assert [(c.index, c.id, c.function.name, c.function.arguments) for c in calls] == [
+        (0, "call_7", "get_weather", '{"city": "Oslo"}')]
+    assert [c.choices[0].logprobs.content[0].token for c in chunks if c.choices and c.choices[0].logprobs] == ["Sure"]
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["tool_calls"]
+    assert all(c.system_fingerprint == "fp-7" for c in chunks)
+
+
 def test_continuous_usage_stats_are_passed_through_and_counted_once(live, upstream):
     upstream.responder = lambda body: Reply(text="one two three four five")
     body = {"model": "plain", "stream": True, "messages": MESSAGES,
