@@ -70,9 +70,7 @@ def load_causal_lm(path: Path, device: str, vision: bool = False) -> tuple[Any, 
 # OpenAI request fields the local backend does not implement, with the values that ask for nothing (those pass).
 # Any other value is a 400 naming the field: a client must be able to tell that what it asked for did not happen.
 _NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "logit_bias": (None, {}),
-    "presence_penalty": (None, 0), "frequency_penalty": (None, 0), "repetition_penalty": (None, 1),
-    "top_k": (None, -1, 0), "min_p": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
+    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
     "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
     "function_call": (None, "none"),
     "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
@@ -89,6 +87,12 @@ def refuse_unsupported_fields(model: str, request: Request) -> None:
             raise InvalidRequestError(
                 f"'{name}' is not supported by model '{model}' (a local model served by the gateway); leave it "
                 "out, or send the request to a model served by vLLM", param=name, code="unsupported_parameter")
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise InvalidRequestError(f"{name} must be a number from {low:g} to {high:g}", param=name)
+    return float(value)
 
 
 def _same(value: Any, allowed: Any) -> bool:
@@ -289,4 +293,36 @@ class LocalBackend(Backend):
             wanted = context - len(prompt)
         return SamplingParams(max_new_tokens=wanted, temperature=request.temperature, top_p=request.top_p,
                               stop=tuple(request.stop_sequences),
-                              seed=None if request.seed is None else request.seed + choice)
+                              seed=None if request.seed is None else request.seed + choice,
+                              **self._sampling_fields(request))
+
+    def _sampling_fields(self, request: Request) -> dict[str, Any]:
+        """OpenAI's and vLLM's extra sampling fields, checked (a 400 names the field): ``logit_bias``,
+        ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``, ``top_k``, ``min_p``."""
+        extra = request.model_extra or {}
+        fields: dict[str, Any] = {}
+        for name in ("presence_penalty", "frequency_penalty"):
+            if extra.get(name) is not None:
+                fields[name] = _number(extra[name], name, -2.0, 2.0)
+        if extra.get("repetition_penalty") is not None:
+            fields["repetition_penalty"] = _number(extra["repetition_penalty"], "repetition_penalty", 0.01, 10.0)
+        if extra.get("min_p") is not None:
+            fields["min_p"] = _number(extra["min_p"], "min_p", 0.0, 1.0)
+        if extra.get("top_k") is not None:
+            top_k = extra["top_k"]
+            if not isinstance(top_k, int) or isinstance(top_k, bool) or top_k < -1:
+                raise InvalidRequestError("top_k must be an integer >= -1 (-1 or 0: off)", param="top_k")
+            fields["top_k"] = top_k
+        if extra.get("logit_bias"):
+            bias = extra["logit_bias"]
+            vocabulary = len(self.generator.tokenizer)
+            if not isinstance(bias, dict):
+                raise InvalidRequestError("logit_bias must map token ids to biases", param="logit_bias")
+            pairs = []
+            for token, value in bias.items():
+                if not str(token).lstrip("-").isdigit() or not 0 <= int(token) < vocabulary:
+                    raise InvalidRequestError(f"logit_bias: '{token}' is not a token id of model '{self.name}' "
+                                              f"(0 to {vocabulary - 1})", param="logit_bias")
+                pairs.append((int(token), _number(value, "logit_bias", -100.0, 100.0)))
+            fields["logit_bias"] = tuple(pairs)
+        return fields

@@ -23,7 +23,15 @@ from typing import Any
 
 import torch
 from tokenizers.decoders import DecodeStream
-from transformers import LogitsProcessor, LogitsProcessorList, StoppingCriteria, StoppingCriteriaList
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    MinPLogitsWarper,
+    RepetitionPenaltyLogitsProcessor,
+    StoppingCriteria,
+    StoppingCriteriaList,
+    TopKLogitsWarper,
+)
 from transformers.generation.streamers import BaseStreamer
 
 from gateway.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
@@ -36,6 +44,12 @@ class SamplingParams:
     top_p: float | None = None
     stop: tuple[str, ...] = ()
     seed: int | None = None
+    top_k: int | None = None  # None, 0 or -1: off
+    min_p: float | None = None
+    repetition_penalty: float | None = None  # transformers' (prompt and completion tokens), 1 = off
+    presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
+    frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence in the completion so far
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
 
 
 @dataclass
@@ -71,17 +85,43 @@ class _Cancelled(StoppingCriteria):
         return torch.full((input_ids.shape[0],), self._flag.is_set(), dtype=torch.bool, device=input_ids.device)
 
 
-class _Sampler(LogitsProcessor):
-    """Draws the next token (temperature, then top-p) with its own ``torch.Generator`` and hands transformers'
-    greedy decoding a distribution with all its mass on that token. Temperature 0 (or None) is greedy."""
+class _OpenAIPenalties(LogitsProcessor):
+    """OpenAI's ``logit_bias`` (added to the logits) and ``presence_penalty`` / ``frequency_penalty`` (counted
+    over the completion only, not the prompt: ``logit -= presence * [count > 0] + frequency * count``)."""
 
-    def __init__(self, temperature: float | None, top_p: float | None, generator: torch.Generator) -> None:
+    def __init__(self, prompt_length: int, presence: float, frequency: float,
+                 bias: tuple[tuple[int, float], ...]) -> None:
+        self.prompt_length, self.presence, self.frequency = prompt_length, presence, frequency
+        self.bias_ids = torch.tensor([token for token, _ in bias], dtype=torch.long)
+        self.bias_values = torch.tensor([value for _, value in bias], dtype=torch.float32)
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        scores = scores.clone()
+        if len(self.bias_ids):
+            scores[:, self.bias_ids.to(scores.device)] += self.bias_values.to(scores.device, scores.dtype)
+        generated = input_ids[:, self.prompt_length:]
+        if (self.presence or self.frequency) and generated.shape[1]:
+            counts = torch.zeros_like(scores).scatter_add_(1, generated, torch.ones_like(generated, dtype=scores.dtype))
+            scores -= self.frequency * counts + self.presence * (counts > 0).to(scores.dtype)
+        return scores
+
+
+class _Sampler(LogitsProcessor):
+    """Draws the next token (temperature, then top-k, min-p and top-p) with its own ``torch.Generator`` and
+    hands transformers' greedy decoding a distribution with all its mass on that token. Temperature 0 (or None)
+    is greedy (the filters cannot change an argmax)."""
+
+    def __init__(self, temperature: float | None, top_p: float | None, generator: torch.Generator,
+                 top_k: int | None = None, min_p: float | None = None) -> None:
         self.temperature, self.top_p, self.generator = temperature, top_p, generator
+        self.warpers = LogitsProcessorList(
+            ([TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []) + ([MinPLogitsWarper(min_p)] if min_p else []))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if not self.temperature:
             return scores
-        probabilities = torch.softmax(scores.float() / self.temperature, dim=-1)
+        warped = self.warpers(input_ids, scores.float() / self.temperature)
+        probabilities = torch.softmax(warped, dim=-1)
         if self.top_p is not None and self.top_p < 1:
             ordered, order = probabilities.sort(dim=-1, descending=True)
             outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # keep the smallest set reaching top_p
@@ -252,11 +292,25 @@ class LocalGenerator:
         input_ids = torch.tensor([prompt_ids], device=self.model.device)
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": config,
                   "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)]),
-                  "logits_processor": LogitsProcessorList([_Sampler(temperature, top_p, generator)])}
+                  "logits_processor": LogitsProcessorList(self._processors(params, len(prompt_ids), temperature,
+                                                                           top_p, generator))}
         for name, value in extra_inputs.items():  # e.g. pixel_values of a vision model
             kwargs[name] = value.to(self.model.device) if isinstance(value, torch.Tensor) else value
         with torch.inference_mode(), self._adapter(adapter):
             self.model.generate(**kwargs)
+
+    @staticmethod
+    def _processors(params: SamplingParams, prompt_length: int, temperature: float, top_p: float | None,
+                    generator: torch.Generator) -> list[LogitsProcessor]:
+        """Biases and penalties first, the draw last."""
+        processors: list[LogitsProcessor] = []
+        if params.logit_bias or params.presence_penalty or params.frequency_penalty:
+            processors.append(_OpenAIPenalties(prompt_length, params.presence_penalty, params.frequency_penalty,
+                                               params.logit_bias))
+        if params.repetition_penalty is not None and params.repetition_penalty != 1:
+            processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+        processors.append(_Sampler(temperature, top_p, generator, params.top_k, params.min_p))
+        return processors
 
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None) -> Iterator[None]:

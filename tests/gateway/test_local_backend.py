@@ -272,9 +272,8 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {}}}
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field, value", [("logprobs", True), ("top_logprobs", 2), ("presence_penalty", 0.5),
-                                          ("logit_bias", {"1": 5}), ("response_format", {"type": "json_object"}),
-                                          ("tools", [TOOL]), ("top_k", 5)])
+@pytest.mark.parametrize("field, value", [("logprobs", True), ("top_logprobs", 2), ("best_of", 2),
+                                          ("response_format", {"type": "json_object"}), ("tools", [TOOL])])
 def test_fields_the_local_model_cannot_honour_are_400s_not_silence(embedded_gateway, field, value):
     client = embedded_gateway.client()
     with pytest.raises(openai.BadRequestError) as refused:
@@ -291,3 +290,46 @@ def test_values_that_ask_for_nothing_pass(embedded_gateway):
         model="smollm2-135m", messages=QUESTION, max_tokens=1, user="u-1", presence_penalty=0.0, logprobs=False,
         tool_choice="none", response_format={"type": "text"}, extra_body={"metadata_tag": "kept"})
     assert answer.choices[0].message.content is not None
+
+
+@pytest.mark.slow
+def test_logit_bias_penalties_and_filters_change_the_draw(embedded_gateway, tokenizer):
+    client = embedded_gateway.client()
+
+    def ask(**fields) -> str:  # type: ignore[no-untyped-def]
+        reply = client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=12,
+                                               temperature=0, extra_body=fields)
+        return reply.choices[0].message.content or ""
+
+    plain = ask()
+    forced = tokenizer.encode(" Banana", add_special_tokens=False)[0]
+    assert set(ask(logit_bias={str(forced): 100}).split()) == {tokenizer.decode([forced]).strip()}  # every token
+    # A repeating answer: OpenAI's penalties (completion tokens only) and transformers' repetition penalty change it.
+    repeat = [{"role": "user", "content": "Write the word cat ten times, separated by spaces."}]
+
+    def say(**fields) -> str:  # type: ignore[no-untyped-def]
+        reply = client.chat.completions.create(model="smollm2-135m", messages=repeat, max_tokens=20, temperature=0,
+                                               extra_body=fields)
+        return reply.choices[0].message.content or ""
+
+    repeated = say()
+    for penalty in ({"frequency_penalty": 2.0}, {"presence_penalty": 2.0}, {"repetition_penalty": 2.0}):
+        assert say(**penalty) != repeated, penalty
+    assert ask(repetition_penalty=1.0, top_k=0, min_p=0.0, presence_penalty=0.0) == plain  # all off: unchanged
+    # top_k = 1 leaves one candidate: any seed at temperature 1 gives the greedy answer.
+    sampled = {client.chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=12,
+                                              temperature=1.0, seed=seed, extra_body={"top_k": 1})
+               .choices[0].message.content for seed in (1, 2)}
+    assert sampled == {plain}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fields, param", [({"presence_penalty": 3}, "presence_penalty"),
+                                           ({"logit_bias": {"99999999": 1}}, "logit_bias"),
+                                           ({"logit_bias": {"5": 500}}, "logit_bias"), ({"top_k": -5}, "top_k"),
+                                           ({"min_p": 2}, "min_p")])
+def test_bad_sampling_fields_are_400s(embedded_gateway, fields, param):
+    with pytest.raises(openai.BadRequestError) as refused:
+        embedded_gateway.client().chat.completions.create(model="smollm2-135m", messages=QUESTION, max_tokens=1,
+                                                          extra_body=fields)
+    assert refused.value.body["param"] == param
