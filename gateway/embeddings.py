@@ -54,13 +54,15 @@ class LocalEmbeddingBackend(Backend):
         if self._batcher is None or self._encoder is None:
             raise UpstreamUnavailableError(f"embedding model '{self.name}' is not loaded: "
                                            f"{self._load_error or 'still loading'}")
-        texts = self._texts(request.texts_or_token_ids())
+        inputs = request.texts_or_token_ids()
+        texts = self._texts(inputs)
         dimension = self._encoder.dim
         if request.dimensions is not None and request.dimensions != dimension:
             raise InvalidRequestError(f"model '{self.name}' makes {dimension}-dimensional embeddings and cannot "
                                       f"shorten them to {request.dimensions}", param="dimensions")
-        vectors = await asyncio.gather(*(self._batcher.encode(text) for text in texts))
-        return embedding_response(self.name, vectors, request.encoding_format, self._count_tokens(texts))
+        vectors, prompt_tokens = await asyncio.gather(
+            asyncio.gather(*(self._batcher.encode(text) for text in texts)), self._prompt_tokens(inputs, texts))
+        return embedding_response(self.name, vectors, request.encoding_format, prompt_tokens)
 
     def _texts(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[str]:
         if all(isinstance(item, str) for item in inputs):
@@ -76,11 +78,16 @@ class LocalEmbeddingBackend(Backend):
                                       f"{vocabulary - 1})", param="input", code="invalid_token_id")
         return [tokenizer.decode(list(ids), skip_special_tokens=True) for ids in inputs]
 
-    def _count_tokens(self, texts: list[str]) -> int:
+    async def _prompt_tokens(self, inputs: Sequence[str] | Sequence[Sequence[int]], texts: list[str]) -> int:
+        """Usage: token ids as given; texts counted by the encoder's tokenizer on a worker thread (a long
+        input list must not hold the event loop), or by words for an encoder without one."""
+        if inputs and not isinstance(inputs[0], str):
+            return sum(len(ids) for ids in inputs)
         tokenizer = self._encoder.tokenizer if self._encoder is not None else None
         if tokenizer is None:
             return sum(len(text.split()) for text in texts)
-        return sum(len(tokenizer(text, add_special_tokens=True)["input_ids"]) for text in texts)
+        encoded = await asyncio.to_thread(tokenizer, texts, add_special_tokens=True)
+        return sum(len(ids) for ids in encoded["input_ids"])
 
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         raise self._not_a_generator()

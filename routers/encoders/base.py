@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -30,6 +31,24 @@ def default_cache_dir() -> Path:
     if explicit:
         return Path(explicit)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "llm-gateway"
+
+
+def staging_dir(target: Path) -> Path:
+    """An empty private directory beside ``target`` to build a derived artefact in (``publish`` moves it)."""
+    staging = target.with_name(f".{target.name}.{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def publish(staging: Path, target: Path) -> Path:
+    """Move a finished ``staging`` directory to ``target`` in one rename, so no reader sees it half-written;
+    when another process published first, its copy is kept and this one dropped."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(target)
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
 
 
 class TextEncoder(ABC):

@@ -9,7 +9,6 @@ ONNX int8 ~2-5 ms (int8 vectors have cosine 0.94-0.98 to fp32, so a router must 
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 import threading
 from collections.abc import Sequence
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from routers.encoders.base import TextEncoder
+from routers.encoders.base import TextEncoder, publish, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +61,7 @@ def exported_dir(source: Path, cache_dir: Path, name: str, *, int8: bool) -> Pat
     if (target / MODEL_FILE).exists():
         return target
     logger.info("exporting %s to ONNX%s into %s (once)", source, " int8" if int8 else "", target)
-    staging = target.with_name(f".{target.name}.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_dir(target)
     staging.mkdir(parents=True)
     _export(source, staging / MODEL_FILE)
     if int8:
@@ -74,12 +72,7 @@ def exported_dir(source: Path, cache_dir: Path, name: str, *, int8: bool) -> Pat
         quantize_dynamic(str(fp32), str(staging / MODEL_FILE), weight_type=QuantType.QInt8)
         fp32.unlink()
     shutil.copy(source / "tokenizer.json", staging / "tokenizer.json")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return publish(staging, target)
 
 
 def _export(source: Path, out: Path) -> None:

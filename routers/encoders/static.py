@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
-from routers.encoders.base import TextEncoder
+from routers.encoders.base import TextEncoder, publish, staging_dir
 
 logger = logging.getLogger(__name__)
 
@@ -79,12 +77,6 @@ def distilled_dir(source: Path, cache_dir: Path, name: str, dims: int = STATIC_D
 
     logger.info("distilling a static encoder from %s into %s (once; ~15-50 s)", source, target)
     model = distill(model_name=str(source), pca_dims=dims)
-    staging = target.with_name(f".{target.name}.{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = staging_dir(target)
     model.save_pretrained(str(staging))
-    target.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        staging.rename(target)
-    except OSError:  # another process finished first
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+    return publish(staging, target)
