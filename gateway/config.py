@@ -76,6 +76,9 @@ class ModelConfig(StrictModel):
     cost_per_1k_tokens: float | None = Field(default=None, ge=0, description="shorthand for price: the same USD "
                                                                             "per 1k prompt and completion tokens")
     vision: bool = Field(default=False, description="accepts image inputs")
+    responses_api: Literal["translate", "native"] = Field(
+        default="translate", description="/v1/responses: translate to chat (any backend), or native: pass the "
+                                         "request to the upstream's own /v1/responses (vLLM, OpenAI)")
     task: Literal["generate", "embed"] = Field(default="generate", description="generate: chat and completions; "
                                                                                "embed: /v1/embeddings")
     encoder: str | None = Field(default=None, description="local embed: an encoder spec (minilm, e5-small, "
@@ -98,6 +101,9 @@ class ModelConfig(StrictModel):
         if self.task == "embed" and (self.stages or self.vision or self.adapters or self.path):
             raise ValueError(f"model '{self.name}': an embedding model takes no stages, vision, adapters or path "
                              "(a local one names its 'encoder')")
+        if self.responses_api == "native" and (self.backend != "openai" or self.stages):
+            raise ValueError(f"model '{self.name}': responses_api 'native' is for backend 'openai' without stages "
+                             "(stages work on chat: leave it at 'translate')")
         if self.backend == "openai" and self.adapters:
             raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
                              "each --lora-modules name as its own model with upstream_model)")

@@ -11,7 +11,8 @@ from __future__ import annotations
 import base64
 import os
 import time
-from typing import Any, ClassVar, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal, Protocol
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -249,28 +250,67 @@ def response_dict(endpoint: Endpoint, completion_id: str, model: str, choices: l
             "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
 
 
-def response_choice(endpoint: Endpoint, index: int, text: str, finish_reason: str | None) -> dict[str, Any]:
+def response_choice(endpoint: Endpoint, index: int, text: str | None, finish_reason: str | None,
+                    logprobs: dict[str, Any] | None = None,
+                    tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if endpoint == "chat":
-        return {"index": index, "message": {"role": "assistant", "content": text},
-                "logprobs": None, "finish_reason": finish_reason}
-    return {"index": index, "text": text, "logprobs": None, "finish_reason": finish_reason}
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
+    return {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish_reason}
 
 
 def chunk_dict(endpoint: Endpoint, completion_id: str, model: str, *, index: int = 0, text: str | None = None,
                role: bool = False, finish_reason: str | None = None,
-               usage: dict[str, int] | None = None) -> dict[str, Any]:
-    """A streamed chunk; with ``usage`` and no text it is the final usage chunk (``choices: []``)."""
+               usage: dict[str, int] | None = None, logprobs: dict[str, Any] | None = None,
+               tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """A streamed chunk; with ``usage`` and no text it is the final usage chunk (``choices: []``). A chat
+    chunk's ``tool_calls`` are deltas (each with its ``index``)."""
     if usage is not None:
         choices: list[dict[str, Any]] = []
     elif endpoint == "chat":
         delta: dict[str, Any] = {"role": "assistant"} if role else {}
         if text is not None:
             delta["content"] = text
-        choices = [{"index": index, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]
+        if tool_calls:
+            delta["tool_calls"] = tool_calls
+        choices = [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
     else:
-        choices = [{"index": index, "text": text or "", "logprobs": None, "finish_reason": finish_reason}]
+        choices = [{"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}]
     return {"id": completion_id, "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
             "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
+
+
+class TokenText(Protocol):
+    def __call__(self, token: int) -> bytes: ...
+
+
+def _token_entry(token: int, logprob: float, token_bytes: TokenText) -> dict[str, Any]:
+    raw = token_bytes(token)
+    return {"token": raw.decode("utf-8", errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def chat_logprobs(entries: Sequence[Any], token_bytes: TokenText) -> dict[str, Any]:
+    """Chat's ``logprobs`` object from ``TokenLogprob``-like entries (``token``, ``logprob``, ``top``)."""
+    return {"content": [{**_token_entry(e.token, e.logprob, token_bytes),
+                         "top_logprobs": [_token_entry(t, lp, token_bytes) for t, lp in e.top]} for e in entries],
+            "refusal": None}
+
+
+def completion_logprobs(entries: Sequence[Any], token_bytes: TokenText, text_offset: int = 0) -> dict[str, Any]:
+    """Legacy completions' ``logprobs`` object; an entry with a null logprob (an echoed prompt's first token,
+    which nothing predicts) has null top logprobs too."""
+    tokens, token_logprobs, top_logprobs, offsets = [], [], [], []
+    for entry in entries:
+        text = token_bytes(entry.token).decode("utf-8", errors="replace")
+        tokens.append(text)
+        token_logprobs.append(entry.logprob)
+        top_logprobs.append(None if entry.logprob is None else {
+            token_bytes(t).decode("utf-8", errors="replace"): lp for t, lp in entry.top})
+        offsets.append(text_offset)
+        text_offset += len(text)
+    return {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top_logprobs, "text_offset": offsets}
 
 
 def message_text_of(response: dict[str, Any], index: int = 0) -> str:

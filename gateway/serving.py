@@ -29,6 +29,7 @@ from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.pool import ModelPool
 from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, Endpoint
+from gateway.responses import ResponsesRequest, chat_usage, response_events, response_from_chat
 from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecision, RoutedModel
 
 # Failures before any byte reached the client that the next-ranked candidate may fix.
@@ -122,6 +123,24 @@ class CompletionService:
         body = await backend.embed(request)
         record.add_usage(body.get("usage"))
         return Answer(body)
+
+    async def serve_responses(self, request: ResponsesRequest, chat: ChatCompletionRequest,
+                              record: RequestRecord) -> Answer | StreamAnswer:
+        """``/v1/responses``: passed as sent to a named upstream that serves it (``responses_api: native``),
+        otherwise served as ``chat`` (routing, stages and failover included) and answered in Responses shapes."""
+        backend = self.pool.get(request.model)
+        if backend is not None and backend.config.responses_api == "native":
+            record.answered_by(backend.name)
+            headers = {ROUTED_MODEL_HEADER: backend.name}
+            if request.stream:
+                return StreamAnswer(await _primed(backend.stream_responses(request)), headers)
+            body = await backend.respond(request)
+            record.add_usage(chat_usage(body.get("usage")))
+            return Answer(body, headers)
+        answer = await self.serve("chat", chat, record)
+        if isinstance(answer, StreamAnswer):
+            return StreamAnswer(response_events(request, answer.chunks, KEEPALIVE), answer.headers)
+        return Answer(response_from_chat(request, answer.body), answer.headers)
 
     async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
         backends, decision = await self._plan(request)

@@ -10,6 +10,7 @@ from typing import Any
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.responses import ResponsesRequest
 
 Request = ChatCompletionRequest | CompletionRequest
 
@@ -65,6 +66,14 @@ class Backend(ABC):
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         """The OpenAI embeddings response (``task: embed`` models)."""
         raise InvalidRequestError(f"model '{self.name}' does not serve embeddings", param="model")
+
+    async def respond(self, request: ResponsesRequest) -> dict[str, Any]:
+        """A Response object from an upstream's own ``/v1/responses`` (``responses_api: native``)."""
+        raise InvalidRequestError(f"model '{self.name}' does not serve the Responses API natively", param="model")
+
+    def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
+        """The Responses stream events of an upstream's own ``/v1/responses``."""
+        raise InvalidRequestError(f"model '{self.name}' does not serve the Responses API natively", param="model")
 
 
 class AdapterView(Backend):

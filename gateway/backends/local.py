@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from gateway.backends.base import Backend, Request
 from gateway.backends.embedded import embedded_model_dir
-from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams
+from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams, TokenLogprob
+from gateway.backends.structured import OutputConstraint, output_constraint, tool_call_of, tools_prompt
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.images import ImagePolicy, load_image
@@ -24,7 +26,9 @@ from gateway.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
     Endpoint,
+    chat_logprobs,
     chunk_dict,
+    completion_logprobs,
     new_completion_id,
     response_choice,
     response_dict,
@@ -70,10 +74,8 @@ def load_causal_lm(path: Path, device: str, vision: bool = False) -> tuple[Any, 
 # OpenAI request fields the local backend does not implement, with the values that ask for nothing (those pass).
 # Any other value is a 400 naming the field: a client must be able to tell that what it asked for did not happen.
 _NOT_IMPLEMENTED: dict[str, tuple[Any, ...]] = {
-    "logprobs": (None, False, 0), "top_logprobs": (None, 0), "best_of": (None, 1), "suffix": (None, ""),
-    "tools": (None, []), "tool_choice": (None, "none", "auto"), "functions": (None, []),
-    "function_call": (None, "none"),
-    "response_format": (None, {"type": "text"}), "modalities": (None, ["text"]), "audio": (None,),
+    "best_of": (None, 1), "suffix": (None, ""), "functions": (None, []), "function_call": (None, "none"),
+    "modalities": (None, ["text"]), "audio": (None,),
     "prediction": (None,), "web_search_options": (None,), "store": (None, False),
 }
 
@@ -87,6 +89,46 @@ def refuse_unsupported_fields(model: str, request: Request) -> None:
             raise InvalidRequestError(
                 f"'{name}' is not supported by model '{model}' (a local model served by the gateway); leave it "
                 "out, or send the request to a model served by vLLM", param=name, code="unsupported_parameter")
+
+
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """What a request asks of every choice beyond text: a grammar (structured output, a forced tool call) and
+    log-probabilities (``top``: how many alternatives; None: none; ``prompt``: an echoed prompt's too)."""
+
+    constraint: OutputConstraint | None = None
+    logprobs: int | None = None
+    prompt_logprobs: bool = False
+
+
+def output_plan(request: Request) -> OutputPlan:
+    """The request's structured output and logprobs fields, checked (a 400 names the field)."""
+    extra = request.model_extra or {}
+    if isinstance(request, ChatCompletionRequest):
+        constraint = output_constraint(extra, request.model)
+        top = extra.get("top_logprobs")
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int)
+                                or not 0 <= top <= MAX_TOP_LOGPROBS):
+            raise InvalidRequestError(f"top_logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}",
+                                      param="top_logprobs")
+        wanted = extra.get("logprobs")
+        if wanted not in (None, True, False):
+            raise InvalidRequestError("logprobs must be a boolean", param="logprobs")
+        if top and not wanted:
+            raise InvalidRequestError("top_logprobs needs logprobs: true", param="top_logprobs")
+        return OutputPlan(constraint, (top or 0) if wanted else None)
+    for name in ("tools", "tool_choice"):
+        if extra.get(name) is not None:
+            raise InvalidRequestError(f"'{name}' is a chat completions field", param=name)
+    constraint = output_constraint(extra, request.model)
+    wanted = extra.get("logprobs")
+    if wanted is not None and (isinstance(wanted, bool) or not isinstance(wanted, int)
+                               or not 0 <= wanted <= MAX_TOP_LOGPROBS):
+        raise InvalidRequestError(f"logprobs must be an integer from 0 to {MAX_TOP_LOGPROBS}", param="logprobs")
+    return OutputPlan(constraint, wanted, prompt_logprobs=wanted is not None and request.echo)
 
 
 def _number(value: Any, name: str, low: float, high: float) -> float:
@@ -177,15 +219,16 @@ class LocalBackend(Backend):
 
     async def complete(self, endpoint: Endpoint, request: Request, adapter: str | None = None) -> dict[str, Any]:
         refuse_unsupported_fields(self.name, request)
-        prompts = await self._prompts(request)
+        plan = self._output_plan(request)
+        prompts = await self._prompts(request, plan)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            params = self._params(request, prompt.ids, index)
+            params = self._params(request, prompt.ids, index, plan)
             async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
                                                            adapter)) as deltas:
                 text = "".join([delta async for delta in deltas])
-            choices.append(response_choice(endpoint, index, echo + text, outcome.finish_reason))
+            choices.append(self._choice(endpoint, index, echo, text, outcome, plan))
             prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
         return response_dict(endpoint, new_completion_id(endpoint), self.name, choices,
@@ -194,26 +237,83 @@ class LocalBackend(Backend):
     async def stream(self, endpoint: Endpoint, request: Request,
                      adapter: str | None = None) -> AsyncIterator[dict[str, Any]]:
         refuse_unsupported_fields(self.name, request)
-        prompts = await self._prompts(request)
+        plan = self._output_plan(request)
+        prompts = await self._prompts(request, plan)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
-            params = self._params(request, prompt.ids, index)
+            params = self._params(request, prompt.ids, index, plan)
+            tool_call = plan.constraint is not None and plan.constraint.kind == "tool_call"
+            pieces: list[str] = []
+            first, scored, sent = True, 0, len(echo)  # tokens whose logprobs went out; characters sent
             async with aclosing(self.generator.stream_text(prompt.ids, params, outcome, prompt.extra,
                                                            adapter)) as deltas:
-                first = True
                 async for delta in deltas:
-                    yield chunk_dict(endpoint, completion_id, self.name, index=index,
+                    if tool_call:  # a call is sent whole, once it parses
+                        pieces.append(delta)
+                        continue
+                    logprobs, scored = self._logprobs_since(endpoint, outcome, plan, scored, first, sent)
+                    yield chunk_dict(endpoint, completion_id, self.name, index=index, logprobs=logprobs,
                                      text=echo + delta if first else delta, role=first)
-                    first = False
-            if first:  # nothing was generated: still announce the choice
-                yield chunk_dict(endpoint, completion_id, self.name, index=index, text=echo, role=True)
-            yield chunk_dict(endpoint, completion_id, self.name, index=index,
-                             text=None if endpoint == "chat" else "", finish_reason=outcome.finish_reason)
+                    first, sent = False, sent + len(delta)
+            if tool_call:
+                choice = self._choice(endpoint, index, echo, "".join(pieces), outcome, plan)
+                calls = [{"index": position, **call}
+                         for position, call in enumerate(choice["message"].get("tool_calls") or [])]
+                yield chunk_dict(endpoint, completion_id, self.name, index=index, role=True,
+                                 text=choice["message"]["content"], tool_calls=calls, logprobs=choice["logprobs"])
+                finish_reason, logprobs = choice["finish_reason"], None
+            else:
+                if first:  # nothing was generated: still announce the choice
+                    yield chunk_dict(endpoint, completion_id, self.name, index=index, text=echo, role=True)
+                finish_reason = outcome.finish_reason
+                logprobs, scored = self._logprobs_since(endpoint, outcome, plan, scored, first, sent)
+            yield chunk_dict(endpoint, completion_id, self.name, index=index, logprobs=logprobs,
+                             text=None if endpoint == "chat" else "", finish_reason=finish_reason)
             prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
         yield chunk_dict(endpoint, completion_id, self.name, usage=usage_dict(prompt_tokens, completion_tokens))
+
+    def _output_plan(self, request: Request) -> OutputPlan:
+        plan = output_plan(request)
+        if plan.constraint is not None and (error := self.generator.grammar_error(plan.constraint.grammar)):
+            raise InvalidRequestError(f"the JSON schema cannot be used: {error}", param=plan.constraint.param)
+        return plan
+
+    def _choice(self, endpoint: Endpoint, index: int, echo: str, text: str, outcome: Generation,
+                plan: OutputPlan) -> dict[str, Any]:
+        """One finished choice: text, or the tool call a constrained generation made, with its logprobs."""
+        logprobs = self._logprobs(endpoint, self._completion_logprobs(outcome, 0, len(outcome.token_ids)),
+                                  plan, outcome, len(echo)) if plan.logprobs is not None else None
+        if plan.constraint is not None and plan.constraint.kind == "tool_call" and outcome.finish_reason != "length":
+            call = tool_call_of(plan.constraint, text)
+            if call is not None:
+                return response_choice(endpoint, index, None, "tool_calls", logprobs, [call])
+        return response_choice(endpoint, index, echo + text, outcome.finish_reason, logprobs)
+
+    def _completion_logprobs(self, outcome: Generation, start: int, end: int) -> list[TokenLogprob]:
+        """The logprobs of generated tokens ``start:end``, EOS left out (it is not part of the text)."""
+        return [entry for entry in outcome.logprobs[start:end] if not self.generator.is_eos(entry.token)]
+
+    def _logprobs_since(self, endpoint: Endpoint, outcome: Generation, plan: OutputPlan, scored: int,
+                        first: bool, text_offset: int) -> tuple[dict[str, Any] | None, int]:
+        """A stream chunk's logprobs: those of the tokens generated since the last chunk's (None when none)."""
+        end = len(outcome.token_ids)
+        entries = self._completion_logprobs(outcome, scored, end) if plan.logprobs is not None else []
+        if not entries and not (first and plan.prompt_logprobs):
+            return None, scored
+        return self._logprobs(endpoint, entries, plan, outcome if first else None, text_offset), end
+
+    def _logprobs(self, endpoint: Endpoint, entries: Sequence[TokenLogprob], plan: OutputPlan,
+                  outcome: Generation | None, text_offset: int) -> dict[str, Any]:
+        """Entries in the endpoint's format; ``outcome`` given: an echoed prompt's logprobs go first."""
+        token_bytes = self.generator.token_bytes
+        if endpoint == "chat":
+            return chat_logprobs(entries, token_bytes)
+        if outcome is not None and plan.prompt_logprobs:
+            return completion_logprobs([*outcome.prompt_logprobs, *entries], token_bytes)
+        return completion_logprobs(entries, token_bytes, text_offset)
 
     def _choices(self, request: Request, prompts: list[PromptInputs]) -> list[tuple[PromptInputs, str]]:
         """(prompt, echoed text) per choice: n choices per prompt, in prompt order."""
@@ -221,14 +321,14 @@ class LocalBackend(Backend):
         tokenizer = self.generator.tokenizer
         return [(prompt, tokenizer.decode(prompt.ids) if echo else "") for prompt in prompts for _ in range(request.n)]
 
-    async def _prompts(self, request: Request) -> list[PromptInputs]:
+    async def _prompts(self, request: Request, plan: OutputPlan) -> list[PromptInputs]:
         """Token ids of every prompt. Templates and tokenizers run in a thread: a long prompt takes long
         enough to stall every other request on the event loop."""
         if isinstance(request, ChatCompletionRequest) and request.has_images:
             if self._processor is None:
                 raise InvalidRequestError(f"model '{self.name}' does not accept images", param="messages")
             return [await self._vision_prompt(request)]
-        prompts = await asyncio.to_thread(self._tokenize, request)
+        prompts = await asyncio.to_thread(self._tokenize, request, plan)
         vocabulary = len(self.generator.tokenizer)
         for prompt in prompts:
             bad = next((token for token in prompt.ids if not 0 <= token < vocabulary), None)
@@ -237,12 +337,10 @@ class LocalBackend(Backend):
                                           f"(0 to {vocabulary - 1})", param="prompt", code="invalid_token_id")
         return prompts
 
-    def _tokenize(self, request: Request) -> list[PromptInputs]:
+    def _tokenize(self, request: Request, plan: OutputPlan) -> list[PromptInputs]:
         tokenizer = self.generator.tokenizer
         if isinstance(request, ChatCompletionRequest):
-            messages = [{"role": "system" if m.role == "developer" else m.role, "content": m.text}
-                        for m in request.messages]
-            text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+            text = self._chat_prompt(request, plan)
             return [PromptInputs(tokenizer(text, add_special_tokens=False)["input_ids"])]
         prompt = request.prompt
         if isinstance(prompt, str):
@@ -251,6 +349,39 @@ class LocalBackend(Backend):
             return [PromptInputs(list(prompt))]  # type: ignore[arg-type]
         return [PromptInputs(tokenizer(p)["input_ids"] if isinstance(p, str) else list(p))  # type: ignore[arg-type]
                 for p in prompt]
+
+    def _chat_prompt(self, request: ChatCompletionRequest, plan: OutputPlan) -> str:
+        """The chat template applied to the messages. Assistant tool calls and tool results are given to a
+        template that has a tool format; for one without, a call is written into the assistant's text as
+        ``{"name": ..., "arguments": ...}`` and the functions to call are described in the system prompt."""
+        tokenizer = self.generator.tokenizer
+        native_tools = "tools" in (tokenizer.chat_template or "")
+        messages: list[dict[str, Any]] = []
+        for message in request.messages:
+            entry: dict[str, Any] = {"role": "system" if message.role == "developer" else message.role,
+                                     "content": message.text}
+            extra = message.model_extra or {}
+            calls = extra.get("tool_calls") or []
+            if native_tools:
+                entry.update({key: extra[key] for key in ("tool_calls", "tool_call_id") if extra.get(key)})
+            elif calls:
+                written = [orjson.dumps({"name": (call.get("function") or {}).get("name"),
+                                         "arguments": (call.get("function") or {}).get("arguments")}).decode()
+                           for call in calls if isinstance(call, dict)]
+                entry["content"] = "\n".join([message.text, *written]).strip()
+            messages.append(entry)
+        options: dict[str, Any] = {}
+        if plan.constraint is not None and plan.constraint.kind == "tool_call":
+            extra = request.model_extra or {}
+            if native_tools:
+                options["tools"] = extra["tools"]
+            elif note := tools_prompt(extra, plan.constraint):
+                if messages[0]["role"] == "system":
+                    messages[0]["content"] = f"{messages[0]['content']}\n\n{note}".strip()
+                else:
+                    messages.insert(0, {"role": "system", "content": note})
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,  # type: ignore[no-any-return]
+                                             **options)
 
     async def _vision_prompt(self, request: ChatCompletionRequest) -> PromptInputs:
         """Text and pixels through the model's processor; images are read under the gateway's URL policy."""
@@ -273,7 +404,7 @@ class LocalBackend(Backend):
         inputs.pop("attention_mask", None)
         return PromptInputs(ids, dict(inputs))
 
-    def _params(self, request: Request, prompt: list[int], choice: int = 0) -> SamplingParams:
+    def _params(self, request: Request, prompt: list[int], choice: int, plan: OutputPlan) -> SamplingParams:
         """Sampling for one choice; with ``seed``, choice i draws from seed + i (n choices that differ, each
         reproducible)."""
         text_config = self.generator.model.config.get_text_config()
@@ -294,6 +425,8 @@ class LocalBackend(Backend):
         return SamplingParams(max_new_tokens=wanted, temperature=request.temperature, top_p=request.top_p,
                               stop=tuple(request.stop_sequences),
                               seed=None if request.seed is None else request.seed + choice,
+                              logprobs=plan.logprobs, prompt_logprobs=plan.prompt_logprobs,
+                              grammar=plan.constraint.grammar if plan.constraint is not None else None,
                               **self._sampling_fields(request))
 
     def _sampling_fields(self, request: Request) -> dict[str, Any]:

@@ -7,7 +7,9 @@ checks after every token, so a disconnected client stops its generation within o
 
 Sampling is done by ``_Sampler``, the last logits processor, with a generator of its own; transformers then
 decodes greedily (its sampler would draw from torch's global RNG, which every worker thread shares, so a
-seeded request would not be reproducible while another generation runs).
+seeded request would not be reproducible while another generation runs). The sampler also records each chosen
+token's log-probability (of the model's raw distribution, before penalties, masks and temperature, as vLLM
+reports them) when asked, and a ``GrammarMask`` before it keeps a constrained generation inside its grammar.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from tokenizers.decoders import DecodeStream
 from transformers import (
@@ -50,6 +53,18 @@ class SamplingParams:
     presence_penalty: float = 0.0  # OpenAI's: subtracted once from every token already generated
     frequency_penalty: float = 0.0  # OpenAI's: subtracted per occurrence in the completion so far
     logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias added to its logit)
+    logprobs: int | None = None  # None: none recorded; k >= 0: the chosen token's and the k most likely
+    prompt_logprobs: bool = False  # also score the prompt's tokens (legacy completions' echo + logprobs)
+    grammar: str | None = None  # an llguidance grammar the completion must follow (structured output)
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """One token's log-probability and the ``top`` alternatives at its position, most likely first."""
+
+    token: int
+    logprob: float | None  # None: nothing predicts it (a prompt's first token)
+    top: tuple[tuple[int, float], ...] = ()
 
 
 @dataclass
@@ -59,6 +74,9 @@ class Generation:
     completion_tokens: int = 0
     finish_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
+    # Filled by the worker thread; entry i exists before token i reaches the event loop.
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+    prompt_logprobs: list[TokenLogprob] = field(default_factory=list)
 
 
 class _TokenSink(BaseStreamer):
@@ -107,27 +125,76 @@ class _OpenAIPenalties(LogitsProcessor):
 
 
 class _Sampler(LogitsProcessor):
-    """Draws the next token (temperature, then top-k, min-p and top-p) with its own ``torch.Generator`` and
-    hands transformers' greedy decoding a distribution with all its mass on that token. Temperature 0 (or None)
-    is greedy (the filters cannot change an argmax)."""
+    """Chooses the next token (temperature, then top-k, min-p and top-p, drawn with its own ``torch.Generator``;
+    temperature 0 or None: the argmax) and hands transformers' greedy decoding a distribution with all its mass
+    on it. With ``record`` set, the chosen token's raw log-probability (and the top alternatives) goes there."""
 
     def __init__(self, temperature: float | None, top_p: float | None, generator: torch.Generator,
-                 top_k: int | None = None, min_p: float | None = None) -> None:
-        self.temperature, self.top_p, self.generator = temperature, top_p, generator
+                 top_k: int | None = None, min_p: float | None = None,
+                 record: _LogprobRecorder | None = None) -> None:
+        self.temperature, self.top_p, self.generator, self.record = temperature, top_p, generator, record
         self.warpers = LogitsProcessorList(
             ([TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []) + ([MinPLogitsWarper(min_p)] if min_p else []))
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if not self.temperature:
-            return scores
-        warped = self.warpers(input_ids, scores.float() / self.temperature)
-        probabilities = torch.softmax(warped, dim=-1)
-        if self.top_p is not None and self.top_p < 1:
-            ordered, order = probabilities.sort(dim=-1, descending=True)
-            outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # keep the smallest set reaching top_p
-            probabilities = probabilities.scatter(-1, order, ordered.masked_fill(outside, 0.0))
-        choice = torch.multinomial(probabilities, 1, generator=self.generator)
+            choice = scores.argmax(dim=-1, keepdim=True)
+        else:
+            warped = self.warpers(input_ids, scores.float() / self.temperature)
+            probabilities = torch.softmax(warped, dim=-1)
+            if self.top_p is not None and self.top_p < 1:
+                ordered, order = probabilities.sort(dim=-1, descending=True)
+                outside = ordered.cumsum(dim=-1) - ordered > self.top_p  # keep the smallest set reaching top_p
+                probabilities = probabilities.scatter(-1, order, ordered.masked_fill(outside, 0.0))
+            choice = torch.multinomial(probabilities, 1, generator=self.generator)
+        if self.record is not None:
+            self.record.chosen(int(choice[0, 0]))
         return torch.full_like(scores, float("-inf")).scatter(-1, choice, 0.0)
+
+
+class _LogprobRecorder(LogitsProcessor):
+    """First processor: keeps the raw log-softmax of this step, so the sampler can record its choice's."""
+
+    def __init__(self, top: int, into: list[TokenLogprob]) -> None:
+        self.top, self.into = top, into
+        self._step: torch.Tensor | None = None
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        self._step = torch.log_softmax(scores[0].float(), dim=-1)
+        return scores
+
+    def chosen(self, token: int) -> None:
+        assert self._step is not None
+        self.into.append(token_logprob(self._step, token, self.top))
+
+
+def token_logprob(row: torch.Tensor, token: int, top: int) -> TokenLogprob:
+    """``token``'s entry of one position's log-softmax ``row``, with the ``top`` most likely tokens."""
+    alternatives: tuple[tuple[int, float], ...] = ()
+    if top:
+        values, ids = row.topk(top)
+        alternatives = tuple(zip(ids.tolist(), values.tolist(), strict=True))
+    return TokenLogprob(token, float(row[token]), alternatives)
+
+
+class GrammarMask(LogitsProcessor):
+    """Constrained decoding: every token outside what the grammar allows next gets -inf (llguidance computes
+    the allowed set; it allows EOS once the grammar is complete). Placed after biases and penalties, before
+    the sampler, so nothing can push the generation out of its grammar."""
+
+    def __init__(self, matcher: Any, prompt_length: int) -> None:
+        self.matcher, self.prompt_length = matcher, prompt_length
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        generated = input_ids.shape[1] - self.prompt_length
+        if generated and not self.matcher.consume_token(int(input_ids[0, -1])):
+            raise RuntimeError(f"constrained decoding failed: {self.matcher.get_error()}")
+        allowed = np.unpackbits(np.frombuffer(self.matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+        vocabulary = scores.shape[-1]
+        keep = torch.zeros(vocabulary, dtype=torch.bool)
+        width = min(vocabulary, len(allowed))
+        keep[:width] = torch.from_numpy(allowed[:width].astype(bool))
+        return scores.masked_fill(~keep.to(scores.device), float("-inf"))
 
 
 class _IncrementalText:
@@ -202,10 +269,35 @@ class LocalGenerator:
         self._running: set[threading.Event] = set()
         self._aborted = False
         self._adapter_lock = threading.Lock()
+        self._grammar_tokenizer: Any = None
+        self._grammar_tokenizer_lock = threading.Lock()
         eos = model.generation_config.eos_token_id
         self._eos_ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
         if tokenizer.eos_token_id is not None:
             self._eos_ids.add(tokenizer.eos_token_id)
+
+    @property
+    def grammar_tokenizer(self) -> Any:
+        """llguidance's view of the vocabulary (built once, ~0.3 s): token bytes and grammar masks."""
+        with self._grammar_tokenizer_lock:
+            if self._grammar_tokenizer is None:
+                import llguidance.hf
+
+                self._grammar_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer, n_vocab=len(self.tokenizer),
+                                                                       eos_token=sorted(self._eos_ids) or None)
+            return self._grammar_tokenizer
+
+    def grammar_error(self, grammar: str) -> str:
+        """Why ``grammar`` cannot constrain this model's generation ("" when it can)."""
+        import llguidance
+
+        return llguidance.LLMatcher.validate_grammar(grammar, self.grammar_tokenizer)
+
+    def is_eos(self, token: int) -> bool:
+        return token in self._eos_ids
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.grammar_tokenizer.decode_bytes([token])  # type: ignore[no-any-return]
 
     def shutdown(self) -> None:
         """Refuse new work, stop the running generations within one decoding step, drop the queued ones."""
@@ -233,7 +325,7 @@ class LocalGenerator:
         self._running.add(cancel)
         self._admitted += 1
         job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
-                                   cancel, extra_inputs or {}, adapter)
+                                   cancel, extra_inputs or {}, adapter, outcome)
         # The slot is freed when the worker is really done, not when the consumer stops listening.
         job.add_done_callback(lambda _: self._release())
         job.add_done_callback(lambda future: queue.put_nowait(future))
@@ -271,7 +363,7 @@ class LocalGenerator:
         return "length" if outcome.completion_tokens >= params.max_new_tokens else "stop"
 
     def _run(self, prompt_ids: list[int], params: SamplingParams, sink: _TokenSink, cancel: threading.Event,
-             extra_inputs: dict[str, Any], adapter: str | None) -> None:
+             extra_inputs: dict[str, Any], adapter: str | None, outcome: Generation) -> None:
         if cancel.is_set():  # the client left while this request was queued
             return
         config = copy.deepcopy(self.model.generation_config)
@@ -293,23 +385,42 @@ class LocalGenerator:
         kwargs = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids), "generation_config": config,
                   "streamer": sink, "stopping_criteria": StoppingCriteriaList([_Cancelled(cancel)]),
                   "logits_processor": LogitsProcessorList(self._processors(params, len(prompt_ids), temperature,
-                                                                           top_p, generator))}
+                                                                           top_p, generator, outcome))}
         for name, value in extra_inputs.items():  # e.g. pixel_values of a vision model
             kwargs[name] = value.to(self.model.device) if isinstance(value, torch.Tensor) else value
         with torch.inference_mode(), self._adapter(adapter):
+            if params.prompt_logprobs:
+                outcome.prompt_logprobs = self._score_prompt(kwargs, params.logprobs or 0)
             self.model.generate(**kwargs)
 
-    @staticmethod
-    def _processors(params: SamplingParams, prompt_length: int, temperature: float, top_p: float | None,
-                    generator: torch.Generator) -> list[LogitsProcessor]:
-        """Biases and penalties first, the draw last."""
+    def _score_prompt(self, inputs: dict[str, Any], top: int) -> list[TokenLogprob]:
+        """Each prompt token's log-probability given the tokens before it (one forward pass)."""
+        ids = inputs["input_ids"]
+        model_inputs = {k: v for k, v in inputs.items() if k not in ("generation_config", "streamer",
+                                                                     "stopping_criteria", "logits_processor")}
+        rows = torch.log_softmax(self.model(**model_inputs).logits[0, :-1].float(), dim=-1)
+        scored = [token_logprob(row, int(token), top) for row, token in zip(rows, ids[0, 1:], strict=True)]
+        return [TokenLogprob(int(ids[0, 0]), None), *scored]
+
+    def _processors(self, params: SamplingParams, prompt_length: int, temperature: float, top_p: float | None,
+                    generator: torch.Generator, outcome: Generation) -> list[LogitsProcessor]:
+        """The raw log-probabilities kept first, then biases and penalties, the grammar, the draw last."""
         processors: list[LogitsProcessor] = []
+        recorder = None
+        if params.logprobs is not None:
+            recorder = _LogprobRecorder(params.logprobs, outcome.logprobs)
+            processors.append(recorder)
         if params.logit_bias or params.presence_penalty or params.frequency_penalty:
             processors.append(_OpenAIPenalties(prompt_length, params.presence_penalty, params.frequency_penalty,
                                                params.logit_bias))
         if params.repetition_penalty is not None and params.repetition_penalty != 1:
             processors.append(RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
-        processors.append(_Sampler(temperature, top_p, generator, params.top_k, params.min_p))
+        if params.grammar is not None:
+            import llguidance
+
+            processors.append(GrammarMask(llguidance.LLMatcher(self.grammar_tokenizer, params.grammar, log_level=0),
+                                          prompt_length))
+        processors.append(_Sampler(temperature, top_p, generator, params.top_k, params.min_p, recorder))
         return processors
 
     @contextlib.contextmanager

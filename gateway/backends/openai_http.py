@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import AsyncIterator
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn
 
 import aiohttp
 import orjson
@@ -24,8 +24,10 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.protocol import EmbeddingRequest, Endpoint
+from gateway.responses import ResponsesRequest
 
-_PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings"}
+_PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
+                          "responses": "responses"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -96,7 +98,13 @@ class OpenAIHTTPBackend(Backend):
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         return await self._post(endpoint, orjson.dumps(request.upstream_body(self.config.served_model)))
 
-    async def _post(self, endpoint: Endpoint, body: bytes) -> dict[str, Any]:
+    async def respond(self, request: ResponsesRequest) -> dict[str, Any]:
+        return await self._post("responses", orjson.dumps(request.upstream_body(self.config.served_model)))
+
+    def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
+        return self._stream("responses", request.upstream_body(self.config.served_model))
+
+    async def _post(self, endpoint: Endpoint | Literal["responses"], body: bytes) -> dict[str, Any]:
         try:
             async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
                 self._open.add(response)
@@ -114,11 +122,16 @@ class OpenAIHTTPBackend(Backend):
         data["model"] = self.name
         return data
 
-    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+    def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
         body = request.upstream_body(self.config.served_model)
         # Always ask for usage: token metrics and per-key limits count it; the caller drops the usage
         # chunk when the client did not ask for it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return self._stream(endpoint, body)
+
+    async def _stream(self, endpoint: Endpoint | Literal["responses"],
+                      body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """The upstream's SSE events as dicts (chat chunks or Responses events), model renamed."""
         try:
             response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body), headers=_JSON_HEADERS)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -144,9 +157,13 @@ class OpenAIHTTPBackend(Backend):
                 if not event.data:  # an event without data (a keep-alive some servers send)
                     continue
                 chunk = orjson.loads(event.data)
-                if event.event == "error" or (isinstance(chunk, dict) and "error" in chunk and "choices" not in chunk):
+                if event.event == "error" or (isinstance(chunk, dict) and (
+                        chunk.get("type") == "error" or ("error" in chunk and "choices" not in chunk))):
                     raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
-                chunk["model"] = self.name
+                if isinstance(chunk.get("response"), dict):  # a Responses event carrying the response
+                    chunk["response"]["model"] = self.name
+                else:
+                    chunk["model"] = self.name
                 yield chunk
         except orjson.JSONDecodeError as exc:
             raise UpstreamError(f"upstream '{self.name}' sent an unreadable stream event: {exc}") from exc

@@ -6,7 +6,7 @@ import asyncio
 import ipaddress
 import time
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -19,6 +19,7 @@ from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.responses import ResponsesRequest, to_chat
 from gateway.runtime import Gateway
 from gateway.serving import StreamAnswer
 
@@ -144,17 +145,24 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
-                   parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> Response:
+async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Literal["responses"],
+                   parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
-    if isinstance(parsed, ChatCompletionRequest) and len(parsed.messages) > gateway.config.limits.max_messages:
-        raise InvalidRequestError(f"{len(parsed.messages)} messages; the limit is "
+    # A Responses request is admitted, checked and routed as the chat request that answers it.
+    chat = to_chat(parsed) if isinstance(parsed, ResponsesRequest) else parsed
+    if isinstance(chat, ChatCompletionRequest) and len(chat.messages) > gateway.config.limits.max_messages:
+        raise InvalidRequestError(f"{len(chat.messages)} messages; the limit is "
                                   f"{gateway.config.limits.max_messages}", param="messages")
     key: ApiKey | None = request.state.api_key
-    reservation = await gateway.admit(key, parsed)
+    reservation = await gateway.admit(key, chat)
     record = gateway.new_record(endpoint, parsed.model, request.state.log, key, reservation)
-    work = (gateway.service.embed(parsed, record) if isinstance(parsed, EmbeddingRequest)
-            else gateway.service.serve(endpoint, parsed, record))
+    if isinstance(parsed, ResponsesRequest):
+        assert isinstance(chat, ChatCompletionRequest)
+        work = gateway.service.serve_responses(parsed, chat, record)
+    elif isinstance(parsed, EmbeddingRequest):
+        work = gateway.service.embed(parsed, record)
+    else:
+        work = gateway.service.serve(endpoint, parsed, record)  # type: ignore[arg-type]
     try:
         answer = await cancel_on_disconnect(request, work)
     except ClientDisconnected:
@@ -167,7 +175,9 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint,
         record.finish(500, "internal_error")
         raise
     if isinstance(answer, StreamAnswer):
-        return StreamingResponse(sse_lines(answer, record, parsed.include_usage), media_type="text/event-stream",
+        return StreamingResponse(sse_lines(answer, record, parsed.include_usage,
+                                           responses=isinstance(parsed, ResponsesRequest)),
+                                 media_type="text/event-stream",
                                  headers={"cache-control": "no-cache", "x-accel-buffering": "no",
                                           **answer.headers})
     record.finish(200)
@@ -183,9 +193,9 @@ class OpenAIEndpoint:
     Its OpenAPI operation is ``openapi_operation``.
     """
 
-    def __init__(self, endpoint: Endpoint,
-                 model: type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest],
-                 summary: str) -> None:
+    def __init__(self, endpoint: Endpoint | Literal["responses"],
+                 model: type[ChatCompletionRequest] | type[CompletionRequest] | type[EmbeddingRequest]
+                 | type[ResponsesRequest], summary: str) -> None:
         self.endpoint, self.model, self.summary = endpoint, model, summary
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -211,6 +221,8 @@ OPENAI_ENDPOINTS = {
     "/v1/chat/completions": OpenAIEndpoint("chat", ChatCompletionRequest, "OpenAI chat completions (stream for SSE)"),
     "/v1/completions": OpenAIEndpoint("completions", CompletionRequest, "OpenAI legacy completions"),
     "/v1/embeddings": OpenAIEndpoint("embeddings", EmbeddingRequest, "OpenAI embeddings (task: embed models)"),
+    "/v1/responses": OpenAIEndpoint("responses", ResponsesRequest, "OpenAI Responses API, stateless subset "
+                                                                   "(stream for Responses events)"),
 }
 openai_routes = [Route(path, endpoint, methods=["POST"]) for path, endpoint in OPENAI_ENDPOINTS.items()]
 

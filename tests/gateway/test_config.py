@@ -42,6 +42,10 @@ def test_contract_keys():
     ({"models": [{"name": "e", "backend": "local", "task": "embed", "stages": ["ecso"]}]},
      ["an embedding model takes no stages"]),
     ({"models": [{"name": "e", "backend": "local", "encoder": "minilm"}]}, ["'encoder' is only for", "'embed'"]),
+    ({"models": [{"name": "m", "backend": "local", "responses_api": "native"}]},
+     ["responses_api 'native' is for backend 'openai'"]),
+    ({"models": [{"name": "m", "backend": "openai", "base_url": "http://x", "responses_api": "stored"}]},
+     ["models.0.responses_api"]),
 ])
 def test_errors_name_the_field(data, fragments):
     with pytest.raises(ConfigError) as info:

@@ -12,7 +12,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,6 +135,35 @@ class ScriptedUpstream:
                     for i, text in enumerate(inputs)]
             return JSONResponse({"object": "list", "data": data, "model": body["model"],
                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
+
+        @app.post("/v1/responses")
+        async def responses(request: Request) -> Response:
+            """A native Responses API (as vLLM serves it): answers "<name> native: <input>"; streams word by word."""
+            body = json.loads(await request.body())
+            with self._lock:
+                self.calls.append(Call(request.url.path, body, dict(request.headers), time.monotonic()))
+            text = f"{self.name} native: {body['input'] if isinstance(body['input'], str) else '...'}"
+            message = {"type": "message", "id": "msg_up", "status": "completed", "role": "assistant",
+                       "content": [{"type": "output_text", "text": text, "annotations": []}]}
+            words = len(text.split())
+            response = {"id": "resp_up", "object": "response", "created_at": int(time.time()), "status": "completed",
+                        "model": body["model"], "output": [message],
+                        "usage": {"input_tokens": 3, "output_tokens": words, "total_tokens": 3 + words}}
+            if not body.get("stream"):
+                return JSONResponse(response)
+
+            def events() -> Iterator[str]:
+                started = {"type": "response.created",
+                           "response": {**response, "status": "in_progress", "output": [], "usage": None}}
+                yield f"event: response.created\ndata: {json.dumps(started)}\n\n"
+                for word in text.split(" "):
+                    delta = {"type": "response.output_text.delta", "item_id": "msg_up", "output_index": 0,
+                             "content_index": 0, "delta": word + " "}
+                    yield f"event: response.output_text.delta\ndata: {json.dumps(delta)}\n\n"
+                done = {"type": "response.completed", "response": response}
+                yield f"event: response.completed\ndata: {json.dumps(done)}\n\n"
+
+            return StreamingResponse(events(), media_type="text/event-stream")
 
         return app
 
