@@ -28,7 +28,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     LLM_GATEWAY_PORT=8000 \
     HF_HUB_OFFLINE=1 \
     PYTHONUNBUFFERED=1
-RUN useradd --create-home --uid 10001 --user-group gateway
+# espeak-ng: the embedded text-to-speech model (`espeak`); Debian's package, its version follows the base image.
+# hadolint ignore=DL3008
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends espeak-ng \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 --user-group gateway
 COPY --from=build /opt/venv /opt/venv
 COPY --from=build --chown=10001:10001 /opt/llm-gateway-cache /opt/llm-gateway-cache
 USER 10001:10001

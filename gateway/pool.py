@@ -28,7 +28,7 @@ class ModelPool:
             if model.task == "embed" and model.backend == "local":
                 self.backends[model.name] = LocalEmbeddingBackend(model, cache_dir)
                 continue
-            key = _weights_key(model) if model.backend == "local" else None
+            key = _weights_key(model) if model.backend == "local" and model.task == "generate" else None
             shared = loaded.get(key) if key and not model.adapters else None
             if shared is not None:  # same weights and settings as an earlier entry: no second copy in memory
                 self.backends[model.name] = AdapterView(model, shared, None)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gateway.audio import SpeechRequest, TranscriptionRequest
 from gateway.config import ConfigError, GatewayConfig, RouterConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.metrics import GatewayMetrics
@@ -127,7 +128,12 @@ def query_text(request: ChatCompletionRequest | CompletionRequest, turns: int) -
     return "\n".join(users[-turns:]) if users else request.messages[-1].text
 
 
-def prompt_characters(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest) -> int:
+def prompt_characters(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | SpeechRequest
+                      | TranscriptionRequest) -> int:
+    if isinstance(request, SpeechRequest):
+        return len(request.input)
+    if isinstance(request, TranscriptionRequest):
+        return 0  # audio, priced by the recogniser's own usage
     if isinstance(request, EmbeddingRequest):
         return sum(len(item) if isinstance(item, str) else 4 * len(item) for item in request.texts_or_token_ids())
     if isinstance(request, CompletionRequest):
@@ -159,6 +165,7 @@ class RoutedModel:
         self.normalised_cost = static / static.max() if static.max() > 0 else static
         self.learnt_cost = router.cost_per_query
         self.vision = np.array([bool(e and e.vision) for e in entries])
+        self.audio = np.array([bool(e and e.audio) for e in entries])
         allowed = set(config.candidates or self.models)
         self.allowed = np.array([m in allowed for m in self.models])
         # router.preference, else router.cost_weight, else the checkpoint's own default, else quality alone.
@@ -193,7 +200,8 @@ class RoutedModel:
         return costs  # type: ignore[no-any-return]
 
     def rank(self, scores: np.ndarray, alpha: np.ndarray, costs: np.ndarray, needs_vision: bool,
-             max_cost_usd: float | None, quality: np.ndarray | None = None) -> RouteDecision:
+             max_cost_usd: float | None, quality: np.ndarray | None = None,
+             prefer_audio: bool = False) -> RouteDecision:
         if not self.router.preference_aware:
             weight = float(alpha[1] / alpha[0]) if alpha[0] > 0 else 1e6
             scores = scores - weight * self.normalised_cost
@@ -201,6 +209,8 @@ class RoutedModel:
         if not eligible.any():
             raise InvalidRequestError(f"the request carries images, but none of the models '{self.name}' routes "
                                       "to accepts images", param="messages")
+        if prefer_audio and (eligible & self.audio).any():  # models that hear the audio itself, when there are any
+            eligible = eligible & self.audio
         if max_cost_usd is not None:
             affordable = eligible & ~np.isnan(costs) & (costs <= max_cost_usd)
             if not affordable.any():
@@ -212,7 +222,10 @@ class RoutedModel:
                              None if quality is None else [float(quality[i]) for i in order],
                              [None if np.isnan(costs[i]) else float(costs[i]) for i in order])
 
-    async def decide(self, request: ChatCompletionRequest | CompletionRequest) -> RouteDecision:
+    async def decide(self, request: ChatCompletionRequest | CompletionRequest,
+                     prefer_audio: bool = False) -> RouteDecision:
+        """Rank the candidates for ``request`` (its text: a transcript when it carried audio); ``prefer_audio``
+        keeps only ``audio: true`` models when one is a candidate."""
         started = time.perf_counter()
         query = query_text(request, self.config.query_turns)
         encoded = (await self._batcher.encode(query))[None] if self._batcher else self.router.encoder.encode([query])
@@ -222,7 +235,8 @@ class RoutedModel:
         scores, quality = self.router.score_encoded(encoded, alpha)[0], self.router.expected_quality(encoded)
         needs_vision = isinstance(request, ChatCompletionRequest) and request.has_images
         decision = self.rank(np.asarray(scores, dtype=np.float64), alpha, self.expected_costs(request), needs_vision,
-                             options.max_cost_usd if options else None, None if quality is None else quality[0])
+                             options.max_cost_usd if options else None, None if quality is None else quality[0],
+                             prefer_audio)
         self.metrics.routing_seconds.observe(time.perf_counter() - started)
         return decision
 

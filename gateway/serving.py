@@ -14,6 +14,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
+from gateway.audio_chat import AudioChat, AudioOutput
 from gateway.backends import Backend, Request
 from gateway.circuit import STATE_GAUGE, CircuitBreaker, State
 from gateway.errors import (
@@ -65,6 +67,7 @@ class CompletionService:
         self.pool = pool
         self.metrics = metrics
         self.routed = routed
+        self.audio_chat = AudioChat(pool)
         caller = PoolCaller(pool)
         self.pipelines = {name: Pipeline(backend, stages, caller, metrics) for name, backend in pool.backends.items()
                           if (stages := build_stages(backend.config, pool.config))}
@@ -89,10 +92,10 @@ class CompletionService:
         backend = self.pool.get(model)
         return backend.name if backend is not None else UNKNOWN_MODEL_LABEL
 
-    async def _plan(self, request: Request) -> tuple[list[Backend], RouteDecision | None]:
+    async def _plan(self, request: Request, prefer_audio: bool = False) -> tuple[list[Backend], RouteDecision | None]:
         """The backends to try, in order, and the routing decision when the request was routed."""
         if self.routed is not None and request.model == self.routed.name:
-            decision = await self.routed.decide(request)
+            decision = await self.routed.decide(request, prefer_audio)
             ranked = [self.pool.backends[name] for name in decision.models]
             # A candidate whose max_tokens_cap the request exceeds is passed over, not the end of routing.
             fitting = [b for b in ranked if _within_cap(b, request)]
@@ -142,8 +145,34 @@ class CompletionService:
             return StreamAnswer(response_events(request, answer.chunks, KEEPALIVE), answer.headers)
         return Answer(response_from_chat(request, answer.body), answer.headers)
 
+    async def transcribe(self, request: TranscriptionRequest, task: str, record: RequestRecord
+                         ) -> Transcript | UpstreamAudioReply:
+        """``/v1/audio/transcriptions`` (``task`` transcribe) and ``/translations`` (translate), named model."""
+        backend = self._named(request.model, "transcribe")
+        record.answered_by(backend.name)
+        return await backend.transcribe(request, task)
+
+    async def speak(self, request: SpeechRequest, record: RequestRecord) -> tuple[AsyncIterator[bytes], str]:
+        """``/v1/audio/speech`` on the named model."""
+        backend = self._named(request.model, "speech")
+        record.answered_by(backend.name)
+        return await backend.speak(request)
+
+    def _named(self, model: str, task: str) -> Backend:
+        backend = self.pool.get(model)
+        if backend is None:
+            known = ", ".join(name for name, b in self.pool.backends.items() if b.config.task == task)
+            raise ModelNotFoundError(f"The model '{model}' does not exist; {task} models: "
+                                     f"{known or 'none configured'}", param="model")
+        return backend
+
     async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
-        backends, decision = await self._plan(request)
+        audio = None
+        if isinstance(request, ChatCompletionRequest) and self.audio_chat.involved(request):
+            named = self.pool.get(request.model)
+            audio = await self.audio_chat.plan(request, all_native=named is not None and named.config.audio)
+            request = audio.cascaded  # what routing reads: the transcript
+        backends, decision = await self._plan(request, prefer_audio=audio is not None and audio.has_audio_input)
         deadline_s = self.routed.config.deadline_s if decision is not None and self.routed is not None else None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + deadline_s if deadline_s is not None else None
@@ -153,7 +182,10 @@ class CompletionService:
             try:
                 # The deadline bounds the whole failover (up to the first chunk of a stream), not each try.
                 async with asyncio.timeout_at(deadline):
-                    answer = await self._attempt(backend, endpoint, request, record)
+                    answer = await self._attempt(backend, endpoint,
+                                                 request if audio is None else audio.request_for(backend), record)
+                    if audio is not None and audio.output is not None and not backend.config.audio:
+                        answer = await self._spoken(answer, audio.output)
             except TimeoutError:
                 error = UpstreamTimeoutError(f"no candidate of '{request.model}' answered within router.deadline_s "
                                              f"= {deadline_s:g} s" + (f" (tried: {'; '.join(failures)}; then "
@@ -178,6 +210,11 @@ class CompletionService:
                 record.log_fields["route"] = decision.models[: self.routed.config.top_scores_in_header]
             return answer
         raise AssertionError("unreachable: a plan has at least one backend")
+
+    async def _spoken(self, answer: Answer | StreamAnswer, output: AudioOutput) -> Answer | StreamAnswer:
+        if isinstance(answer, StreamAnswer):
+            return StreamAnswer(self.audio_chat.speak_stream(answer.chunks, output, KEEPALIVE), answer.headers)
+        return Answer(await self.audio_chat.speak_answer(answer.body, output), answer.headers)
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
                        record: RequestRecord) -> Answer | StreamAnswer:

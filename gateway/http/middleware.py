@@ -68,16 +68,18 @@ class BodySizeLimitMiddleware:
     """Refuses request bodies above ``max_bytes`` with 413: at once when Content-Length says so, otherwise
     as soon as the streamed body passes the limit (chunked uploads cannot sneak past)."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, upload_max_bytes: int | None = None) -> None:
         self.app, self.max_bytes = app, max_bytes
+        self.upload_max_bytes = upload_max_bytes or max_bytes  # audio uploads (/v1/audio/...)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        limit = self.upload_max_bytes if scope.get("path", "").startswith("/v1/audio/") else self.max_bytes
         declared = _header(scope, b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            response = error_response(self._error(int(declared)))
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            response = error_response(self._error(int(declared), limit))
             await response(scope, receive, send)
             return
         seen = 0
@@ -87,11 +89,12 @@ class BodySizeLimitMiddleware:
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if seen > self.max_bytes:
-                    raise self._error(seen)
+                if seen > limit:
+                    raise self._error(seen, limit)
             return message
 
         await self.app(scope, counting_receive, send)
 
-    def _error(self, size: int) -> PayloadTooLargeError:
-        return PayloadTooLargeError(f"the request body has {size} bytes or more; the limit is {self.max_bytes}")
+    @staticmethod
+    def _error(size: int, limit: int) -> PayloadTooLargeError:
+        return PayloadTooLargeError(f"the request body has {size} bytes or more; the limit is {limit}")

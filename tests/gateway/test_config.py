@@ -10,11 +10,13 @@ from gateway.config import EMBEDDED_MODEL_NAME, ConfigError, load_config, parse_
 from tests.support.servers import VENV_BIN, GatewayProcess
 
 
-def test_no_config_is_the_embedded_model_and_the_packaged_minilm():
+def test_no_config_is_the_embedded_model_the_packaged_minilm_and_speech():
     config = load_config(None)
-    assert [m.name for m in config.models] == [EMBEDDED_MODEL_NAME, "all-minilm-l6-v2"]
+    assert [m.name for m in config.models] == [EMBEDDED_MODEL_NAME, "all-minilm-l6-v2", "whisper-tiny.en", "espeak"]
     assert config.models[0].is_embedded and config.models[0].task == "generate"
     assert config.models[1].task == "embed" and config.models[1].encoder == "minilm"
+    assert [m.task for m in config.models[2:]] == ["transcribe", "speech"]
+    assert "whisper-1" in config.models[2].aliases and "tts-1" in config.models[3].aliases
 
 
 def test_contract_keys():

@@ -40,7 +40,7 @@ def test_answers_the_capital_of_france(embedded_gateway, tokenizer):
 
 def test_alias_and_model_list(embedded_gateway):
     client = embedded_gateway.client()
-    assert [m.id for m in client.models.list()] == ["smollm2-135m", "all-minilm-l6-v2"]
+    assert [m.id for m in client.models.list()] == ["smollm2-135m", "all-minilm-l6-v2", "whisper-tiny.en", "espeak"]
     response = client.chat.completions.create(model="SmolLM2-135M-Instruct", messages=QUESTION, max_tokens=2)
     assert response.model == "smollm2-135m"
 
@@ -269,7 +269,7 @@ def test_entries_with_the_same_weights_share_one_loaded_model(tmp_path, make_gat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("field, value", [("best_of", 2), ("modalities", ["text", "audio"]),
+@pytest.mark.parametrize("field, value", [("best_of", 2), ("store", True),
                                           ("functions", [{"name": "f", "parameters": {}}]),
                                           ("prediction", {"type": "content", "content": "x"})])
 def test_fields_the_local_model_cannot_honour_are_400s_not_silence(embedded_gateway, field, value):

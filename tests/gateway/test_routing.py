@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import threading
@@ -279,6 +280,28 @@ def test_image_requests_go_to_a_vision_capable_candidate(pool, router_checkpoint
             {"role": "user", "content": [{"type": "text", "text": question}, image]}])
         assert response.model == "zephyr"
     assert pool["zephyr"].calls[-1].has_image
+
+
+@pytest.mark.slow
+def test_spoken_requests_route_on_the_transcript_and_prefer_audio_models(pool, router_checkpoint, make_gateway):
+    from tests.support.speech import spoken
+
+    config = _config(pool, router_checkpoint)
+    config["models"].append({"name": "whisper-tiny.en", "backend": "local", "task": "transcribe"})
+    question = "Natalia sold clips to forty of her friends in April, and half as many in May. How many in total?"
+    gateway = make_gateway(config)
+    audio = {"type": "input_audio", "input_audio": {"data": base64.b64encode(spoken(question)).decode(),
+                                                    "format": "wav"}}
+    typed = _route(gateway.client(), question)[0]["x-gateway-routed-model"]
+    spoken_to = gateway.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": [audio]}])
+    assert spoken_to.model == typed  # the transcript routes like the typed question
+    assert isinstance(pool[typed].calls[-1].body["messages"][0]["content"][0]["text"], str)
+    other = next(name for name in pool if name != typed)
+    for model in config["models"]:
+        model["audio"] = model["name"] == other
+    gateway = make_gateway(config)
+    answer = gateway.client().chat.completions.create(model="auto", messages=[{"role": "user", "content": [audio]}])
+    assert answer.model == other and pool[other].calls[-1].body["messages"][0]["content"] == [audio]
 
 
 def test_routing_config_errors_are_clear(pool, router_checkpoint, tmp_path):

@@ -136,6 +136,31 @@ class ScriptedUpstream:
             return JSONResponse({"object": "list", "data": data, "model": body["model"],
                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
 
+        @app.post("/v1/audio/transcriptions")
+        async def transcriptions(request: Request) -> Response:
+            """Records the form (the file as its size and first bytes); answers "<name> heard <n> bytes"."""
+            form = await request.form()
+            upload = form["file"]
+            audio = await upload.read()  # type: ignore[union-attr]
+            fields = {k: v for k, v in form.multi_items() if k != "file"}
+            with self._lock:
+                self.calls.append(Call(request.url.path, {**fields, "file_bytes": audio, "filename": upload.filename},  # type: ignore[union-attr]
+                                       dict(request.headers), time.monotonic()))
+            return JSONResponse({"text": f"{self.name} heard {len(audio)} bytes"})
+
+        @app.post("/v1/audio/speech")
+        async def speech(request: Request) -> Response:
+            """Records the body; answers fake MP3 bytes (an ID3 tag and the input), streamed in two pieces."""
+            body = json.loads(await request.body())
+            with self._lock:
+                self.calls.append(Call(request.url.path, body, dict(request.headers), time.monotonic()))
+
+            async def pieces() -> AsyncIterator[bytes]:
+                yield b"ID3"
+                yield body["input"].encode()
+
+            return StreamingResponse(pieces(), media_type="audio/mpeg")
+
         @app.post("/v1/responses")
         async def responses(request: Request) -> Response:
             """A native Responses API (as vLLM serves it): answers "<name> native: <input>"; streams word by word."""

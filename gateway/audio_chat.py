@@ -1,0 +1,176 @@
+"""Audio in chat: ``input_audio`` parts in, ``modalities: ["text", "audio"]`` out.
+
+A model entry with ``audio: true`` takes both natively (its request passes through untouched). For every other
+model the gateway runs EMOVA's behaviour assembled from parts, a cascade: the configured speech recogniser
+turns each ``input_audio`` part into text (so routing, safety stages and the model all read the transcript),
+the text model answers, and the speech synthesiser speaks the answer into ``message.audio``.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, decode_base64_audio
+from gateway.backends import Backend
+from gateway.backends.speech import EspeakBackend
+from gateway.errors import InvalidRequestError
+from gateway.pool import ModelPool
+from gateway.protocol import ChatCompletionRequest
+
+AUDIO_OUTPUT_FORMATS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac", "pcm16": "pcm"}
+INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "opus", "ogg", "m4a", "webm", "aac")
+AUDIO_EXPIRY_S = 3600
+_AUDIO_DATA_PIECE = 64 * 1024  # base64 characters per streamed audio delta (a multiple of 4)
+
+
+@dataclass(frozen=True)
+class AudioOutput:
+    voice: str
+    audio_format: str  # a SPEECH_FORMATS key
+
+
+@dataclass
+class AudioPlan:
+    """A chat request as each kind of model takes it: ``native`` (audio untouched) for ``audio: true`` models,
+    ``cascaded`` (transcripts in place of audio, no audio output asked) for the others."""
+
+    native: ChatCompletionRequest
+    cascaded: ChatCompletionRequest
+    has_audio_input: bool
+    output: AudioOutput | None
+
+    def request_for(self, backend: Backend) -> ChatCompletionRequest:
+        return self.native if backend.config.audio else self.cascaded
+
+
+class AudioChat:
+    def __init__(self, pool: ModelPool) -> None:
+        self.pool = pool
+        self.recogniser = next((b for b in pool.backends.values() if b.config.task == "transcribe"), None)
+        self.synthesiser = next((b for b in pool.backends.values() if b.config.task == "speech"), None)
+
+    @staticmethod
+    def involved(request: ChatCompletionRequest) -> bool:
+        extra = request.model_extra or {}
+        return has_audio_input(request) or "audio" in (extra.get("modalities") or []) or extra.get("audio") is not None
+
+    async def plan(self, request: ChatCompletionRequest, all_native: bool) -> AudioPlan:
+        """The request's variants; ``all_native``: every model it may go to takes audio (no transcription)."""
+        extra = request.model_extra or {}
+        output = self._output(extra)
+        audio_in = has_audio_input(request)
+        if output is not None and not all_native:
+            if self.synthesiser is None:
+                raise InvalidRequestError("audio output needs a speech model (task: speech) or a model with "
+                                          "audio: true", param="modalities")
+            if isinstance(self.synthesiser, EspeakBackend):
+                self.synthesiser.voice_for(output.voice)  # an unknown voice is a 400 before anything runs
+        if all_native:
+            return AudioPlan(request, request, audio_in, output)
+        data = request.model_dump(exclude_unset=True)
+        data.pop("modalities", None)
+        data.pop("audio", None)
+        if audio_in:
+            for m, message in enumerate(data["messages"]):
+                if isinstance(message.get("content"), list):
+                    message["content"] = [await self._as_text(part, f"messages.{m}.content.{p}")
+                                          for p, part in enumerate(message["content"])]
+        return AudioPlan(request, ChatCompletionRequest.model_validate(data), audio_in, output)
+
+    def _output(self, extra: dict[str, Any]) -> AudioOutput | None:
+        modalities = extra.get("modalities") or ["text"]
+        if "audio" not in modalities:
+            if extra.get("audio") is not None:
+                raise InvalidRequestError("'audio' needs modalities: ['text', 'audio']", param="audio")
+            return None
+        options = extra.get("audio")
+        if not isinstance(options, dict) or not isinstance(options.get("voice"), str | dict):
+            raise InvalidRequestError("audio output needs 'audio': {'voice': ..., 'format': ...}", param="audio")
+        audio_format = AUDIO_OUTPUT_FORMATS.get(options.get("format", "wav"))
+        if audio_format is None:
+            raise InvalidRequestError(f"audio.format must be one of {', '.join(AUDIO_OUTPUT_FORMATS)}",
+                                      param="audio.format")
+        voice = options["voice"]
+        return AudioOutput(voice.get("id", "") if isinstance(voice, dict) else voice, audio_format)
+
+    async def _as_text(self, part: dict[str, Any], param: str) -> dict[str, Any]:
+        if part.get("type") != "input_audio":
+            return part
+        if self.recogniser is None:
+            raise InvalidRequestError("the request carries audio, but no model takes audio and no speech "
+                                      "recogniser (task: transcribe) is configured", param=param)
+        audio = part.get("input_audio")
+        if not isinstance(audio, dict) or not isinstance(audio.get("data"), str):
+            raise InvalidRequestError("an input_audio part needs {'data': base64, 'format': ...}", param=param)
+        audio_format = audio.get("format")
+        if audio_format not in INPUT_AUDIO_FORMATS:
+            raise InvalidRequestError(f"input_audio.format must be one of {', '.join(INPUT_AUDIO_FORMATS)}",
+                                      param=f"{param}.input_audio.format")
+        raw = decode_base64_audio(audio["data"], f"{param}.input_audio.data")
+        heard = await self.recogniser.transcribe(TranscriptionRequest(model=self.recogniser.name, audio=raw,
+                                                                      filename=f"input.{audio_format}"), "transcribe")
+        if not isinstance(heard, Transcript):  # an upstream recogniser answers JSON ({"text": ...})
+            import orjson
+
+            heard = Transcript(orjson.loads(heard.content).get("text", ""), "", 0.0)
+        return {"type": "text", "text": heard.text}
+
+    async def speak_answer(self, body: dict[str, Any], output: AudioOutput) -> dict[str, Any]:
+        """Each choice's text spoken into ``message.audio`` (content moves to its transcript, as OpenAI's)."""
+        for choice in body.get("choices", []):
+            message = choice.get("message") or {}
+            text = message.get("content") or ""
+            if text:
+                message["audio"] = {**self._audio_header(), "data": await self._speak(text, output),
+                                    "transcript": text}
+                message["content"] = None
+        return body
+
+    async def speak_stream(self, chunks: AsyncIterator[dict[str, Any]], output: AudioOutput,
+                           keepalive: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+        """Text deltas become ``delta.audio.transcript``; before each choice's finish chunk its audio follows,
+        base64 in pieces."""
+        texts: dict[int, list[str]] = {}
+        header = self._audio_header()
+        try:
+            async for chunk in chunks:
+                if chunk is keepalive or not chunk.get("choices"):
+                    yield chunk
+                    continue
+                choice = chunk["choices"][0]
+                index, delta = choice.get("index", 0), choice.get("delta") or {}
+                if delta.get("content"):
+                    texts.setdefault(index, []).append(delta["content"])
+                    delta["audio"] = {"id": header["id"], "transcript": delta.pop("content")}
+                if choice.get("finish_reason") is not None and texts.get(index):
+                    data = await self._speak("".join(texts[index]), output)
+                    for start in range(0, len(data), _AUDIO_DATA_PIECE):
+                        yield {**chunk, "choices": [{"index": index, "delta": {"audio": {
+                            **header, "data": data[start:start + _AUDIO_DATA_PIECE]}}, "finish_reason": None}]}
+                yield chunk
+        finally:
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+    async def _speak(self, text: str, output: AudioOutput) -> str:
+        if self.synthesiser is None:
+            raise InvalidRequestError("audio output needs a speech model (task: speech) or a model with audio: true",
+                                      param="modalities")
+        pieces, _ = await self.synthesiser.speak(SpeechRequest(model=self.synthesiser.name, input=text[:4096],
+                                                               voice=output.voice,
+                                                               response_format=output.audio_format))
+        return base64.b64encode(b"".join([piece async for piece in pieces])).decode()
+
+    @staticmethod
+    def _audio_header() -> dict[str, Any]:
+        return {"id": f"audio_{os.urandom(12).hex()}", "expires_at": int(time.time()) + AUDIO_EXPIRY_S}
+
+
+def has_audio_input(request: ChatCompletionRequest) -> bool:
+    return any(isinstance(m.content, list) and any(part.type == "input_audio" for part in m.content)
+               for m in request.messages)
+
