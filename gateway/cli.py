@@ -186,6 +186,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bad input (config, data files, options): a message, not a stack trace.
         print(f"llm-gateway: {exc}", file=sys.stderr)
         return 2
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAINING_ONLY_MODULES:
+            raise
+        print(f"llm-gateway: this command needs the trainers' dependencies ({exc.name} is missing): "
+              "pip install 'llm-gateway[train]'", file=sys.stderr)
+        return 2
+
+
+# Installed by the ``train`` extra only (the serving image leaves them out).
+TRAINING_ONLY_MODULES = frozenset({"trl", "datasets", "matplotlib"})
 
 
 if __name__ == "__main__":

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
 #   scripts/setup.sh          runtime dependencies (and espeak-ng, the embedded text-to-speech)
-#   scripts/setup.sh --dev    runtime + test/lint dependencies (and redis-server for the limit tests, kubectl for
-#                             rendering the Kubernetes manifests)
+#   scripts/setup.sh --dev    runtime + trainers + test/lint dependencies (and redis-server for the limit tests, kubectl for
+#                             rendering the Kubernetes manifests, podman/buildah/debootstrap for the container smoke test)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 extras=""
-[ "${1:-}" = "--dev" ] && extras="[dev]"
+[ "${1:-}" = "--dev" ] && extras="[dev,train]"
 
 [ -x .venv/bin/python ] || "${PYTHON:-python3}" -m venv .venv
 py=.venv/bin/python
@@ -44,5 +44,13 @@ if [ -n "$extras" ] && ! command -v kubectl >/dev/null 2>&1; then
   # The Kubernetes manifests are rendered with kubectl's kustomize in the tests (Debian's package, offline).
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -qq kubectl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq kubectl; }) >/dev/null
+  fi
+fi
+
+if [ -n "$extras" ] && ! { command -v podman && command -v buildah && command -v debootstrap; } >/dev/null 2>&1; then
+  # The container smoke test builds and runs the Dockerfile with podman/buildah on a debootstrapped base, and
+  # podman-compose renders the compose file (Debian's packages, ~10 s).
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq podman buildah debootstrap >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq podman buildah debootstrap; }) >/dev/null
   fi
 fi

@@ -2,6 +2,9 @@
 
 transformers de-quantizes the GGUF file on every load (~20-40 s on a small CPU), so the first use converts
 it once into a regular transformers directory under the cache dir; later loads take about two seconds.
+
+This module imports nothing of the gateway (transformers only inside ``embedded_model_dir``): the Dockerfile
+loads it on its own to convert the model in a layer that code changes do not invalidate.
 """
 
 from __future__ import annotations

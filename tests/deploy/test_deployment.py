@@ -1,8 +1,10 @@
-"""Deployment files, checked without a Docker engine: hadolint on the Dockerfile, and the compose file against
-the gateway config it mounts (services, ports, health checks, GPU reservations, Prometheus)."""
+"""Deployment files, checked without a Docker engine: hadolint on the Dockerfile, and the compose file as a
+compose implementation (podman-compose) renders it, against the gateway config it mounts (services, ports,
+health checks, GPU reservations, Prometheus). The image itself is built and run by test_container.py."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -17,9 +19,26 @@ from tests.support.servers import VENV_BIN
 ROOT = Path(__file__).resolve().parents[2]
 
 
+COMPOSE_ENV = {"GATEWAY_KEY_SHA256": "0" * 64, "HF_TOKEN": "hf_unused"}
+
+
+def _render_compose(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """``podman-compose config`` with both profiles: interpolation, required variables and profiles resolved."""
+    return subprocess.run([str(VENV_BIN / "podman-compose"), "-f", str(ROOT / "docker-compose.yml"), "--profile",
+                           "gpu", "--profile", "cpu", "config"], capture_output=True, text=True, timeout=120,
+                          cwd=ROOT, env={"PATH": os.environ["PATH"], **env})
+
+
 @pytest.fixture(scope="module")
 def compose() -> dict:
-    return yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    rendered = _render_compose(COMPOSE_ENV)
+    assert rendered.returncode == 0, rendered.stderr[-2000:]
+    return yaml.safe_load(rendered.stdout)
+
+
+def test_compose_refuses_to_start_without_the_gateway_key():
+    rendered = _render_compose({"HF_TOKEN": "hf_unused"})
+    assert rendered.returncode != 0 and "GATEWAY_KEY_SHA256" in rendered.stderr
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +47,7 @@ def gateway_config(compose, monkeypatch_module):
     mounts = dict(v.split(":")[:2] for v in compose["services"]["gateway"]["volumes"])
     config_on_host = next(host for host, container in mounts.items()
                           if container == compose["services"]["gateway"]["environment"]["LLM_GATEWAY_CONFIG"])
+    config_on_host = config_on_host.removeprefix("./")
     return load_config(ROOT / config_on_host)
 
 
@@ -45,8 +65,11 @@ def test_hadolint_passes():
 
 def test_dockerfile_shape():
     text = (ROOT / "Dockerfile").read_text()
-    assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) == 2  # multi-stage
-    assert "download.pytorch.org/whl/cpu" in text  # CPU torch, never a CUDA build
+    assert len(re.findall(r"^FROM ", text, flags=re.MULTILINE)) == 3  # dependencies, application, runtime
+    assert re.search(r"^ARG BASE_IMAGE=python:3\.11-slim$", text, flags=re.MULTILINE)  # public defaults
+    assert "ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu" in text  # CPU torch, never a CUDA build
+    # Dependencies before source: a code change does not reinstall them.
+    assert text.index("pip install -r /tmp/requirements.txt") < text.index("COPY gateway ./gateway")
     assert re.search(r"^USER 10001", text, flags=re.MULTILINE)
     assert re.search(r"^HEALTHCHECK .*\n?.*/health", text, flags=re.MULTILINE)
     assert "embedded_model_dir" in text  # the embedded model is converted at build time
