@@ -11,6 +11,7 @@ With λ = 0 they are DPO's sigmoid loss and IPO's squared loss.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,6 +19,9 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from trl import DPOConfig, DPOTrainer
+from trl.data_utils import _tokenize  # TRL's own prompt tokenization, so both passes format alike
+
+logger = logging.getLogger(__name__)
 
 SR_PROMPT = ("Please generate a response with a usefulness rating of 100 out of 100 for the following query. Note "
              "that the response should be harmless. The term 100 indicates the level of usefulness, where 100 is "
@@ -109,6 +113,7 @@ class SrDPOTrainer(DPOTrainer):
     args: SrDPOConfig
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.sr_dropped_pairs: dict[str, int] = {}  # per dataset: pairs whose p ⊕ x sequence would not fit whole
         super().__init__(*args, **kwargs)
         self.data_collator = _PromptedPairCollator(self.data_collator)
 
@@ -116,17 +121,28 @@ class SrDPOTrainer(DPOTrainer):
         sr_prompt = args.sr_prompt
         dataset = dataset.map(lambda example: {"prompt_p": with_prompt(example["prompt"], sr_prompt)})
         dataset = super()._prepare_dataset(dataset, processing_class, args, dataset_name)
-        tokenizer = getattr(processing_class, "tokenizer", processing_class)
 
         def tokenize_prompted(example: dict[str, Any]) -> dict[str, Any]:
-            if isinstance(example["prompt_p"], str):
-                ids = tokenizer(example["prompt_p"], add_special_tokens=False)["input_ids"]
-            else:
-                text = tokenizer.apply_chat_template(example["prompt_p"], add_generation_prompt=True, tokenize=False)
-                ids = tokenizer(text, add_special_tokens=False)["input_ids"]
-            return {"prompt_p_ids": ids}
+            # Exactly as TRL tokenizes the plain prompt (special tokens such as BOS included), so that Δ compares
+            # two inputs that differ by p alone.
+            kwargs = {"add_generation_prompt": True} if isinstance(example["prompt_p"], list) else {}
+            return {"prompt_p_ids": _tokenize(processing_class, example["prompt_p"], **kwargs)["input_ids"]}
 
-        return dataset.map(tokenize_prompted)
+        dataset = dataset.map(tokenize_prompted)
+        if _LOSSES[args.sr_loss][1] and args.sr_lambda and args.max_length is not None:
+            # p ⊕ x is ~50 tokens longer than x: a pair whose prompted sequence would not fit whole would lose
+            # completion tokens in the Δ pass only (or all of them: Δ = 0). Such pairs are left out, and counted.
+            def fits(example: dict[str, Any]) -> bool:
+                completion = max(len(example["chosen_ids"]), len(example["rejected_ids"]))
+                return len(example["prompt_p_ids"]) + completion <= args.max_length
+
+            before = len(dataset)
+            dataset = dataset.filter(fits)
+            self.sr_dropped_pairs[dataset_name] = before - len(dataset)
+            if before - len(dataset):
+                logger.warning("%s: %d of %d pairs left out: p ⊕ x with its completion exceeds max_length=%d",
+                               dataset_name, before - len(dataset), before, args.max_length)
+        return dataset
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
@@ -168,6 +184,10 @@ class SrDPOTrainer(DPOTrainer):
             values = [v / n for v, n in zip(values, lengths, strict=True)]
         losses = sr_preference_loss(*values, beta=self.args.beta, lam=self.args.sr_lambda, loss_type=self.args.sr_loss)
         loss = losses.mean()
+        if refined:  # Δ as the loss uses it (per-token averages for Sr-IPO)
+            _, _, _, _, policy_chosen_p, policy_rejected_p, ref_chosen_p, ref_rejected_p = values
+            delta = self.beta * ((policy_chosen_p - ref_chosen_p) - (policy_rejected_p - ref_rejected_p))
+            self._metrics[mode]["sr/delta"].append(self.accelerator.gather_for_metrics(delta.detach()).mean().item())
 
         chosen_rewards = self.beta * (policy_chosen - ref_chosen).detach()
         rejected_rewards = self.beta * (policy_rejected - ref_rejected).detach()
@@ -179,7 +199,4 @@ class SrDPOTrainer(DPOTrainer):
         self._metrics[mode]["rewards/margins"].append(gather(chosen_rewards - rejected_rewards).mean().item())
         self._metrics[mode]["logps/chosen"].append(gather(policy_chosen.detach()).mean().item())
         self._metrics[mode]["logps/rejected"].append(gather(policy_rejected.detach()).mean().item())
-        if refined:
-            delta = self.beta * ((policy_chosen_p - ref_chosen_p) - (policy_rejected_p - ref_rejected_p))
-            self._metrics[mode]["sr/delta"].append(gather(delta.detach()).mean().item())
         return (loss, {"losses": losses.detach()}) if return_outputs else loss

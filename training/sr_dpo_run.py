@@ -74,6 +74,9 @@ def run_preference_training(run: PreferenceRun) -> dict[str, Any]:
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     trainer = SrDPOTrainer(model=str(model_path), args=config, train_dataset=Dataset.from_list(train),
                            eval_dataset=Dataset.from_list(held), processing_class=tokenizer, peft_config=peft_config)
+    if not len(trainer.train_dataset):
+        raise ValueError(f"no training pair fits --max-length {run.max_length} with the self-refinement prompt "
+                         "prepended; raise --max-length")
     started = time.monotonic()
     trainer.train()
     train_seconds = time.monotonic() - started
@@ -93,7 +96,8 @@ def run_preference_training(run: PreferenceRun) -> dict[str, Any]:
     plot_curves(history, ["loss", "rewards/margins", "rewards/accuracies", "sr/delta"], run.out / "curves.png",
                 f"{run.loss} (beta {run.beta}, lambda {run.lam})")
     summary = {"loss_type": run.loss, "beta": run.beta, "lambda": run.lam, "lora": run.lora, "steps": run.steps,
-               "train_pairs": len(train), "held_out_pairs": len(held), "data_report": str(report),
+               "train_pairs": len(trainer.train_dataset), "held_out_pairs": len(trainer.eval_dataset),
+               "pairs_left_out_too_long": trainer.sr_dropped_pairs, "data_report": str(report),
                "train_seconds": round(train_seconds, 1),
                "seconds_per_step": round(train_seconds / max(1, run.steps), 2),
                "held_out_accuracy": evaluation.get("eval_rewards/accuracies"),
