@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import subprocess
 import sys
@@ -79,6 +80,21 @@ def upstream_and_gateway(chunks: int, delay_ms: float = 0.0, router_checkpoint: 
             process.terminate()
             process.wait(15)
         Path(config_file.name).unlink(missing_ok=True)
+
+
+@contextmanager
+def embedded_gateway() -> Iterator[str]:
+    """``llm-gateway serve`` with no config (the embedded models), as a user starts it; yields its /v1 URL."""
+    port = free_port()
+    server = subprocess.Popen([str(BIN / "llm-gateway"), "serve", "--port", str(port)],
+                              env={**os.environ, "HF_HUB_OFFLINE": "1"}, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        wait_ready(f"http://127.0.0.1:{port}/ready", timeout_s=300)
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 async def run_load(base_url: str, model: str, stream: bool, requests: int,

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import base64
-import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,7 +20,7 @@ from pathlib import Path
 import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from benchmarks.harness import BIN, free_port, wait_ready  # noqa: E402
+from benchmarks.harness import embedded_gateway  # noqa: E402
 from gateway.audio import decode_audio  # noqa: E402
 from tests.support.speech import word_error_rate  # noqa: E402
 
@@ -61,17 +59,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sentences", type=int, default=len(HARVARD))
     args = parser.parse_args()
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
-    server = subprocess.Popen([str(BIN / "llm-gateway"), "serve", "--port", str(port)], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_ready(f"http://127.0.0.1:{port}/ready", timeout_s=300)
-        client = openai.OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="unused", max_retries=0, timeout=120)
+    with embedded_gateway() as base_url:
+        client = openai.OpenAI(base_url=base_url, api_key="unused", max_retries=0, timeout=120)
         run(client, HARVARD[: args.sentences])
-    finally:
-        server.terminate()
-        server.wait(timeout=30)
 
 
 def run(client: openai.OpenAI, sentences: list[str]) -> None:
