@@ -6,11 +6,18 @@ shared LoRA expert. Special tokens mark where each step starts; each token uses 
     y = W0·x + α·(B_s A_s x)·c + (1 − α)·(B_0 A_0 x)·c        tokens inside step s   (c = lora_alpha / r)
     y = W0·x + (B_0 A_0 x)·c                                   tokens before any step (the query)
 
-No gate and no balance loss: the routing is fixed by the markers. For serving, each step gets one ordinary
-LoRA adapter that merges its expert with the shared one, exactly: A' = [√α A_s; √(1−α) A_0], B' = [√α B_s,
-√(1−α) B_0], rank 2r, lora_alpha 2·lora_alpha (the same scaling), so B'A' = α B_s A_s + (1−α) B_0 A_0. The
-adapters are PEFT directories that vLLM (``--enable-lora --lora-modules analysis=...``) and the gateway's
-local backend load.
+No gate and no balance loss: the routing is fixed by the markers. Two token rules (``MoTEConfig.token_rules``):
+``frozen-start`` (the default while serving in the trained format is not built) marks each step with a start
+token frozen at the mean embedding and never predicted, and question tokens use the shared expert alone;
+``paper`` follows the paper: start and end tokens per step, learnable and predicted (the model generates them),
+and question tokens use α·E_i + (1 − α)·E_shared with i a step expert drawn at random per sequence.
+
+For serving, each step gets one ordinary LoRA adapter that merges its expert with the shared one, exactly:
+A' = [√α A_s; √(1−α) A_0], B' = [√α B_s, √(1−α) B_0], rank 2r, lora_alpha 2·lora_alpha (the same scaling),
+so B'A' = α B_s A_s + (1−α) B_0 A_0. The adapters are PEFT directories that vLLM
+(``--enable-lora --lora-modules analysis=...``) and the gateway's local backend load; the paper's learned
+marker rows are saved beside them (``mote_marker_embeddings.safetensors``) for serving in the trained format,
+which is not built yet.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ from tqdm.auto import tqdm
 from safety.prompts import ALIGNCOT_STEPS
 
 STEP_TOKENS = {step: f"<|{step}|>" for step in ALIGNCOT_STEPS}
+STEP_END_TOKENS = {step: f"<|/{step}|>" for step in ALIGNCOT_STEPS}  # the paper's rules only
+TOKEN_RULES = ("frozen-start", "paper")
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 NO_STEP = -1
 
@@ -46,9 +55,11 @@ def step_ids_from_markers(input_ids: torch.Tensor, marker_ids: Sequence[int]) ->
 
 
 class StepRouting:
-    """Holds the current batch's step ids for every MoTE layer (set once per forward)."""
+    """Holds the current batch's step ids for every MoTE layer (set once per forward), and, under the paper's
+    rules, the step expert each sequence's question tokens mix with the shared one ([B]; None: shared alone)."""
 
     step_ids: torch.Tensor | None = None
+    question_expert: torch.Tensor | None = None
 
 
 class MoTELinear(nn.Module):
@@ -73,6 +84,8 @@ class MoTELinear(nn.Module):
         shared = self._expert(x, self.n_steps)
         if steps is None:
             return self.base(x) + self.scaling * shared
+        if self.routing.question_expert is not None:  # question tokens: α·E_i + (1 − α)·E_shared
+            steps = torch.where(steps == NO_STEP, self.routing.question_expert[:, None].expand_as(steps), steps)
         in_step = (steps != NO_STEP).unsqueeze(-1).to(x.dtype)
         delta = shared * (1 - in_step * self.mix)  # (1 − α)·shared inside steps, shared alone outside
         for step in range(self.n_steps):
@@ -112,9 +125,11 @@ def chain_text(record: dict[str, Any]) -> list[tuple[str, str]]:
     return [(step, record[step]) for step in ALIGNCOT_STEPS]
 
 
-def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> dict[str, list[int]]:
-    """input_ids and labels: the query (chat template) is context; step markers are structure; only the steps'
-    text is learned."""
+def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int,
+                  token_rules: str = "frozen-start") -> dict[str, list[int]]:
+    """input_ids and labels: the query (chat template) is context, only the steps are learned. ``frozen-start``:
+    a start marker before each step, never a target; ``paper``: start and end markers around each step, both
+    targets (the model learns to open and close its steps)."""
     prompt = tokenizer.apply_chat_template([{"role": "user", "content": record["prompt"]}], add_generation_prompt=True,
                                            tokenize=False)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
@@ -122,8 +137,13 @@ def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int) -> di
     for step, text in chain_text(record):
         marker = tokenizer.convert_tokens_to_ids(STEP_TOKENS[step])
         piece = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
-        ids += [marker, *piece]
-        labels += [-100, *piece]
+        if token_rules == "paper":
+            end = tokenizer.convert_tokens_to_ids(STEP_END_TOKENS[step])
+            ids += [marker, *piece, end]
+            labels += [marker, *piece, end]
+        else:
+            ids += [marker, *piece]
+            labels += [-100, *piece]
     ids.append(tokenizer.eos_token_id)
     labels.append(tokenizer.eos_token_id)
     return {"input_ids": ids[:max_length], "labels": labels[:max_length]}
@@ -141,11 +161,14 @@ class MoTEConfig:
     max_steps: int | None = field(default=None, metadata={"help": "optimiser steps (overrides epochs)"})
     batch_size: int = field(default=4, metadata={"help": "sequences per step (paper: 16)"})
     max_length: int = field(default=512, metadata={"help": "tokens per sequence"})
+    token_rules: str = field(default="frozen-start", metadata={"help": "frozen-start or paper (see the module)"})
     seed: int = 0
 
     def __post_init__(self) -> None:
         if not 0 <= self.mix <= 1:
             raise ValueError("mix (α) must be between 0 and 1")
+        if self.token_rules not in TOKEN_RULES:
+            raise ValueError(f"token_rules must be one of {', '.join(TOKEN_RULES)}, not {self.token_rules!r}")
 
 
 def _batches(encoded: list[dict[str, list[int]]], batch_size: int, pad_id: int,
@@ -172,19 +195,26 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     from training.plots import plot_curves
 
     torch.manual_seed(config.seed)
+    paper = config.token_rules == "paper"
+    markers = list(STEP_TOKENS.values()) + (list(STEP_END_TOKENS.values()) if paper else [])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
-    tokenizer.add_special_tokens({"additional_special_tokens": list(STEP_TOKENS.values())})
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
     embeddings = model.get_input_embeddings().weight
     mean = embeddings.detach().mean(dim=0)
+    old_vocabulary = embeddings.shape[0]
     model.resize_token_embeddings(len(tokenizer))
-    with torch.no_grad():  # the markers start at the mean embedding (they are inputs, never targets)
-        model.get_input_embeddings().weight[-len(STEP_TOKENS):] = mean
+    with torch.no_grad():  # the markers start at the mean embedding
+        model.get_input_embeddings().weight[old_vocabulary:] = mean
     routing, layers = attach_mote(model, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
     marker_ids = [tokenizer.convert_tokens_to_ids(STEP_TOKENS[s]) for s in ALIGNCOT_STEPS]
-    encoded = [encode_record(tokenizer, r, config.max_length) for r in records]
+    encoded = [encode_record(tokenizer, r, config.max_length, config.token_rules) for r in records]
     trainable = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
-    optimizer = torch.optim.AdamW(trainable, lr=config.learning_rate)
+    groups: list[dict[str, Any]] = [{"params": trainable}]
+    marker_tables = _learnable_marker_rows(model, old_vocabulary) if paper else []
+    if marker_tables:  # no weight decay: it would shrink the frozen rows of the table too
+        groups.append({"params": marker_tables, "weight_decay": 0.0})
+    optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     total = config.max_steps or config.epochs * math.ceil(len(encoded) / config.batch_size)
@@ -195,6 +225,9 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     while step < total:
         for batch in _batches(encoded, config.batch_size, pad, generator):
             routing.step_ids = step_ids_from_markers(batch["input_ids"], marker_ids)
+            if paper:  # each sequence's question tokens mix with a step expert drawn at random
+                routing.question_expert = torch.randint(len(ALIGNCOT_STEPS), (len(batch["input_ids"]),),
+                                                        generator=generator)
             loss = model(**batch).loss
             optimizer.zero_grad()
             loss.backward()
@@ -213,6 +246,9 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
 
     save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous() for name, layer in layers.items()
                for kind in ("lora_A", "lora_B")}, out / "mote_experts.safetensors")
+    if marker_tables:  # the learned marker rows (input embeddings, and the output head when it is not tied)
+        save_file({f"table{i}": table[old_vocabulary:].detach().contiguous() for i, table in enumerate(marker_tables)},
+                  out / "mote_marker_embeddings.safetensors")
     tokenizer.save_pretrained(out / "tokenizer")
     adapters = export_step_adapters(model_path, layers, config, out / "adapters")
     with (out / "loss.jsonl").open("w") as handle:
@@ -224,6 +260,25 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
                "adapters": {k: str(v) for k, v in adapters.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _learnable_marker_rows(model: nn.Module, old_vocabulary: int) -> list[nn.Parameter]:
+    """The embedding tables (input, and output when untied) made trainable in the marker rows only: a gradient
+    hook zeroes every other row, so the model's own vocabulary stays as it was."""
+    tables = [model.get_input_embeddings().weight]
+    output = model.get_output_embeddings()
+    if output is not None and output.weight is not tables[0]:
+        tables.append(output.weight)
+
+    def markers_only(grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        grad[:old_vocabulary] = 0
+        return grad
+
+    for table in tables:
+        table.requires_grad_(True)
+        table.register_hook(markers_only)
+    return tables
 
 
 def export_step_adapters(model_path: Path, layers: dict[str, MoTELinear], config: MoTEConfig,

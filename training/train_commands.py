@@ -49,6 +49,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     mote.add_argument("--out", required=True, type=Path)
     mote.add_argument("--rank", type=int, default=16)
     mote.add_argument("--alpha", type=float, default=0.5, help="α: step expert vs shared expert")
+    mote.add_argument("--token-rules", choices=["frozen-start", "paper"], default="frozen-start",
+                      help="paper: learnable start/end step tokens the model predicts, question tokens mixed with a "
+                           "random step expert; frozen-start: start tokens only, frozen, shared expert on the question")
     mote.add_argument("--lr", type=float, default=2e-4)
     mote.add_argument("--epochs", type=int, default=1)
     mote.add_argument("--steps", type=int, default=None, help="stop after N optimiser steps")
@@ -113,7 +116,8 @@ def _mote(args: argparse.Namespace) -> int:
     if not records:
         raise ValueError(f"{args.data}: no records")
     config = MoTEConfig(rank=args.rank, mix=args.alpha, learning_rate=args.lr, epochs=args.epochs,
-                        max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length)
+                        max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
+                        token_rules=args.token_rules)
     summary = train_mote(resolve_model_path(args.model), records, args.out, config)
     print(json.dumps(summary, indent=2))
     return 0

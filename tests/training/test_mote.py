@@ -59,6 +59,67 @@ def test_each_token_uses_its_steps_expert_plus_the_shared_one():
         assert torch.allclose(y[0, t], expected, atol=1e-5), t
 
 
+def test_paper_rule_question_tokens_mix_a_step_expert_with_the_shared_one():
+    torch.manual_seed(0)
+    base = torch.nn.Linear(4, 3)
+    routing = StepRouting()
+    layer = MoTELinear(base, routing, n_steps=3, rank=2, lora_alpha=4, mix=0.3)
+    torch.nn.init.normal_(layer.lora_B)
+    x = torch.randn(2, 3, 4)
+    routing.step_ids = torch.tensor([[NO_STEP, NO_STEP, 2], [NO_STEP, 0, 0]])
+    routing.question_expert = torch.tensor([1, 2])  # drawn per sequence
+    y = layer(x)
+
+    def expert(e, v):
+        return layer.lora_B[e] @ (layer.lora_A[e] @ v)
+
+    for b, steps in enumerate([[1, 1, 2], [2, 0, 0]]):  # question tokens take their sequence's drawn expert
+        for t, step in enumerate(steps):
+            v = x[b, t]
+            expected = base(v) + 2 * (0.3 * expert(step, v) + 0.7 * expert(3, v))
+            assert torch.allclose(y[b, t], expected, atol=1e-5), (b, t)
+
+
+def test_paper_rule_markers_open_and_close_each_step_and_are_learned(tiny_causal_lm, tmp_path):
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    from training.mote import STEP_END_TOKENS, STEP_TOKENS, _learnable_marker_rows, encode_record
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    tokenizer.add_special_tokens({"additional_special_tokens": [*STEP_TOKENS.values(), *STEP_END_TOKENS.values()]})
+    encoded = encode_record(tokenizer, _records()[0], 512, "paper")
+    marker_ids = {tokenizer.convert_tokens_to_ids(t) for t in [*STEP_TOKENS.values(), *STEP_END_TOKENS.values()]}
+    in_sequence = [token for token in encoded["input_ids"] if token in marker_ids]
+    assert len(in_sequence) == 6 and [t for t in encoded["labels"] if t in marker_ids] == in_sequence  # targets
+    old = encode_record(tokenizer, _records()[0], 512)
+    assert all(label == -100 for token, label in zip(old["input_ids"], old["labels"], strict=True)
+               if token in marker_ids)  # today's rule: start markers only, never targets
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
+    vocabulary = model.get_input_embeddings().weight.shape[0]
+    model.resize_token_embeddings(len(tokenizer))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    before = model.get_input_embeddings().weight.detach().clone()
+    tables = _learnable_marker_rows(model, vocabulary)
+    optimizer = torch.optim.AdamW([{"params": tables, "weight_decay": 0.0}], lr=1e-2)
+    ids = torch.tensor([encoded["input_ids"]])
+    model(input_ids=ids, labels=torch.tensor([encoded["labels"]])).loss.backward()
+    optimizer.step()
+    after = model.get_input_embeddings().weight.detach()
+    assert torch.equal(after[:vocabulary], before[:vocabulary])  # the model's own vocabulary is untouched
+    assert not torch.equal(after[vocabulary:], before[vocabulary:])  # the markers learn
+
+    out = tmp_path / "run"
+    summary = train_mote(tiny_causal_lm, _records(4), out, MoTEConfig(rank=2, max_steps=2, batch_size=2,
+                                                                      token_rules="paper"), progress=False)
+    assert summary["config"]["token_rules"] == "paper"
+    rows = load_file(out / "mote_marker_embeddings.safetensors")["table0"]
+    assert rows.shape[0] == 6 and not torch.allclose(rows, rows[0].expand_as(rows))  # no longer all the mean
+    assert STEP_END_TOKENS["analysis"] in AutoTokenizer.from_pretrained(out / "tokenizer").get_vocab()
+
+
 def test_exported_adapters_equal_the_merged_experts(tiny_causal_lm, tmp_path):
     from peft import PeftModel
 
