@@ -15,6 +15,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, decode_base64_audio
 from gateway.backends import Backend
 from gateway.backends.speech import EspeakBackend
@@ -115,8 +117,6 @@ class AudioChat:
         heard = await self.recogniser.transcribe(TranscriptionRequest(model=self.recogniser.name, audio=raw,
                                                                       filename=f"input.{audio_format}"), "transcribe")
         if not isinstance(heard, Transcript):  # an upstream recogniser answers JSON ({"text": ...})
-            import orjson
-
             heard = Transcript(orjson.loads(heard.content).get("text", ""), "", 0.0)
         return {"type": "text", "text": heard.text}
 
@@ -157,9 +157,7 @@ class AudioChat:
             await chunks.aclose()  # type: ignore[attr-defined]
 
     async def _speak(self, text: str, output: AudioOutput) -> str:
-        if self.synthesiser is None:
-            raise InvalidRequestError("audio output needs a speech model (task: speech) or a model with audio: true",
-                                      param="modalities")
+        assert self.synthesiser is not None, "plan() refuses audio output without a speech model"
         pieces, _ = await self.synthesiser.speak(SpeechRequest(model=self.synthesiser.name, input=text[:4096],
                                                                voice=output.voice,
                                                                response_format=output.audio_format))

@@ -6,14 +6,14 @@ sentence-transformers directory. Texts from concurrent requests are encoded toge
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.backends.base import Backend, Request
+from gateway.backends.base import NotAChatModel
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
-from gateway.protocol import EmbeddingRequest, Endpoint, embedding_response
+from gateway.protocol import EmbeddingRequest, embedding_response
 from gateway.routing import MicroBatcher
 from routers.encoders import TextEncoder, build_encoder
 
@@ -22,8 +22,10 @@ BATCH_WINDOW_S = 0.002
 MAX_BATCH = 64
 
 
-class LocalEmbeddingBackend(Backend):
+class LocalEmbeddingBackend(NotAChatModel):
     """Embeddings from a local encoder; chat and completions on it are a 400 naming the right endpoint."""
+
+    serves = "POST /v1/embeddings"
 
     def __init__(self, config: ModelConfig, cache_dir: Path) -> None:
         super().__init__(config)
@@ -88,15 +90,3 @@ class LocalEmbeddingBackend(Backend):
             return sum(len(text.split()) for text in texts)
         encoded = await asyncio.to_thread(tokenizer, texts, add_special_tokens=True)
         return sum(len(ids) for ids in encoded["input_ids"])
-
-    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
-        raise self._not_a_generator()
-
-    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
-        raise self._not_a_generator()
-        yield {}  # pragma: no cover - makes this an async generator
-
-    def _not_a_generator(self) -> InvalidRequestError:
-        return InvalidRequestError(f"model '{self.name}' is an embedding model: use POST /v1/embeddings",
-                                   param="model")
-

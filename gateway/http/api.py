@@ -28,12 +28,14 @@ from gateway.audio import (
 from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
+from gateway.metrics import RequestRecord
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from gateway.responses import ResponsesRequest, to_chat
-from gateway.runtime import Gateway
+from gateway.runtime import AdmittedRequest, Gateway
 from gateway.serving import StreamAnswer
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
+RecordedAnswer = TypeVar("RecordedAnswer")
 CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
@@ -155,6 +157,30 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
+async def _admitted_record(request: Request, gateway: Gateway, endpoint: str, model: str,
+                           admitted: AdmittedRequest) -> RequestRecord:
+    """Admit the request under its key's limits (429 otherwise) and open its record (metrics, access log)."""
+    key: ApiKey | None = request.state.api_key
+    reservation = await gateway.admit(key, admitted)
+    return gateway.new_record(endpoint, model, request.state.log, key, reservation)
+
+
+async def _recorded(request: Request, record: RequestRecord, work: Awaitable[RecordedAnswer]) -> RecordedAnswer:
+    """``work``, cancelled if the client leaves first; a failure finishes the record with its status and rises
+    (``ClientDisconnected`` when the client left: answer 499)."""
+    try:
+        return await cancel_on_disconnect(request, work)
+    except ClientDisconnected:
+        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
+        raise
+    except GatewayError as exc:
+        record.finish(exc.status_code, exc.code)
+        raise
+    except BaseException:
+        record.finish(500, "internal_error")
+        raise
+
+
 async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Literal["responses"],
                    parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
@@ -163,9 +189,7 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Lite
     if isinstance(chat, ChatCompletionRequest) and len(chat.messages) > gateway.config.limits.max_messages:
         raise InvalidRequestError(f"{len(chat.messages)} messages; the limit is "
                                   f"{gateway.config.limits.max_messages}", param="messages")
-    key: ApiKey | None = request.state.api_key
-    reservation = await gateway.admit(key, chat)
-    record = gateway.new_record(endpoint, parsed.model, request.state.log, key, reservation)
+    record = await _admitted_record(request, gateway, endpoint, parsed.model, chat)
     if isinstance(parsed, ResponsesRequest):
         assert isinstance(chat, ChatCompletionRequest)
         work = gateway.service.serve_responses(parsed, chat, record)
@@ -174,16 +198,9 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Lite
     else:
         work = gateway.service.serve(endpoint, parsed, record)  # type: ignore[arg-type]
     try:
-        answer = await cancel_on_disconnect(request, work)
+        answer = await _recorded(request, record, work)
     except ClientDisconnected:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except GatewayError as exc:
-        record.finish(exc.status_code, exc.code)
-        raise
-    except BaseException:
-        record.finish(500, "internal_error")
-        raise
     if isinstance(answer, StreamAnswer):
         return StreamingResponse(sse_lines(answer, record, parsed.include_usage,
                                            responses=isinstance(parsed, ResponsesRequest)),
@@ -270,18 +287,12 @@ async def create_translation(request: Request, gateway: GatewayDep) -> Response:
 async def _transcription(request: Request, gateway: Gateway, task: str) -> Response:
     parsed = await read_transcription_form(request)
     request.state.log.update(model=parsed.model)
-    key: ApiKey | None = request.state.api_key
-    await gateway.admit(key, parsed)  # type: ignore[arg-type]
-    record = gateway.new_record("transcriptions" if task == "transcribe" else "translations", parsed.model,
-                                request.state.log, key)
+    record = await _admitted_record(request, gateway, "transcriptions" if task == "transcribe" else "translations",
+                                    parsed.model, parsed)
     try:
-        result = await cancel_on_disconnect(request, gateway.service.transcribe(parsed, task, record))
+        result = await _recorded(request, record, gateway.service.transcribe(parsed, task, record))
     except ClientDisconnected:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except GatewayError as exc:
-        record.finish(exc.status_code, exc.code)
-        raise
     record.finish(200)
     if isinstance(result, UpstreamAudioReply):
         return Response(result.content, media_type=result.media_type)
@@ -345,17 +356,11 @@ async def create_speech(request: Request, gateway: GatewayDep) -> Response:
     """Text to speech: the audio file (``response_format``: mp3, opus, aac, flac, wav, pcm), streamed."""
     parsed = await read_json_request(request, SpeechRequest)
     request.state.log.update(model=parsed.model)
-    key: ApiKey | None = request.state.api_key
-    await gateway.admit(key, parsed)  # type: ignore[arg-type]
-    record = gateway.new_record("speech", parsed.model, request.state.log, key)
+    record = await _admitted_record(request, gateway, "speech", parsed.model, parsed)
     try:
-        pieces, media_type = await cancel_on_disconnect(request, gateway.service.speak(parsed, record))
+        pieces, media_type = await _recorded(request, record, gateway.service.speak(parsed, record))
     except ClientDisconnected:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    except GatewayError as exc:
-        record.finish(exc.status_code, exc.code)
-        raise
 
     async def relay() -> AsyncIterator[bytes]:
         status: tuple[int, str | None] = (CLIENT_CLOSED_REQUEST, "client_closed_request")
