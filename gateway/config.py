@@ -81,9 +81,11 @@ class ModelConfig(StrictModel):
     responses_api: Literal["translate", "native"] = Field(
         default="translate", description="/v1/responses: translate to chat (any backend), or native: pass the "
                                          "request to the upstream's own /v1/responses (vLLM, OpenAI)")
-    task: Literal["generate", "embed", "transcribe", "speech"] = Field(
-        default="generate", description="generate: chat and completions; embed: /v1/embeddings; transcribe: "
-                                        "/v1/audio/transcriptions and translations; speech: /v1/audio/speech")
+    task: Literal["generate", "embed", "rerank", "transcribe", "speech"] = Field(
+        default="generate", description="generate: chat and completions; embed: /v1/embeddings; rerank: "
+                                        "/v1/rerank (a local cross-encoder at 'path', or an upstream's /v1/rerank); "
+                                        "transcribe: /v1/audio/transcriptions and translations; speech: "
+                                        "/v1/audio/speech")
     audio: bool = Field(default=False, description="generate: takes input_audio parts and answers with audio "
                                                    "itself (otherwise the gateway runs ASR -> model -> TTS)")
     encoder: str | None = Field(default=None, description="local embed: an encoder spec (minilm, e5-small, "
@@ -106,7 +108,11 @@ class ModelConfig(StrictModel):
         if self.task == "embed" and (self.stages or self.vision or self.adapters or self.path):
             raise ValueError(f"model '{self.name}': an embedding model takes no stages, vision, adapters or path "
                              "(a local one names its 'encoder')")
-        if self.task in ("transcribe", "speech") and (self.stages or self.vision or self.adapters or self.audio):
+        if self.task == "rerank" and self.backend == "local" and not self.path:
+            raise ValueError(f"model '{self.name}': a local rerank model needs 'path' (a sentence-transformers "
+                             "CrossEncoder directory)")
+        if self.task in ("rerank", "transcribe", "speech") and (self.stages or self.vision or self.adapters
+                                                                or self.audio):
             raise ValueError(f"model '{self.name}': a {self.task} model takes no stages, vision, audio or adapters")
         if self.audio and self.backend != "openai":
             raise ValueError(f"model '{self.name}': 'audio: true' is for an upstream that takes audio itself (backend "
@@ -237,6 +243,13 @@ class LimitsConfig(StrictModel):
                                            "tokens_per_minute for a request that sets no max_tokens")
 
 
+class RerankConfig(StrictModel):
+    listwise_prompt: Path | None = Field(default=None, description="YAML file with the wording of the listwise "
+                                         "re-ranking conversation a chat model gets (default: the packaged one)")
+    max_listwise_documents: int = Field(default=100, ge=1, description="most documents one request may ask a chat "
+                                        "model to re-rank (they all go into one prompt)")
+
+
 def _embedded_default() -> list[ModelConfig]:
     return [ModelConfig(name=EMBEDDED_MODEL_NAME, backend="local", aliases=list(EMBEDDED_MODEL_ALIASES)),
             ModelConfig(name=EMBEDDED_EMBEDDING_MODEL_NAME, backend="local", task="embed", encoder="minilm",
@@ -253,6 +266,7 @@ class GatewayConfig(StrictModel):
     images: ImagePolicy = Field(default_factory=ImagePolicy)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    rerank: RerankConfig = Field(default_factory=RerankConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
 
     @model_validator(mode="after")

@@ -22,6 +22,7 @@ from gateway.config import ConfigError, GatewayConfig, RouterConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
 from gateway.metrics import GatewayMetrics
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Preference
+from gateway.rerank import RerankRequest
 from routers.base import LearnedRouter
 
 ROUTED_MODEL_HEADER = "x-gateway-routed-model"
@@ -129,7 +130,9 @@ def query_text(request: ChatCompletionRequest | CompletionRequest, turns: int) -
 
 
 def prompt_characters(request: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | SpeechRequest
-                      | TranscriptionRequest) -> int:
+                      | TranscriptionRequest | RerankRequest) -> int:
+    if isinstance(request, RerankRequest):
+        return len(request.query) + sum(len(text) for text in request.texts())
     if isinstance(request, SpeechRequest):
         return len(request.input)
     if isinstance(request, TranscriptionRequest):

@@ -17,11 +17,13 @@ from gateway.limits import LimiterUnavailable, Reservation, build_rate_limiter, 
 from gateway.metrics import GatewayMetrics, RequestRecord
 from gateway.pool import ModelPool
 from gateway.protocol import EmbeddingRequest
+from gateway.rerank import RerankRequest
+from gateway.reranking import Reranker
 from gateway.routing import CHARACTERS_PER_TOKEN, RoutedModel, prompt_characters
 from gateway.serving import CompletionService
 
 # What per-key limits admit: every request the API takes (the estimate reads its text and completion limit).
-AdmittedRequest = Request | EmbeddingRequest | SpeechRequest | TranscriptionRequest
+AdmittedRequest = Request | EmbeddingRequest | SpeechRequest | TranscriptionRequest | RerankRequest
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +34,7 @@ class Gateway:
         self.metrics = GatewayMetrics()
         self.pool = ModelPool(config, cache_dir)
         self.service = CompletionService(self.pool, self.metrics, self._load_router())
+        self.reranker = Reranker(self.service, config.rerank)
         self.started_at = int(time.time())
         self.keys = ApiKeyStore(config.auth)
         self.limiter = build_rate_limiter(config.limits.redis_url, config.limits.redis_timeout_s)

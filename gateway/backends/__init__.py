@@ -18,6 +18,10 @@ def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePoli
         from gateway.backends.speech import EspeakBackend, WhisperBackend
 
         return WhisperBackend(config) if config.task == "transcribe" else EspeakBackend(config)
+    if config.backend == "local" and config.task == "rerank":
+        from gateway.backends.cross_encoder import CrossEncoderBackend
+
+        return CrossEncoderBackend(config)
     if config.backend == "local":
         from gateway.backends.local import LocalBackend  # torch and transformers load only when needed
 

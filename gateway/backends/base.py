@@ -11,6 +11,7 @@ from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, Upstr
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest
 
 Request = ChatCompletionRequest | CompletionRequest
@@ -68,6 +69,10 @@ class Backend(ABC):
         """The OpenAI embeddings response (``task: embed`` models)."""
         raise InvalidRequestError(f"model '{self.name}' does not serve embeddings", param="model")
 
+    async def rerank(self, request: RerankRequest) -> dict[str, Any]:
+        """The re-rank response of a ``task: rerank`` model (a cross-encoder, or an upstream's ``/v1/rerank``)."""
+        raise InvalidRequestError(f"model '{self.name}' is not a re-ranker", param="model")
+
     async def transcribe(self, request: TranscriptionRequest, task: str) -> Transcript | UpstreamAudioReply:
         """Speech to text (``task``: transcribe or translate) for ``task: transcribe`` models."""
         raise InvalidRequestError(f"model '{self.name}' does not transcribe audio", param="model")
@@ -86,7 +91,7 @@ class Backend(ABC):
 
 
 class NotAChatModel(Backend):
-    """A model that serves other endpoints (embeddings, audio): chat and completions on it are a 400 naming the
+    """A model that serves other endpoints (embeddings, re-ranking, audio): chat and completions on it are a 400 naming the
     endpoint to use (``serves``)."""
 
     serves: ClassVar[str] = ""

@@ -25,11 +25,12 @@ from gateway.errors import (
     UpstreamUnavailableError,
 )
 from gateway.protocol import EmbeddingRequest, Endpoint
+from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest
 
 _PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
                           "responses": "responses", "transcribe": "audio/transcriptions",
-                          "translate": "audio/translations", "speech": "audio/speech"}
+                          "translate": "audio/translations", "speech": "audio/speech", "rerank": "rerank"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
 
@@ -97,6 +98,11 @@ class OpenAIHTTPBackend(Backend):
         body = {**request.model_dump(exclude_unset=True), "model": self.config.served_model}
         return await self._post("embeddings", orjson.dumps(body))
 
+    async def rerank(self, request: RerankRequest) -> dict[str, Any]:
+        """vLLM (cross-encoder and scoring models), Jina, Infinity and TEI-style servers answer ``/v1/rerank``:
+        the request goes as sent, model renamed."""
+        return await self._post("rerank", orjson.dumps(request.upstream_body(self.config.served_model)))
+
     async def complete(self, endpoint: Endpoint, request: Request) -> dict[str, Any]:
         return await self._post(endpoint, orjson.dumps(request.upstream_body(self.config.served_model)))
 
@@ -152,7 +158,7 @@ class OpenAIHTTPBackend(Backend):
     def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
         return self._stream("responses", request.upstream_body(self.config.served_model))
 
-    async def _post(self, endpoint: Endpoint | Literal["responses"], body: bytes) -> dict[str, Any]:
+    async def _post(self, endpoint: Endpoint | Literal["responses", "rerank"], body: bytes) -> dict[str, Any]:
         try:
             async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
                 self._open.add(response)

@@ -29,6 +29,7 @@ from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
 from gateway.metrics import RequestRecord
+from gateway.rerank import RerankRequest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from gateway.responses import ResponsesRequest, to_chat
 from gateway.runtime import AdmittedRequest, Gateway
@@ -374,6 +375,34 @@ async def create_speech(request: Request, gateway: GatewayDep) -> Response:
             record.finish(*status)
 
     return StreamingResponse(relay(), media_type=media_type)
+
+
+# ---- re-ranking ---------------------------------------------------------------------------------------------
+
+_RERANK_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES, 200: {"description": "The documents' indices and relevance scores, best first",
+                             "content": {"application/json": {"schema": {"type": "object"}}}}}
+
+
+@v1.post("/rerank", responses=_RERANK_RESPONSES, openapi_extra=_body_schema(RerankRequest))
+async def create_rerank(request: Request, gateway: GatewayDep) -> Response:
+    """Re-rank ``documents`` against ``query`` (Cohere / Jina / vLLM shape): by a re-ranker model, an
+    embedding model (cosine), or a chat model or ``auto`` (listwise, KICGPT's conversation)."""
+    parsed = await read_json_request(request, RerankRequest)
+    request.state.log.update(model=parsed.model)
+    record = await _admitted_record(request, gateway, "rerank", parsed.model, parsed)
+    try:
+        reranked = await _recorded(request, record, gateway.reranker.rerank(parsed, record))
+    except ClientDisconnected:
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    record.finish(200)
+    return FastJSONResponse(reranked.body, headers=reranked.headers)
+
+
+# vLLM serves the same endpoint at /rerank and /v2/rerank (the path Cohere's v2 SDK calls).
+for _path in ("/rerank", "/v2/rerank"):
+    router.add_api_route(_path, create_rerank, methods=["POST"], dependencies=[Depends(_authenticate)],
+                         include_in_schema=False)
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:

@@ -136,6 +136,19 @@ class ScriptedUpstream:
             return JSONResponse({"object": "list", "data": data, "model": body["model"],
                                  "usage": {"prompt_tokens": len(inputs), "total_tokens": len(inputs)}})
 
+        @app.post("/v1/rerank")
+        async def rerank(request: Request) -> Response:
+            """vLLM's re-rank shape; a document's score is the share of the query's words it contains."""
+            body = json.loads(await request.body())
+            with self._lock:
+                self.calls.append(Call(request.url.path, body, dict(request.headers), time.monotonic()))
+            words = set(body["query"].lower().split())
+            scores = [len(words & set(str(d).lower().split())) / len(words) for d in body["documents"]]
+            order = sorted(range(len(scores)), key=lambda i: -scores[i])[: body.get("top_n") or len(scores)]
+            return JSONResponse({"id": "rerank-scripted", "model": body["model"], "usage": {"total_tokens": 7},
+                                 "results": [{"index": i, "relevance_score": scores[i],
+                                              "document": {"text": body["documents"][i]}} for i in order]})
+
         @app.post("/v1/audio/transcriptions")
         async def transcriptions(request: Request) -> Response:
             """Records the form (the file as its size and first bytes); answers "<name> heard <n> bytes"."""
