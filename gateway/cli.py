@@ -167,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     hash_parser.add_argument("key", nargs="?", help="the key (read from stdin when left out)")
     hash_parser.set_defaults(handler=_hash_key)
 
+    from training.kg_commands import add_kg_commands
     from training.router_commands import add_router_commands
     from training.safety_commands import add_safety_commands
     from training.train_commands import add_train_commands
@@ -174,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_router_commands(commands)
     add_safety_commands(commands)
     add_train_commands(commands)
+    add_kg_commands(commands)
     return parser
 
 
@@ -195,7 +197,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # Installed by the ``train`` extra only (the serving image leaves them out).
-TRAINING_ONLY_MODULES = frozenset({"trl", "datasets", "matplotlib"})
+TRAINING_ONLY_MODULES = frozenset({"trl", "datasets", "matplotlib", "rank_bm25"})
 
 
 if __name__ == "__main__":

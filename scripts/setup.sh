@@ -2,7 +2,8 @@
 # Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
 #   scripts/setup.sh          runtime dependencies (and espeak-ng, the embedded text-to-speech)
 #   scripts/setup.sh --dev    runtime + trainers + test/lint dependencies (and redis-server for the limit tests, kubectl for
-#                             rendering the Kubernetes manifests, podman/buildah/debootstrap for the container smoke test)
+#                             rendering the Kubernetes manifests, podman/buildah/debootstrap for the container smoke test,
+#                             wordnet-base for `kg link-predict` on WN18RR)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -37,6 +38,13 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then
   # The rate-limit tests run a real Redis (two gateway processes sharing one counter store).
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) >/dev/null
+  fi
+fi
+
+if [ -n "$extras" ] && [ ! -e /usr/share/wordnet/data.noun ]; then
+  # `llm-gateway kg link-predict` names WN18RR's entities from WordNet 3.0 (Debian's package, offline).
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq wordnet-base >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq wordnet-base; }) >/dev/null
   fi
 fi
 

@@ -91,8 +91,8 @@ class Backend(ABC):
 
 
 class NotAChatModel(Backend):
-    """A model that serves other endpoints (embeddings, re-ranking, audio): chat and completions on it are a 400 naming the
-    endpoint to use (``serves``)."""
+    """A model that serves other endpoints (embeddings, re-ranking, audio): chat and completions on it are a 400
+    naming the endpoint to use (``serves``)."""
 
     serves: ClassVar[str] = ""
 

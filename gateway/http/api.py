@@ -29,8 +29,8 @@ from gateway.auth import ApiKey
 from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
 from gateway.http.sse import sse_lines
 from gateway.metrics import RequestRecord
-from gateway.rerank import RerankRequest
 from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest, to_chat
 from gateway.runtime import AdmittedRequest, Gateway
 from gateway.serving import StreamAnswer

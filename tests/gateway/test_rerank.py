@@ -131,7 +131,8 @@ def test_an_answer_without_an_order_keeps_the_given_order(upstream, make_gateway
 
 def test_a_custom_listwise_prompt_file_is_used(upstream, make_gateway, tmp_path):
     custom = tmp_path / "prompt.yaml"
-    custom.write_text(LISTWISE_PROMPT_FILE.read_text().replace("Order all {count} candidates", "Rank the {count} fruits"))
+    wording = LISTWISE_PROMPT_FILE.read_text()
+    custom.write_text(wording.replace("Order all {count} candidates", "Rank the {count} fruits"))
     upstream.responder = _listwise_judge
     gateway = make_gateway({"models": [{"name": "judge", "backend": "openai", "base_url": upstream.base_url}],
                             "rerank": {"listwise_prompt": str(custom)}})
