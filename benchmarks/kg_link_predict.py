@@ -49,8 +49,9 @@ def start_oracle(args: argparse.Namespace) -> str:
     from training.kg.oracle import oracle_app
 
     task = load_task(args.data)
-    answers = {task.query_text(Query(t, d)): task.entities.labels[Query(t, d).answer]
-               for t in task.graph.splits["test"] for d in ("tail", "head")}
+    answers: dict[str, set[str]] = {}
+    for query in task.graph.queries("test"):
+        answers.setdefault(task.query_text(query), set()).add(task.entities.labels[query.answer])
     port = free_port()
     server = uvicorn.Server(uvicorn.Config(oracle_app(answers), host="127.0.0.1", port=port, log_level="warning"))
     threading.Thread(target=server.run, daemon=True).start()

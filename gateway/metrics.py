@@ -49,20 +49,90 @@ class GatewayMetrics:
                                   ["stage", "outcome"], registry=r)
         self.rate_limited = Counter("gateway_rate_limited", "Requests refused by a per-key limit",
                                     ["key", "limit"], registry=r)
+        self.key_requests = Counter("gateway_key_requests", "Requests finished, by API key name", ["key"],
+                                    registry=r)
+        self.key_tokens = Counter("gateway_key_tokens", "Tokens used, by API key name", ["key"], registry=r)
         self.limiter_errors = Counter("gateway_rate_limiter_errors", "Calls to the rate limiter's store (Redis) "
                                       "that failed or timed out", registry=r)
 
     def render(self) -> bytes:
+        return generate_latest(self._collected())
+
+    def _collected(self) -> CollectorRegistry:
+        """This process's registry, or with ``--workers N`` the sum over every worker's files."""
         if os.environ.get(MULTIPROCESS_ENV):
             combined = CollectorRegistry()
             multiprocess.MultiProcessCollector(combined)
-            return generate_latest(combined)
-        return generate_latest(self.registry)
+            return combined
+        return self.registry
+
+    def snapshot(self) -> dict[str, Any]:
+        """Every metric as compact JSON (the console's dashboard; counters are totals since start, and the
+        latency percentiles are estimated from the histogram's buckets)."""
+        out: dict[str, Any] = {"requests": {}, "errors": {}, "tokens": {}, "routed": {}, "failovers": {},
+                               "in_flight": {}, "circuits": {}, "stages": {}, "rate_limited": {}, "keys": {}}
+        latency_buckets: dict[float, float] = {}
+        for family in self._collected().collect():
+            for sample in family.samples:
+                labels, value = sample.labels, sample.value
+                name = sample.name
+                if name == "gateway_requests_total":
+                    entry = out["requests"].setdefault(labels["model"], {})
+                    entry[labels["status"]] = entry.get(labels["status"], 0) + value
+                elif name == "gateway_request_errors_total":
+                    out["errors"][labels["code"]] = out["errors"].get(labels["code"], 0) + value
+                elif name == "gateway_request_duration_seconds_bucket":
+                    bound = float(labels["le"])
+                    latency_buckets[bound] = latency_buckets.get(bound, 0) + value
+                elif name == "gateway_tokens_total":
+                    out["tokens"].setdefault(labels["model"], {})[labels["kind"]] = value
+                elif name == "gateway_routed_requests_total":
+                    out["routed"][labels["model"]] = value
+                elif name == "gateway_failovers_total":
+                    entry = out["failovers"].setdefault(labels["from_model"], {})
+                    entry[labels["reason"]] = value
+                elif name == "gateway_requests_in_flight":
+                    out["in_flight"][labels["model"]] = value
+                elif name == "gateway_circuit_open":
+                    out["circuits"][labels["model"]] = {0: "closed", 0.5: "half_open"}.get(value, "open")
+                elif name == "gateway_stage_runs_total":
+                    out["stages"].setdefault(labels["stage"], {})[labels["outcome"]] = value
+                elif name == "gateway_rate_limited_total":
+                    out["rate_limited"][labels["key"]] = out["rate_limited"].get(labels["key"], 0) + value
+                elif name in ("gateway_key_requests_total", "gateway_key_tokens_total"):
+                    kind = "requests" if name == "gateway_key_requests_total" else "tokens"
+                    out["keys"].setdefault(labels["key"], {})[kind] = value
+        out["latency_ms"] = _percentiles(latency_buckets, (0.5, 0.9, 0.99))
+        out["total_requests"] = sum(sum(by_status.values()) for by_status in out["requests"].values())
+        return out
 
     def close(self) -> None:
         """This process stops serving: its live gauges leave the multi-process sums."""
         if os.environ.get(MULTIPROCESS_ENV):
             multiprocess.mark_process_dead(os.getpid())
+
+
+def _percentiles(buckets: dict[float, float], quantiles: tuple[float, ...]) -> dict[str, float | None]:
+    """Quantiles (ms) from cumulative histogram buckets, interpolated linearly within a bucket."""
+    bounds = sorted(buckets)
+    total = buckets[bounds[-1]] if bounds else 0
+    result: dict[str, float | None] = {}
+    for q in quantiles:
+        name = f"p{round(q * 100):d}"
+        if not total:
+            result[name] = None
+            continue
+        target, previous_bound, previous_count = q * total, 0.0, 0.0
+        for bound in bounds:
+            if buckets[bound] >= target:
+                if bound == float("inf"):
+                    result[name] = round(previous_bound * 1000, 1)
+                else:
+                    share = (target - previous_count) / max(buckets[bound] - previous_count, 1e-9)
+                    result[name] = round((previous_bound + share * (bound - previous_bound)) * 1000, 1)
+                break
+            previous_bound, previous_count = bound, buckets[bound]
+    return result
 
 
 class RequestRecord:
@@ -77,6 +147,7 @@ class RequestRecord:
         self._finished = False
         self._in_flight_model: str | None = None
         self.on_finish: Callable[[int], None] | None = None  # gets the tokens used (per-key limits)
+        self.key_name: str | None = None
 
     def answered_by(self, model: str) -> None:
         """The model serving this request is known: count it in flight under that name."""
@@ -110,5 +181,9 @@ class RequestRecord:
             m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
         if self.completion_tokens:
             m.tokens.labels(self.model, "completion").inc(self.completion_tokens)
+        if self.key_name is not None:
+            m.key_requests.labels(self.key_name).inc()
+            if self.prompt_tokens or self.completion_tokens:
+                m.key_tokens.labels(self.key_name).inc(self.prompt_tokens + self.completion_tokens)
         if self.on_finish is not None:
             self.on_finish(self.prompt_tokens + self.completion_tokens)

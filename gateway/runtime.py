@@ -107,6 +107,7 @@ class Gateway:
     def new_record(self, endpoint: str, model: str, log_fields: dict[str, Any], key: ApiKey | None = None,
                    reservation: Reservation | None = None) -> RequestRecord:
         record = RequestRecord(self.metrics, endpoint, self.service.metric_label(model), log_fields)
+        record.key_name = key.name if key is not None else None
         if key is not None and reservation is not None and key.tokens_per_minute is not None:
             record.on_finish = lambda tokens: self._settle(key, reservation, tokens)
         return record

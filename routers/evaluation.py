@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,8 @@ class EvaluationReport:
     router_name: str
     best_single_llm: str
     tasks: dict[str, TaskAccuracy]
+    # task -> LLM -> share of the task's questions routed to it (what each model is picked for)
+    shares: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @property
     def average(self) -> TaskAccuracy:
@@ -37,7 +39,7 @@ class EvaluationReport:
 
     def to_dict(self) -> dict[str, object]:
         return {"tasks": {name: asdict(acc) for name, acc in self.tasks.items()}, "average": asdict(self.average),
-                "router": self.router_name, "best_single_llm": self.best_single_llm}
+                "router": self.router_name, "best_single_llm": self.best_single_llm, "shares": self.shares}
 
 
 def task_accuracy(choices: np.ndarray, dataset: RoutingDataset, best_single: str) -> TaskAccuracy:
@@ -53,6 +55,7 @@ def task_accuracy(choices: np.ndarray, dataset: RoutingDataset, best_single: str
 def evaluate(router: Router, datasets: Sequence[RoutingDataset], best_single: str, router_name: str
              ) -> EvaluationReport:
     tasks: dict[str, TaskAccuracy] = {}
+    shares: dict[str, dict[str, float]] = {}
     for dataset in datasets:
         if set(dataset.llm_names) != set(router.llm_names):
             raise ValueError(f"{dataset.path}: its LLMs ({', '.join(dataset.llm_names)}) are not the router's "
@@ -60,7 +63,10 @@ def evaluate(router: Router, datasets: Sequence[RoutingDataset], best_single: st
         columns = [router.llm_names.index(name) for name in dataset.llm_names]  # the file's column order
         choices = np.argmax(np.asarray(router.score(dataset.questions))[:, columns], axis=1)
         tasks[dataset.task] = task_accuracy(choices, dataset, best_single)
-    return EvaluationReport(router_name, best_single, tasks)
+        counts = np.bincount(choices, minlength=len(dataset.llm_names)) / max(len(choices), 1)
+        shares[dataset.task] = {name: round(float(share), 4) for name, share in zip(dataset.llm_names, counts,
+                                                                                   strict=True) if share}
+    return EvaluationReport(router_name, best_single, tasks, shares)
 
 
 def format_table(report: EvaluationReport) -> str:

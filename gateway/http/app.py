@@ -18,6 +18,7 @@ from gateway.audio import MAX_AUDIO_BYTES
 from gateway.config import GatewayConfig, Settings
 from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
 from gateway.http.api import BODY_SCHEMAS, OPENAI_ENDPOINTS, openai_routes, router, v1
+from gateway.http.console import console_api, console_assets, pages
 from gateway.http.middleware import BodySizeLimitMiddleware, RequestContextMiddleware
 from gateway.runtime import Gateway
 
@@ -48,6 +49,9 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
     app.router.routes.extend(openai_routes)
     app.include_router(v1)
     app.include_router(router)
+    app.include_router(pages)
+    app.include_router(console_api)
+    app.mount("/ui/assets", console_assets(), name="console-assets")
     app.add_middleware(BodySizeLimitMiddleware, max_bytes=config.limits.max_body_bytes,
                        upload_max_bytes=max(config.limits.max_body_bytes, MAX_AUDIO_UPLOAD_BYTES))
     app.add_middleware(RequestContextMiddleware)

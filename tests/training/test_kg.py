@@ -126,7 +126,9 @@ def test_an_answer_key_upstream_lifts_hits_at_1_to_the_retrievers_hits_at_m(toy,
     from training.kg.oracle import oracle_app
 
     task = load_task(toy / "graph", toy / "wordnet")
-    answers = {task.query_text(q): task.entities.labels[q.answer] for q in task.graph.queries("test")}
+    answers: dict[str, set[str]] = {}
+    for query in task.graph.queries("test"):
+        answers.setdefault(task.query_text(query), set()).add(task.entities.labels[query.answer])
     with ServerThread(oracle_app(answers)) as oracle:
         config = tmp_path / "gateway.yaml"
         config.write_text(yaml.safe_dump({"models": [{"name": "oracle", "backend": "openai",

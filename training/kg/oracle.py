@@ -16,13 +16,16 @@ from starlette.responses import JSONResponse
 from gateway.rerank import ListwisePrompt
 
 
-def oracle_answer(last_user_message: str, answers: dict[str, str], prompt: ListwisePrompt) -> str:
-    """``The final order: [...]`` with the known answer first (candidates named as the gateway named them)."""
+def oracle_answer(last_user_message: str, answers: dict[str, set[str]], prompt: ListwisePrompt) -> str:
+    """``The final order: [...]`` with the known answer first (candidates named as the gateway named them).
+
+    ``answers``: query text → every true answer's name (one query may have several: the filtered candidate
+    list holds only the one being asked for)."""
     query = _between(prompt.query_turn, "{query}", last_user_message)
     listing = _between(prompt.named_candidates, "{candidates}", last_user_message)
     candidates = listing.split(" | ") if listing else []
-    answer = answers.get(query or "")
-    ranked = ([answer] if answer in candidates else []) + [c for c in candidates if c != answer]
+    true = answers.get(query or "", set())
+    ranked = [c for c in candidates if c in true] + [c for c in candidates if c not in true]
     return f"{prompt.answer_marker} [{' | '.join(ranked)}]"
 
 
@@ -38,7 +41,7 @@ def _between(template: str, field: str, text: str) -> str | None:
     return None
 
 
-def oracle_app(answers: dict[str, str], prompt: ListwisePrompt | None = None) -> FastAPI:
+def oracle_app(answers: dict[str, set[str]], prompt: ListwisePrompt | None = None) -> FastAPI:
     prompt = prompt or ListwisePrompt.load()
     app = FastAPI()
 

@@ -1,0 +1,108 @@
+"""The web console at ``/ui``: static pages shipped in the package (``gateway/console``), and the JSON they
+read under ``/ui/api`` — behind the same API keys as ``/v1`` (the pages themselves hold no data)."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Depends
+from starlette.responses import FileResponse, Response
+from starlette.staticfiles import StaticFiles
+
+from gateway.errors import HTTPStatusError
+from gateway.http.api import GatewayDep, _authenticate
+from gateway.runtime import Gateway
+
+CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
+REPORTS_DIR = "reports"  # of a router checkpoint: `router eval` / `router front` JSON (and PNG) reports
+MASK = "•••"
+# Everything the console loads comes from this origin: nothing is fetched from the internet at run time.
+SECURITY_HEADERS = {"content-security-policy": "default-src 'self'; img-src 'self' data: blob:; "
+                                               "style-src 'self' 'unsafe-inline'; object-src 'none'; "
+                                               "frame-ancestors 'none'",
+                    "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
+
+pages = APIRouter(include_in_schema=False)
+console_api = APIRouter(prefix="/ui/api", dependencies=[Depends(_authenticate)], include_in_schema=False)
+
+
+def console_assets() -> StaticFiles:
+    return StaticFiles(directory=CONSOLE_DIR)
+
+
+@pages.get("/ui")
+@pages.get("/ui/")
+async def console_page() -> Response:
+    return FileResponse(CONSOLE_DIR / "index.html", headers={**SECURITY_HEADERS, "cache-control": "no-cache"})
+
+
+@console_api.get("/stats")
+async def stats(gateway: GatewayDep) -> dict[str, Any]:
+    """Every metric as totals since start (the page derives rates from successive polls), plus each key's
+    limits."""
+    snapshot = gateway.metrics.snapshot()
+    # Circuit states as this process's breakers see them (the gauge only has series once a state changed).
+    snapshot["circuits"] |= {name: breaker.state for name, breaker in gateway.service.breakers.items()}
+    return {"time": time.time(), "uptime_s": round(time.time() - gateway.started_at, 1),
+            "draining": gateway.draining, **snapshot,
+            "key_limits": {k.name: {"requests_per_minute": k.requests_per_minute,
+                                    "tokens_per_minute": k.tokens_per_minute} for k in gateway.config.auth.api_keys}}
+
+
+@console_api.get("/config")
+async def config(gateway: GatewayDep) -> dict[str, Any]:
+    """The configuration in effect with secrets masked, and each model's readiness."""
+    settings = masked_config(gateway)
+    models = await gateway.pool.readiness()
+    return {"models": settings["models"], "router": settings["router"], "settings": settings,
+            "readiness": {"status": "draining" if gateway.draining else
+                          "ready" if all(m["ready"] for m in models.values()) else "not_ready", "models": models}}
+
+
+def masked_config(gateway: Gateway) -> dict[str, Any]:
+    settings = gateway.config.model_dump(mode="json")
+    for model in settings["models"]:
+        if model.get("api_key"):
+            model["api_key"] = MASK
+    for key in settings["auth"]["api_keys"]:
+        if key.get("key"):
+            key["key"] = MASK
+        if key.get("key_sha256"):
+            key["key_sha256"] = key["key_sha256"][:8] + "…"
+    if settings["limits"].get("redis_url"):
+        settings["limits"]["redis_url"] = re.sub(r"//([^@/]*)@", f"//{MASK}@", settings["limits"]["redis_url"])
+    return settings
+
+
+@console_api.get("/router")
+async def router_reports(gateway: GatewayDep) -> dict[str, Any]:
+    """The routed model's checkpoint, its LLM → model map, and the reports kept next to it."""
+    routed = gateway.service.routed
+    if routed is None:
+        return {"configured": False}
+    checkpoint = Path(routed.config.checkpoint)
+    reports = []
+    for path in sorted((checkpoint / REPORTS_DIR).glob("*.json")):
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            continue
+        image = path.with_suffix(".png")
+        reports.append({"name": path.stem, "data": data, "image": image.name if image.exists() else None})
+    return {"configured": True, "model_name": routed.name, "checkpoint": str(checkpoint),
+            "kind": type(routed.router).__name__, "model_map": dict(zip(routed.router.llm_names, routed.models,
+                                                                         strict=True)),
+            "reports": reports}
+
+
+@console_api.get("/router/files/{name}")
+async def router_report_image(name: str, gateway: GatewayDep) -> Response:
+    routed = gateway.service.routed
+    path = Path(routed.config.checkpoint) / REPORTS_DIR / name if routed is not None else None
+    if path is None or Path(name).name != name or path.suffix != ".png" or not path.is_file():
+        raise HTTPStatusError(f"no report image '{name}'", status_code=404)
+    return FileResponse(path, media_type="image/png")
