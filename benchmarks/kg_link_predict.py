@@ -44,7 +44,6 @@ def with_retriever(source: Path, target: Path) -> Path:
 
 
 def start_oracle(args: argparse.Namespace) -> str:
-    from training.kg.graph import Query
     from training.kg.link_predict import load_task
     from training.kg.oracle import oracle_app
 
