@@ -145,6 +145,12 @@ stream=$(curl -fsSN "$url/v1/chat/completions" -H 'content-type: application/jso
 chunks=$(grep -c '^data: {' <<<"$stream" || true)
 grep -q '^data: \[DONE\]' <<<"$stream" && [ "$chunks" -ge 2 ] || fail "stream: $stream"
 say "stream: $chunks chunks, then [DONE]"
+# Package data reached the image: the console's page and script, the listwise re-ranking prompt.
+curl -fsS "$url/ui" | grep -q 'console.js' && curl -fsS -o /dev/null "$url/ui/assets/console.js" || fail "/ui"
+curl -fsS "$url/v1/rerank" -H 'content-type: application/json' \
+  -d '{"model": "all-minilm-l6-v2", "query": "capital of France", "documents": ["Paris is in France", "Bananas"]}' \
+  | grep -q '"index":0' || fail "/v1/rerank"
+say "/ui and /v1/rerank served"
 pid=$(ss -ltnpH "sport = :$port" | grep -oE 'pid=[0-9]+' | head -n1 | cut -d= -f2)
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
 [ "$uid" = 10001 ] || fail "the server runs as uid $uid, not 10001"

@@ -3,7 +3,7 @@
 #   scripts/setup.sh          runtime dependencies (and espeak-ng, the embedded text-to-speech)
 #   scripts/setup.sh --dev    runtime + trainers + test/lint dependencies (and redis-server for the limit tests, kubectl for
 #                             rendering the Kubernetes manifests, podman/buildah/debootstrap for the container smoke test,
-#                             wordnet-base for `kg link-predict` on WN18RR)
+#                             wordnet-base for `kg link-predict` on WN18RR, chromium for the console's browser tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -38,6 +38,13 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then
   # The rate-limit tests run a real Redis (two gateway processes sharing one counter store).
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) >/dev/null
+  fi
+fi
+
+if [ -n "$extras" ] && ! { command -v chromium || command -v chromium-browser; } >/dev/null 2>&1; then
+  # The console's tests run in a real headless Chromium (Debian's package; Playwright drives it by path).
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq chromium; }) >/dev/null
   fi
 fi
 

@@ -115,6 +115,9 @@ def test_a_chat_model_reranks_listwise_and_nothing_is_lost(upstream, make_gatewa
     assert body["usage"]["prompt_tokens"] > 0 and body["usage"]["completion_tokens"] > 0
     sent = upstream.calls[-1].body
     assert sent["temperature"] == 0 and sent["max_tokens"] > 20
+    sdk = cohere.ClientV2(api_key="unused", base_url=gateway.url).rerank(
+        model="judge", query="which fruit is red?", documents=FRUITS, top_n=2)  # what Cohere's SDK users call
+    assert [r.index for r in sdk.results] == [3, 2]
     assert "a cherry is a small red fruit" in sent["messages"][2]["content"]
     assert sent["messages"][1]["content"] == PROMPT.acknowledgement
 
