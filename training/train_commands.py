@@ -1,4 +1,4 @@
-"""``llm-gateway train ...``: the alignment trainers (Sr-DPO family; AlignCoT/MoTE)."""
+"""``llm-gateway train ...``: the alignment trainers (Sr-DPO family; AlignCoT/MoTE) and model soups."""
 
 from __future__ import annotations
 
@@ -76,7 +76,57 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
                           help="run the whole chain for every prompt (measures the chain itself when the base "
                                "model's own check passes everything)")
     evaluate.set_defaults(handler=_aligncot_eval)
+
+    soup = sub.add_parser("soup", help="MEHL-Soup: merge fine-tunes of one base into one model (learned affine "
+                                       "coefficients, b members in memory at a time)",
+                          formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    soup.add_argument("--base", required=True, help="the members' base: a model directory or 'smollm2-135m'")
+    soup.add_argument("--members", required=True, nargs="+", type=Path, metavar="DIR",
+                      help="PEFT LoRA adapter directories or full fine-tuned model directories")
+    soup.add_argument("--data", required=True, type=Path, help="HH-RLHF-style JSONL(.gz) (or TRL preference "
+                                                                "pairs): NLL on chosen, DPO on the pairs")
+    soup.add_argument("--out", required=True, type=Path, help="report.json, metrics.jsonl, soup.png, model/")
+    soup.add_argument("--model-batch", type=int, default=2, help="members held in memory at once (b)")
+    soup.add_argument("--blocks", choices=["tensor", "layer"], default="tensor",
+                      help="one coefficient per tensor (MEHL-Soup+) or per transformer layer")
+    soup.add_argument("--objective", choices=["nll", "dpo"], default="nll")
+    soup.add_argument("--max-examples", type=int, default=120, help="pairs the coefficients are fitted on")
+    soup.add_argument("--test-examples", type=int, default=80, help="pairs held out from everything")
+    soup.add_argument("--epochs", type=int, default=2, help="over the fitting pairs, per model batch")
+    soup.add_argument("--lr", type=float, default=0.05, help="AdamW on the coefficients (cosine schedule)")
+    soup.add_argument("--batch-size", type=int, default=8)
+    soup.add_argument("--max-length", type=int, default=256)
+    soup.add_argument("--beta", type=float, default=0.1, help="DPO's β (--objective dpo)")
+    soup.add_argument("--baselines", nargs="*", default=["greedy", "peft", "new-lora"],
+                      choices=["greedy", "peft", "new-lora"], help="beside best single and uniform (always)")
+    soup.add_argument("--seed", type=int, default=0)
+    soup.set_defaults(handler=_soup)
     return sub
+
+
+def _soup(args: argparse.Namespace) -> int:
+    from training.soup.mehl import SoupSettings
+    from training.soup.run import SoupRun, run_soup
+
+    if args.model_batch < 1 or args.epochs < 1:
+        raise ValueError("--model-batch and --epochs must be at least 1")
+    settings = SoupSettings(model_batch=args.model_batch, blocks=args.blocks, objective=args.objective,
+                            epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, beta=args.beta,
+                            seed=args.seed)
+    report = run_soup(SoupRun(base=args.base, members=args.members, data=args.data, out=args.out, settings=settings,
+                              max_examples=args.max_examples, test_examples=args.test_examples,
+                              max_length=args.max_length, baselines=tuple(args.baselines)))
+    rows = [("soup", report["soup"]), ("uniform", report["uniform"]),
+            (f"best single ({report['best_single']['name']})", report["best_single"])]
+    rows += [(name, report[name]) for name in ("greedy", "peft_ties", "peft_dare_linear", "peft_svd", "new_lora")
+             if name in report and "val_nll" in report[name]]
+    rows += [(f"member {name}", value) for name, value in report["members"].items()] + [("base", report["base"])]
+    print(f"{'':<40}{'val NLL':>10}{'test NLL':>10}")
+    for name, value in rows:
+        print(f"{name:<40}{value['val_nll']:>10.4f}{value['test_nll']:>10.4f}")
+    print(f"peak RSS (MB): {report['peak_rss_mb']}; members held at once: {report['peak_members_held']}; "
+          f"wrote {args.out / 'model'}, report.json, soup.png")
+    return 0
 
 
 def _gateway_target(parser: argparse.ArgumentParser) -> None:

@@ -1,0 +1,132 @@
+"""MEHL-Soup: the affine combination, gradients on the coefficients only, b members in memory, LoRA merged
+as the dense ΔW PEFT merges, and ``llm-gateway train soup`` end to end on tiny members whose output the
+gateway serves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support.servers import VENV_BIN
+from training.soup.mehl import SoupSettings, affine_soup, block_of, train_soup
+from training.soup.members import Member, MemberStore, lora_delta
+from training.soup.objective import Example
+
+DATA = Path(__file__).resolve().parents[3] / "shared" / "datasets" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
+
+
+def test_the_affine_combination_spans_centre_members_and_beyond():
+    members = [{"w": torch.tensor([1.0, 0.0])}, {"w": torch.tensor([0.0, 1.0])}, {"w": torch.tensor([1.0, 1.0])}]
+    centre = {"w": sum(m["w"] for m in members) / 3}
+    directions = [{"w": m["w"] - centre["w"]} for m in members]
+    index = {"w": 0}
+    assert torch.allclose(affine_soup(centre, directions, torch.zeros(3, 1), index)["w"], centre["w"])
+    for i, member in enumerate(members):
+        one_hot = torch.zeros(3, 1)
+        one_hot[i, 0] = 1
+        assert torch.allclose(affine_soup(centre, directions, one_hot, index)["w"], member["w"])
+    beyond = affine_soup(centre, directions, torch.tensor([[-1.0], [0.0], [0.0]]), index)["w"]
+    assert torch.allclose(beyond, 2 * centre["w"] - members[0]["w"])  # extrapolation past the centre
+
+
+def test_blocks_are_tensors_or_layers():
+    assert block_of("model.layers.3.self_attn.q_proj.weight", "tensor") == "model.layers.3.self_attn.q_proj.weight"
+    assert block_of("model.layers.3.self_attn.q_proj.weight", "layer") == "layer 003"
+    assert block_of("model.embed_tokens.weight", "layer") == "other"
+
+
+def _tiny_model():
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=64)
+    return LlamaForCausalLM(config)
+
+
+def _adapter(model, directory: Path, seed: int) -> Path:
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    peft_model = get_peft_model(_copy(model), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    for name, parameter in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(parameter, std=0.2)
+    peft_model.save_pretrained(directory)
+    return directory
+
+
+def _copy(model):
+    import copy
+
+    return copy.deepcopy(model)
+
+
+def test_a_lora_member_is_the_dense_delta_peft_merges(tmp_path):
+    from peft import PeftModel
+
+    model = _tiny_model()
+    base = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter = _adapter(model, tmp_path / "adapter", seed=1)
+    merged = PeftModel.from_pretrained(_copy(model), str(adapter)).merge_and_unload()
+    delta = lora_delta(adapter, base)
+    assert set(delta) == {f"model.layers.{i}.self_attn.{m}.weight" for i in range(2) for m in ("q_proj", "v_proj")}
+    for name, parameter in merged.named_parameters():
+        expected = parameter.detach() - base[name]
+        assert torch.allclose(delta.get(name, torch.zeros_like(expected)), expected, atol=1e-6), name
+
+
+def test_only_the_coefficients_learn_and_only_b_members_are_held(tmp_path):
+    model = _tiny_model()
+    model.requires_grad_(False)
+    base = dict(model.named_parameters())
+    members = [Member(f"m{i}", _adapter(model, tmp_path / f"m{i}", seed=i), "lora") for i in range(5)]
+    store = MemberStore(members, {n: p.detach() for n, p in base.items()})
+    examples = [Example(prompt=[1, 2, 3], chosen=[4 + i, 5, 6], rejected=[7, 8, 9]) for i in range(6)]
+    before = {n: p.clone() for n, p in base.items()}
+    soup, records = train_soup(model, base, store, examples, SoupSettings(model_batch=2, epochs=2, batch_size=3))
+    assert store.loads == 5 and store.peak_alive <= 2  # three batches (2, 2, 1), never more than b at once
+    assert [r.members for r in records] == [["m0", "m1"], ["m2", "m3"], ["m4"]]
+    assert any(abs(x) > 1e-4 for r in records for row in r.coefficients for x in row)  # X moved
+    assert all(p.grad is None and not p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[n], p) for n, p in base.items())  # the base is untouched
+    assert set(soup) == set(lora_delta(members[0].path, before))
+
+
+@pytest.mark.slow
+def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path, make_gateway):
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    from training.models import resolve_model_path
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model_path("smollm2-135m"))
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
+                                        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+                                        max_position_embeddings=512, tie_word_embeddings=True))
+    base.save_pretrained(tmp_path / "base")
+    tokenizer.save_pretrained(tmp_path / "base")
+    members = [str(_adapter(base, tmp_path / f"member-{i}", seed=10 + i)) for i in range(3)]
+    out = tmp_path / "soup"
+    result = subprocess.run(
+        [str(VENV_BIN / "llm-gateway"), "train", "soup", "--base", str(tmp_path / "base"), "--members", *members,
+         "--data", str(DATA), "--out", str(out), "--model-batch", "2", "--max-examples", "12",
+         "--test-examples", "8", "--epochs", "1", "--batch-size", "4", "--max-length", "128"],
+        capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["members"]) == {"member-0", "member-1", "member-2"}
+    for name in ("soup", "uniform", "greedy", "new_lora", *(f"peft_{m}" for m in ("ties", "dare_linear", "svd"))):
+        assert isinstance(report[name]["val_nll"], float), (name, report[name])
+    assert report["peak_members_held"] <= 2 and report["member_loads_during_soup"] == 3
+    assert (out / "soup.png").stat().st_size > 10_000 and (out / "metrics.jsonl").read_text().count("\n") == 6
+    assert "val NLL" in result.stdout
+    gateway = make_gateway({"models": [{"name": "soup", "backend": "local", "path": str(out / "model"),
+                                        "device": "cpu"}]}, wait_ready=True)
+    answer = gateway.client().chat.completions.create(model="soup", max_tokens=5,
+                                                      messages=[{"role": "user", "content": "Hello"}])
+    assert answer.choices[0].finish_reason in ("length", "stop") and answer.usage.completion_tokens >= 1
