@@ -7,7 +7,8 @@ const POLL_MS = 2000;
 const HISTORY_S = 600;
 const $ = (id) => document.getElementById(id);
 
-const state = { page: "playground", history: [], conversation: [], prices: {}, controller: null, poller: null };
+const state = { page: "playground", history: [], conversation: [], prices: {}, controller: null, poller: null,
+  recorder: null, recorded: null };
 
 // ---- HTTP ----------------------------------------------------------------------------------------------
 
@@ -141,13 +142,15 @@ function readFile(input) {
 
 async function userContent(text) {
   const [image, audio] = await Promise.all([readFile($("image")), readFile($("audio"))]);
-  if (!image && !audio) return text;
+  const recorded = state.recorded;
+  if (!image && !audio && !recorded) return text;
   const parts = [];
   if (image) parts.push({ type: "image_url", image_url: { url: image.url } });
   if (audio) {
     const format = /mp3|mpeg/.test(audio.type + audio.name) ? "mp3" : "wav";
     parts.push({ type: "input_audio", input_audio: { data: audio.url.split(",", 2)[1], format } });
   }
+  if (recorded) parts.push({ type: "input_audio", input_audio: { data: recorded, format: "wav" } });
   if (text) parts.push({ type: "text", text });
   return parts;
 }
@@ -161,12 +164,14 @@ function addMessage(role, text) {
 async function send(event) {
   event.preventDefault();
   const text = $("message").value.trim();
-  if (!text && !$("image").files.length && !$("audio").files.length) return;
+  if (!text && !$("image").files.length && !$("audio").files.length && !state.recorded) return;
   const content = await userContent(text);
   state.conversation.push({ role: "user", content });
-  addMessage("user", text + ($("image").files.length ? "  [image]" : "") + ($("audio").files.length ? "  [audio]" : ""));
+  addMessage("user", text + ($("image").files.length ? "  [image]" : "")
+    + ($("audio").files.length || state.recorded ? "  [audio]" : ""));
   $("message").value = "";
   $("image").value = ""; $("audio").value = "";  // attachments go with this message only
+  state.recorded = null; $("record-status").textContent = "";
   const model = $("model").value;
   const body = { model, stream: true, stream_options: { include_usage: true },
     temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
@@ -262,6 +267,49 @@ function decision(headers, usage, stageVerdicts, firstByte, total) {
   }
   box.append(el("span", { class: "latency", text: `first byte ${firstByte === null ? "–" : Math.round(firstByte)} ms · total ${Math.round(total)} ms` }));
   return box;
+}
+
+// Recording: the microphone through MediaRecorder, decoded and written as 16-bit mono WAV (the input_audio
+// formats are wav and mp3; browsers record webm/ogg).
+async function toggleRecording() {
+  if (state.recorder) { state.recorder.stop(); return; }
+  let stream;
+  try { stream = await navigator.mediaDevices.getUserMedia({ audio: true }); } catch (error) {
+    $("record-status").textContent = `no microphone: ${error.message}`; return;
+  }
+  const chunks = [];
+  const recorder = new MediaRecorder(stream);
+  recorder.ondataavailable = (event) => chunks.push(event.data);
+  recorder.onstop = async () => {
+    stream.getTracks().forEach((track) => track.stop());
+    state.recorder = null;
+    $("record").textContent = "Record";
+    const context = new AudioContext();
+    const audio = await context.decodeAudioData(await new Blob(chunks).arrayBuffer());
+    context.close();
+    state.recorded = wavBase64(audio);
+    $("record-status").textContent = `recorded ${audio.duration.toFixed(1)} s (goes with the next message)`;
+  };
+  recorder.start();
+  state.recorder = recorder;
+  $("record").textContent = "Stop recording";
+  $("record-status").textContent = "recording…";
+}
+
+function wavBase64(audio) {
+  const samples = audio.getChannelData(0);
+  const bytes = new DataView(new ArrayBuffer(44 + 2 * samples.length));
+  const text = (offset, value) => [...value].forEach((c, i) => bytes.setUint8(offset + i, c.charCodeAt(0)));
+  text(0, "RIFF"); bytes.setUint32(4, 36 + 2 * samples.length, true); text(8, "WAVE"); text(12, "fmt ");
+  bytes.setUint32(16, 16, true); bytes.setUint16(20, 1, true); bytes.setUint16(22, 1, true);
+  bytes.setUint32(24, audio.sampleRate, true); bytes.setUint32(28, 2 * audio.sampleRate, true);
+  bytes.setUint16(32, 2, true); bytes.setUint16(34, 16, true); text(36, "data");
+  bytes.setUint32(40, 2 * samples.length, true);
+  samples.forEach((s, i) => bytes.setInt16(44 + 2 * i, Math.max(-1, Math.min(1, s)) * 0x7fff, true));
+  let binary = "";
+  const raw = new Uint8Array(bytes.buffer);
+  for (let i = 0; i < raw.length; i += 0x8000) binary += String.fromCharCode(...raw.subarray(i, i + 0x8000));
+  return btoa(binary);
 }
 
 // ---- dashboard -----------------------------------------------------------------------------------------
@@ -439,6 +487,7 @@ document.addEventListener("DOMContentLoaded", () => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("chat-form").requestSubmit();
   });
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  $("record").addEventListener("click", toggleRecording);
   $("clear").addEventListener("click", () => { state.conversation = []; $("messages").replaceChildren(); });
   $("preference").addEventListener("input", () => {
     const cost = 1 - Number($("preference").value) / 100;

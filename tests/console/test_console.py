@@ -31,7 +31,9 @@ def browser():
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=["--disable-gpu"])
+        # A fake microphone (a tone) that needs no permission prompt: the record button's test.
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=[
+            "--disable-gpu", "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream"])
         yield browser
         browser.close()
 
@@ -186,3 +188,27 @@ def test_the_console_api_needs_the_key_and_the_page_fetches_nothing_from_elsewhe
     assert "https://" not in script and "innerHTML" not in script
     assert httpx.get(f"{console_gateway.url}/ui/api/router/files/..%2Fmetadata.json", timeout=10,
                      headers={"authorization": f"Bearer {KEY}"}).status_code == 404
+
+
+def test_a_recorded_clip_goes_with_the_next_message_as_wav(browser, upstream, make_gateway):
+    import base64
+
+    gateway = make_gateway({"models": [{"name": "voice", "backend": "openai", "base_url": upstream.base_url,
+                                        "audio": True}]})  # no keys: the console opens at once
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/ui")
+    page.locator("#pages").wait_for(state="visible")
+    page.click("#record")
+    page.locator("#record-status").filter(has_text="recording").wait_for()
+    time.sleep(1.5)
+    page.click("#record")
+    page.locator("#record-status").filter(has_text="recorded").wait_for(timeout=10_000)
+    _send(page, "voice", "What did I say?")
+    parts = upstream.calls[-1].body["messages"][-1]["content"]
+    clip = next(p["input_audio"] for p in parts if p["type"] == "input_audio")
+    wav = base64.b64decode(clip["data"])
+    assert clip["format"] == "wav" and wav[:4] == b"RIFF" and wav[8:12] == b"WAVE"
+    seconds = (len(wav) - 44) / 2 / int.from_bytes(wav[24:28], "little")
+    assert 0.8 < seconds < 5, seconds
+    assert page.locator("#record-status").inner_text() == ""  # the clip went with that message only
+    page.screenshot(path=ARTIFACTS / "7-recorded-clip.png", full_page=True)
