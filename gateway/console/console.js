@@ -8,7 +8,7 @@ const HISTORY_S = 600;
 const $ = (id) => document.getElementById(id);
 
 const state = { page: "playground", history: [], conversation: [], prices: {}, controller: null, poller: null,
-  recorder: null, recorded: null };
+  recorder: null, recorded: null, chainModels: new Set() };
 
 // ---- HTTP ----------------------------------------------------------------------------------------------
 
@@ -125,8 +125,13 @@ async function loadModels() {
   select.replaceChildren(...models.data.filter((m) => chatModels.has(m.id) || !config.models.some((c) => c.name === m.id))
     .map((m) => el("option", { value: m.id, text: m.id })));
   if (config.router) select.value = config.router.model_name;
-  $("preference-row").hidden = select.value !== (config.router && config.router.model_name);
-  select.onchange = () => { $("preference-row").hidden = !config.router || select.value !== config.router.model_name; };
+  state.chainModels = new Set(config.models.filter((m) => (m.stages || []).includes("aligncot")).map((m) => m.name));
+  const sync = () => {
+    $("preference-row").hidden = !config.router || select.value !== config.router.model_name;
+    $("chain-row").hidden = !state.chainModels.has(select.value);
+  };
+  select.onchange = sync;
+  sync();
 }
 
 function readFile(input) {
@@ -176,6 +181,7 @@ async function send(event) {
   const body = { model, stream: true, stream_options: { include_usage: true },
     temperature: Number($("temperature").value), max_tokens: Number($("max-tokens").value),
     messages: [...($("system").value.trim() ? [{ role: "system", content: $("system").value.trim() }] : []), ...state.conversation] };
+  if (!$("chain-row").hidden && $("show-chain").checked) body.aligncot = { return_chain: true };
   if (!$("preference-row").hidden) {
     const quality = Number($("preference").value) / 100;
     body.routing = { preference: { quality: +quality.toFixed(2), cost: +(1 - quality).toFixed(2) } };
@@ -186,7 +192,7 @@ async function send(event) {
   state.controller = new AbortController();
   $("send").disabled = true; $("stop").disabled = false;
   const started = performance.now();
-  let firstByte = null, usage = null, reply = "", stageVerdicts = {}, failed = null, headers = new Headers();
+  let firstByte = null, usage = null, reply = "", stageVerdicts = {}, failed = null, headers = new Headers(), chain = null;
   try {
     const response = await api("/v1/chat/completions", { method: "POST", body: JSON.stringify(body),
       headers: { "content-type": "application/json" }, signal: state.controller.signal });
@@ -212,6 +218,7 @@ async function send(event) {
           if (chunk.error) { failed = chunk.error.message; continue; }
           for (const stage of stages) if (chunk[stage]) stageVerdicts[stage] = chunk[stage];
           if (chunk.usage) usage = chunk.usage;
+          if (chunk.aligncot_chain) chain = chunk.aligncot_chain;
           for (const choice of chunk.choices || []) {
             const delta = choice.delta || {};
             if (delta.content) { reply += delta.content; textNode.textContent = reply; }
@@ -231,6 +238,10 @@ async function send(event) {
   answer.setAttribute("data-state", failed ? "failed" : "done");
   if (failed) answer.append(el("p", { class: "error", text: failed }));
   answer.append(decision(headers, usage, stageVerdicts, firstByte, total));
+  if (chain) {
+    answer.append(el("details", { class: "aligncot-chain", open: "" }, el("summary", { text: "AlignCoT chain" }),
+      el("dl", {}, ...chain.flatMap((step) => [el("dt", { text: step.step }), el("dd", { text: step.text })]))));
+  }
 }
 
 function decision(headers, usage, stageVerdicts, firstByte, total) {

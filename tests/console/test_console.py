@@ -212,3 +212,22 @@ def test_a_recorded_clip_goes_with_the_next_message_as_wav(browser, upstream, ma
     assert 0.8 < seconds < 5, seconds
     assert page.locator("#record-status").inner_text() == ""  # the clip went with that message only
     page.screenshot(path=ARTIFACTS / "7-recorded-clip.png", full_page=True)
+
+
+def test_the_alignCoT_chain_is_shown_when_asked(browser, upstream, make_gateway):
+    from tests.safety.test_aligncot import ANALYSIS, GUIDANCE, QUERY, SAFE, _model
+
+    upstream.responder = _model(direct_safe=False)
+    gateway = make_gateway({"models": [{"name": "aligned", "backend": "openai", "base_url": upstream.base_url,
+                                        "stages": ["aligncot"]}]})
+    page = browser.new_page()
+    page.goto(f"{gateway.url}/ui")
+    page.locator("#pages").wait_for(state="visible")
+    page.select_option("#model", "aligned")
+    page.check("#show-chain")
+    answer = _send(page, "aligned", QUERY)
+    assert answer.locator(".text").inner_text().strip() == SAFE
+    assert answer.locator(".stage-verdict").inner_text() == "aligncot: chain"
+    chain = answer.locator(".aligncot-chain").inner_text()
+    assert ANALYSIS in chain and GUIDANCE in chain and "safety_check" in chain
+    page.screenshot(path=ARTIFACTS / "8-aligncot-chain.png", full_page=True)
