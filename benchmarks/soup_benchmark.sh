@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # MEHL-Soup on SmolLM2-135M (small-model run, CPU): train 12 LoRA members of the Sr-DPO family (different
 # losses, β, λ, seeds and so data subsets) on one part of HH-RLHF, then soup N = 6 and N = 12 of them at b = 2
-# on another part, every baseline in the same report; peak RSS after the soup is in each report.
+# on another part, every baseline in the same report; peak RSS after the soup is in each report. Sizes are cut
+# for 2 CPU cores (a SmolLM2 forward pass over 8 x 128 tokens takes seconds): 32 fitting and 32 test pairs.
 #   benchmarks/soup_benchmark.sh            (OUT=/tmp/soup-bench, STEPS=12 per member)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -51,7 +52,7 @@ soup() {  # N OUT_NAME
   local members=()
   for i in $(seq 0 $(( $1 - 1 ))); do members+=("$OUT/members/$(printf 'm%02d' "$i")/adapter"); done
   $BIN/llm-gateway train soup --base smollm2-135m --members "${members[@]}" --data "$OUT/soup.jsonl" \
-    --out "$OUT/$2" --model-batch 2 --max-examples 96 --test-examples 64 --max-length 192 --epochs 2 \
+    --out "$OUT/$2" --model-batch 2 --max-examples 32 --test-examples 32 --max-length 128 --epochs 2 --lr 0.1 \
     > "$OUT/$2.log" 2> "$OUT/$2.err"
   cat "$OUT/$2.log"
 }
