@@ -130,3 +130,28 @@ def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path,
     answer = gateway.client().chat.completions.create(model="soup", max_tokens=5,
                                                       messages=[{"role": "user", "content": "Hello"}])
     assert answer.choices[0].finish_reason in ("length", "stop") and answer.usage.completion_tokens >= 1
+
+
+def test_the_dpo_objective_fits_the_coefficients_against_the_base(tmp_path):
+    from training.soup.objective import attach_reference, evaluate
+
+    model = _tiny_model()
+    model.requires_grad_(False)
+    base = dict(model.named_parameters())
+    members = [Member(f"m{i}", _adapter(model, tmp_path / f"m{i}", seed=20 + i), "lora") for i in range(2)]
+    store = MemberStore(members, {n: p.detach() for n, p in base.items()})
+    examples = [Example(prompt=[1, 2, 3 + i], chosen=[10, 11, 12], rejected=[20, 21, 22]) for i in range(4)]
+    attach_reference(model, base, examples)
+    assert all(e.reference is not None for e in examples)
+    at_base = evaluate(model, base, examples, "dpo", beta=0.5)
+    assert at_base["dpo_loss"] == pytest.approx(0.6931, abs=1e-3)  # the base against itself: log 2
+    soup, records = train_soup(model, base, store, examples,
+                               SoupSettings(model_batch=2, epochs=5, batch_size=4, objective="dpo", beta=0.5))
+    from training.soup.mehl import with_base
+
+    deltas = [lora_delta(m.path, {n: p.detach() for n, p in base.items()}) for m in members]
+    centre = {n: (deltas[0][n] + deltas[1][n]) / 2 for n in deltas[0]}  # where the coefficients start
+    fitted = evaluate(model, with_base(base, soup), examples, "dpo", beta=0.5)
+    started = evaluate(model, with_base(base, centre), examples, "dpo", beta=0.5)
+    assert records[0].losses[-1] < records[0].losses[0] and fitted["dpo_loss"] < started["dpo_loss"]
+    assert set(fitted) == {"nll", "dpo_loss", "accuracy"}
