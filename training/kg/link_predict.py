@@ -25,6 +25,7 @@ from training.kg.graph import KnowledgeGraph, Query, Triple, interleave
 from training.kg.retriever import (
     RetrieverSettings,
     filtered_rank,
+    filtered_ranks,
     load_retriever,
     save_retriever,
     top_candidates,
@@ -166,7 +167,7 @@ def run(task: LinkPredictionTask, out: Path, settings: RunSettings, rerank: Rera
         (out / "retriever_history.json").write_text(json.dumps(history, indent=1))
 
     all_queries = task.graph.queries("test")
-    all_ranks = _retriever_ranks(task, retriever, all_queries)
+    all_ranks = filtered_ranks(retriever, task.graph, all_queries)
     triples = task.graph.splits["test"]
     if settings.sample is not None and settings.sample < len(triples):
         triples = random.Random(settings.seed).sample(triples, settings.sample)
@@ -239,15 +240,6 @@ def run(task: LinkPredictionTask, out: Path, settings: RunSettings, rerank: Rera
                                        "median": round(statistics.median(timed), 3)} if timed else {}
     (out / "report.json").write_text(json.dumps(report, indent=1))
     return report
-
-
-def _retriever_ranks(task: LinkPredictionTask, retriever: Any, queries: list[Query]) -> list[int]:
-    ranks = []
-    for start in range(0, len(queries), 512):
-        batch = queries[start:start + 512]
-        ranks += [filtered_rank(task.graph, q, s) for q, s in zip(batch, retriever.scores(task.graph, batch),
-                                                                   strict=True)]
-    return ranks
 
 
 def _metrics(ranks: list[int], top_m: int) -> dict[str, float]:

@@ -129,12 +129,17 @@ def train_retriever(graph: KnowledgeGraph, entity_vectors: np.ndarray, settings:
     return model, history
 
 
-def _mrr(model: TextRetriever, graph: KnowledgeGraph, queries: list[Query]) -> float:
+def filtered_ranks(model: TextRetriever, graph: KnowledgeGraph, queries: list[Query]) -> list[int]:
+    """``filtered_rank`` of every query, scored 512 at a time."""
     ranks = []
     for start in range(0, len(queries), 512):
         batch = queries[start:start + 512]
-        for query, scores in zip(batch, model.scores(graph, batch), strict=True):
-            ranks.append(filtered_rank(graph, query, scores))
+        ranks += [filtered_rank(graph, q, s) for q, s in zip(batch, model.scores(graph, batch), strict=True)]
+    return ranks
+
+
+def _mrr(model: TextRetriever, graph: KnowledgeGraph, queries: list[Query]) -> float:
+    ranks = filtered_ranks(model, graph, queries)
     return float(np.mean([1 / r for r in ranks])) if ranks else 0.0
 
 
