@@ -68,6 +68,9 @@ class ModelConfig(StrictModel):
     path: str | None = Field(default=None, description="local: a transformers model dir (default: embedded)")
     adapters: dict[str, str] = Field(default_factory=dict, description="local: public name -> PEFT LoRA adapter "
                                                                        "dir, each served as its own model")
+    mote: str | None = Field(default=None, description="local: a MoTE run ('llm-gateway train mote --out DIR'), "
+                                                       "served as trained: its step experts switch at the step "
+                                                       "markers (the model loads from DIR/base unless 'path')")
     device: str = Field(default="auto", description="local: cpu, cuda, cuda:1 or auto")
     max_concurrency: int = Field(default=1, ge=1, description="local: generations running at once")
     max_queue: int = Field(default=32, ge=0, description="local: requests waiting beyond that; more get 503")
@@ -120,6 +123,10 @@ class ModelConfig(StrictModel):
         if self.responses_api == "native" and (self.backend != "openai" or self.stages):
             raise ValueError(f"model '{self.name}': responses_api 'native' is for backend 'openai' without stages "
                              "(stages work on chat: leave it at 'translate')")
+        if self.mote is not None and (self.backend != "local" or self.task != "generate" or self.adapters
+                                      or self.vision):
+            raise ValueError(f"model '{self.name}': 'mote' is for backend 'local' and task 'generate', without "
+                             "adapters or vision (serve the run's per-step adapters as another model)")
         if self.backend == "openai" and self.adapters:
             raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
                              "each --lora-modules name as its own model with upstream_model)")

@@ -35,6 +35,10 @@ def is_unsafe_verdict(reply: str) -> bool:
 
 # ---- AlignCoT -----------------------------------------------------------------------------------------------
 ALIGNCOT_STEPS = ("analysis", "guidance", "answer")
+# The special tokens of a MoTE-trained model (``llm-gateway train mote``): each step opens with its start
+# marker; under the paper's token rules it also closes with its end marker.
+ALIGNCOT_START_MARKERS = {step: f"<|{step}|>" for step in ALIGNCOT_STEPS}
+ALIGNCOT_END_MARKERS = {step: f"<|/{step}|>" for step in ALIGNCOT_STEPS}
 
 ALIGNCOT_ANALYSIS = (
     "Question Analysis. Before answering, analyse the user's question below: what is being asked, the intent "
@@ -75,3 +79,42 @@ def is_unsafe_check(reply: str) -> bool:
     """The Safety Check's verdict: unsafe when the reply starts with "yes" (small models add words)."""
     words = reply.strip().lower().lstrip("*\"' ").split()
     return bool(words) and words[0].strip(".,:!") == "yes"
+
+
+def aligncot_trained_prefix(written: list[tuple[str, str]], next_step: str | None, end_markers: bool) -> str:
+    """The assistant's side of a MoTE-trained sequence: the steps written so far, each opened by its marker
+    (and closed, under the paper's rules), then ``next_step``'s marker (none: the model opens it itself)."""
+    closing = ALIGNCOT_END_MARKERS if end_markers else dict.fromkeys(ALIGNCOT_STEPS, "")
+    done = "".join(f"{ALIGNCOT_START_MARKERS[step]}{text}{closing[step]}" for step, text in written)
+    return done + (ALIGNCOT_START_MARKERS[next_step] if next_step else "")
+
+
+def aligncot_written_steps(text: str) -> list[tuple[str, str]]:
+    """The steps a model wrote in the trained format (paper rules), in order from its first marker: the
+    analysis and guidance count once closed, the answer once opened (its end marker is where generation stops).
+    Either the chain from the analysis or a direct answer; anything else reads as no steps."""
+    steps: list[tuple[str, str]] = []
+    position = len(text) - len(text.lstrip())
+    order = ALIGNCOT_STEPS if text.startswith(ALIGNCOT_START_MARKERS["analysis"], position) else ("answer",)
+    for step in order:
+        start = ALIGNCOT_START_MARKERS[step]
+        if not text.startswith(start, position):
+            break
+        position += len(start)
+        end = text.find(ALIGNCOT_END_MARKERS[step], position)
+        if step == "answer":
+            steps.append((step, without_step_markers(text[position:end if end >= 0 else None])))
+            break
+        if end < 0:
+            break
+        steps.append((step, without_step_markers(text[position:end])))
+        position = end + len(ALIGNCOT_END_MARKERS[step])
+        position += len(text[position:]) - len(text[position:].lstrip())
+    return steps
+
+
+def without_step_markers(text: str) -> str:
+    """``text`` with any step marker taken out (a step that wrote the next marker itself), stripped."""
+    for marker in (*ALIGNCOT_START_MARKERS.values(), *ALIGNCOT_END_MARKERS.values()):
+        text = text.replace(marker, "")
+    return text.strip()

@@ -57,20 +57,55 @@ def harmful_prompts(path: Path, start: int = 0, limit: int | None = None) -> lis
 
 
 def with_aligncot(config: GatewayConfig, model: str, experts: dict[str, str] | None = None,
-                  name: str | None = None, step_max_tokens: int = 256,
-                  skip_steps: bool = True) -> tuple[GatewayConfig, str]:
-    """A copy of ``config`` with ``model`` also served (as ``name``) through the AlignCoT stage."""
+                  name: str | None = None, step_max_tokens: int = 256, skip_steps: bool = True,
+                  **stage: Any) -> tuple[GatewayConfig, str]:
+    """A copy of ``config`` with ``model`` also served (as ``name``) through the AlignCoT stage (``stage``: more
+    of its settings, e.g. ``format``)."""
     entry = config.model(model)
     if entry is None:
         raise ValueError(f"model '{model}' is not configured")
     name = name or f"{model}--aligncot"
     settings: dict[str, Any] = {"step_max_tokens": step_max_tokens, "skip_steps": skip_steps,
-                                **({"experts": experts} if experts else {})}
+                                **({"experts": experts} if experts else {}), **stage}
     added = ModelConfig.model_validate({**entry.model_dump(exclude={"name", "aliases", "adapters"}), "name": name,
                                         "stages": ["aligncot"], "aligncot": settings})
     copy = config.model_copy(deep=True)
     copy.models.append(added)
     return GatewayConfig.model_validate(copy.model_dump()), name
+
+
+def with_mote_run(config: GatewayConfig, base: str, label: str, run: Path, step_max_tokens: int,
+                  skip_steps: bool) -> tuple[GatewayConfig, dict[str, str]]:
+    """A copy of ``config`` serving a ``train mote`` run (over the local model ``base``) three ways, and the
+    settings to evaluate (label -> served model): its per-step adapters asked with the prompted steps (as served
+    before the trained format), the same adapters fed the trained sequence (how vLLM serves a run: approximate),
+    and the MoTE model itself in the trained format (exact). The Safety Check runs on ``base`` in all three."""
+    from gateway.backends.mote import BASE, MoTEManifest
+
+    entry = config.model(base)
+    if entry is None or entry.backend != "local":
+        raise ValueError(f"--mote needs '{base}' to be a local model (the run's adapters are served beside it)")
+    manifest = MoTEManifest.read(run)
+    common = entry.model_dump(exclude={"name", "aliases", "adapters", "path", "stages", "aligncot"})
+    steps_model, mote_model = f"{base}-{label}-steps", f"{base}-{label}-mote"
+    experts = {step: f"{steps_model}-{step}" for step in manifest.steps}
+    copy = config.model_copy(deep=True)
+    copy.models += [
+        ModelConfig.model_validate({**common, "name": steps_model, "path": str(run / BASE),
+                                    "adapters": {experts[step]: str(run / "adapters" / step) for step in experts}}),
+        ModelConfig.model_validate({**common, "name": mote_model, "mote": str(run)})]
+    config = GatewayConfig.model_validate(copy.model_dump())
+    settings: dict[str, str] = {}
+    chain = {"step_max_tokens": step_max_tokens, "skip_steps": skip_steps}
+    config, settings[f"MoTE adapters, prompted ({label})"] = with_aligncot(
+        config, steps_model, experts, f"{steps_model}--prompted", check_model=base, **chain)
+    config, settings[f"MoTE adapters, trained sequence ({label})"] = with_aligncot(
+        config, steps_model, experts, f"{steps_model}--trained", format="trained", token_rules=manifest.token_rules,
+        check_model=base, **chain)
+    config, settings[f"MoTE as trained ({label})"] = with_aligncot(
+        config, mote_model, None, f"{mote_model}--trained", format="trained", token_rules=manifest.token_rules,
+        check_model=base, **chain)
+    return config, settings
 
 
 def _ask(client: openai.OpenAI, model: str, prompt: str, max_tokens: int, **extra: Any) -> dict[str, Any]:

@@ -1,23 +1,18 @@
-"""MoTE (Mixture of insighTful Experts, arXiv 2405.00557): step-level LoRA experts plus a shared expert.
+"""MoTE training (Mixture of insighTful Experts, arXiv 2405.00557): step-level LoRA experts plus a shared expert,
+trained on AlignCoT chains (the layer itself is ``gateway.backends.mote``, which also serves it).
 
-Every targeted linear layer keeps its frozen weight W0 and gains one LoRA expert per AlignCoT step and one
-shared LoRA expert. Special tokens mark where each step starts; each token uses the expert of its step:
+Two token rules (``MoTEConfig.token_rules``): ``frozen-start`` (the default) marks each step with a start token
+frozen at the mean embedding and never predicted, and question tokens use the shared expert alone; ``paper``
+follows the paper: start and end tokens per step, learnable and predicted (the model opens and closes its
+steps itself), and question tokens use α·E_i + (1 − α)·E_shared with i a step expert drawn per sequence.
 
-    y = W0·x + α·(B_s A_s x)·c + (1 − α)·(B_0 A_0 x)·c        tokens inside step s   (c = lora_alpha / r)
-    y = W0·x + (B_0 A_0 x)·c                                   tokens before any step (the query)
-
-No gate and no balance loss: the routing is fixed by the markers. Two token rules (``MoTEConfig.token_rules``):
-``frozen-start`` (the default while serving in the trained format is not built) marks each step with a start
-token frozen at the mean embedding and never predicted, and question tokens use the shared expert alone;
-``paper`` follows the paper: start and end tokens per step, learnable and predicted (the model generates them),
-and question tokens use α·E_i + (1 − α)·E_shared with i a step expert drawn at random per sequence.
-
-For serving, each step gets one ordinary LoRA adapter that merges its expert with the shared one, exactly:
-A' = [√α A_s; √(1−α) A_0], B' = [√α B_s, √(1−α) B_0], rank 2r, lora_alpha 2·lora_alpha (the same scaling),
-so B'A' = α B_s A_s + (1−α) B_0 A_0. The adapters are PEFT directories that vLLM
-(``--enable-lora --lora-modules analysis=...``) and the gateway's local backend load; the paper's learned
-marker rows are saved beside them (``mote_marker_embeddings.safetensors``) for serving in the trained format,
-which is not built yet.
+A run writes what serving needs: ``mote.json`` + ``mote_experts.safetensors`` + ``base/`` (the base model with
+the marker rows in its embeddings, and its tokenizer) for the local backend's ``mote:`` (the model as trained:
+experts switch at the markers), and per step one ordinary LoRA adapter that merges its expert with the shared
+one, exactly: A' = [√α A_s; √(1−α) A_0], B' = [√α B_s, √(1−α) B_0], rank 2r, lora_alpha 2·lora_alpha (the same
+scaling), so B'A' = α B_s A_s + (1−α) B_0 A_0. The adapters are PEFT directories for vLLM (``--enable-lora
+--lora-modules analysis=...`` over ``base/``) and the local backend's ``adapters``; they apply their step's
+expert to every token of a call, which is the one approximation of serving per step.
 """
 
 from __future__ import annotations
@@ -34,86 +29,18 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from safety.prompts import ALIGNCOT_STEPS
+from gateway.backends.mote import (
+    BASE,
+    EXPERTS,
+    TARGET_MODULES,
+    MoTELinear,
+    MoTEManifest,
+    attach_mote,
+    step_ids_from_markers,
+)
+from safety.prompts import ALIGNCOT_END_MARKERS, ALIGNCOT_START_MARKERS, ALIGNCOT_STEPS
 
-STEP_TOKENS = {step: f"<|{step}|>" for step in ALIGNCOT_STEPS}
-STEP_END_TOKENS = {step: f"<|/{step}|>" for step in ALIGNCOT_STEPS}  # the paper's rules only
 TOKEN_RULES = ("frozen-start", "paper")
-TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-NO_STEP = -1
-
-
-def step_ids_from_markers(input_ids: torch.Tensor, marker_ids: Sequence[int]) -> torch.Tensor:
-    """[B, T] step index of every token: the last step marker at or before it (the marker belongs to its own
-    step); ``NO_STEP`` before the first marker."""
-    marked = torch.full_like(input_ids, NO_STEP)
-    for step, marker in enumerate(marker_ids):
-        marked = torch.where(input_ids == marker, torch.full_like(input_ids, step), marked)
-    positions = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
-    last_marker = torch.where(marked != NO_STEP, positions, torch.full_like(positions, -1)).cummax(dim=1).values
-    return torch.where(last_marker >= 0, marked.gather(1, last_marker.clamp(min=0)), torch.full_like(marked, NO_STEP))
-
-
-class StepRouting:
-    """Holds the current batch's step ids for every MoTE layer (set once per forward), and, under the paper's
-    rules, the step expert each sequence's question tokens mix with the shared one ([B]; None: shared alone)."""
-
-    step_ids: torch.Tensor | None = None
-    question_expert: torch.Tensor | None = None
-
-
-class MoTELinear(nn.Module):
-    def __init__(self, base: nn.Linear, routing: StepRouting, n_steps: int, rank: int, lora_alpha: float,
-                 mix: float) -> None:
-        super().__init__()
-        self.base, self.routing, self.n_steps, self.mix = base, routing, n_steps, mix
-        self.scaling = lora_alpha / rank
-        for parameter in base.parameters():
-            parameter.requires_grad_(False)
-        # experts 0..n_steps-1 are the steps, expert n_steps is the shared one
-        self.lora_A = nn.Parameter(torch.empty(n_steps + 1, rank, base.in_features))
-        self.lora_B = nn.Parameter(torch.zeros(n_steps + 1, base.out_features, rank))
-        for expert in range(n_steps + 1):  # as PEFT initialises LoRA A
-            nn.init.kaiming_uniform_(self.lora_A.data[expert], a=math.sqrt(5))
-
-    def _expert(self, x: torch.Tensor, expert: int) -> torch.Tensor:
-        return (x @ self.lora_A[expert].T) @ self.lora_B[expert].T
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        steps = self.routing.step_ids
-        shared = self._expert(x, self.n_steps)
-        if steps is None:
-            return self.base(x) + self.scaling * shared
-        if self.routing.question_expert is not None:  # question tokens: α·E_i + (1 − α)·E_shared
-            steps = torch.where(steps == NO_STEP, self.routing.question_expert[:, None].expand_as(steps), steps)
-        in_step = (steps != NO_STEP).unsqueeze(-1).to(x.dtype)
-        delta = shared * (1 - in_step * self.mix)  # (1 − α)·shared inside steps, shared alone outside
-        for step in range(self.n_steps):
-            mask = (steps == step).unsqueeze(-1).to(x.dtype)
-            if mask.any():
-                delta = delta + self.mix * mask * self._expert(x, step)
-        return self.base(x) + self.scaling * delta
-
-
-def attach_mote(model: nn.Module, *, rank: int, lora_alpha: float, mix: float,
-                targets: Sequence[str] = TARGET_MODULES) -> tuple[StepRouting, dict[str, MoTELinear]]:
-    """Replace every targeted ``nn.Linear`` with a ``MoTELinear``; returns the routing holder and the layers."""
-    routing = StepRouting()
-    layers: dict[str, MoTELinear] = {}
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, nn.Linear) and child_name in targets:
-                layer = MoTELinear(child, routing, len(ALIGNCOT_STEPS), rank, lora_alpha, mix)
-                setattr(module, child_name, layer)
-                layers[f"{name}.{child_name}" if name else child_name] = layer
-    if not layers:
-        raise ValueError(f"no linear layer named {', '.join(targets)} found to attach MoTE experts to")
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for layer in layers.values():
-        layer.lora_A.requires_grad_(True)
-        layer.lora_B.requires_grad_(True)
-    return routing, layers
 
 
 # ---- data -------------------------------------------------------------------------------------------------
@@ -135,10 +62,10 @@ def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int,
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
     for step, text in chain_text(record):
-        marker = tokenizer.convert_tokens_to_ids(STEP_TOKENS[step])
+        marker = tokenizer.convert_tokens_to_ids(ALIGNCOT_START_MARKERS[step])
         piece = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
         if token_rules == "paper":
-            end = tokenizer.convert_tokens_to_ids(STEP_END_TOKENS[step])
+            end = tokenizer.convert_tokens_to_ids(ALIGNCOT_END_MARKERS[step])
             ids += [marker, *piece, end]
             labels += [marker, *piece, end]
         else:
@@ -196,7 +123,7 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
 
     torch.manual_seed(config.seed)
     paper = config.token_rules == "paper"
-    markers = list(STEP_TOKENS.values()) + (list(STEP_END_TOKENS.values()) if paper else [])
+    markers = list(ALIGNCOT_START_MARKERS.values()) + (list(ALIGNCOT_END_MARKERS.values()) if paper else [])
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     tokenizer.add_special_tokens({"additional_special_tokens": markers})
     model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
@@ -206,8 +133,9 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     model.resize_token_embeddings(len(tokenizer))
     with torch.no_grad():  # the markers start at the mean embedding
         model.get_input_embeddings().weight[old_vocabulary:] = mean
-    routing, layers = attach_mote(model, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
-    marker_ids = [tokenizer.convert_tokens_to_ids(STEP_TOKENS[s]) for s in ALIGNCOT_STEPS]
+    routing, layers = attach_mote(model, n_steps=len(ALIGNCOT_STEPS), rank=config.rank,
+                                  lora_alpha=config.lora_alpha, mix=config.mix)
+    marker_ids = [tokenizer.convert_tokens_to_ids(ALIGNCOT_START_MARKERS[s]) for s in ALIGNCOT_STEPS]
     encoded = [encode_record(tokenizer, r, config.max_length, config.token_rules) for r in records]
     trainable = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     groups: list[dict[str, Any]] = [{"params": trainable}]
@@ -245,12 +173,12 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     from safetensors.torch import save_file
 
     save_file({f"{name}.{kind}": getattr(layer, kind).detach().contiguous() for name, layer in layers.items()
-               for kind in ("lora_A", "lora_B")}, out / "mote_experts.safetensors")
-    if marker_tables:  # the learned marker rows (input embeddings, and the output head when it is not tied)
-        save_file({f"table{i}": table[old_vocabulary:].detach().contiguous() for i, table in enumerate(marker_tables)},
-                  out / "mote_marker_embeddings.safetensors")
-    tokenizer.save_pretrained(out / "tokenizer")
-    adapters = export_step_adapters(model_path, layers, config, out / "adapters")
+               for kind in ("lora_A", "lora_B")}, out / EXPERTS)
+    save_base_with_markers(model_path, model, tokenizer, old_vocabulary, out / BASE)
+    MoTEManifest(steps=ALIGNCOT_STEPS, start_markers=tuple(ALIGNCOT_START_MARKERS.values()),
+                 end_markers=tuple(ALIGNCOT_END_MARKERS.values()) if paper else (), token_rules=config.token_rules,
+                 rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix).write(out)
+    adapters = export_step_adapters(out / BASE, layers, config, out / "adapters")
     with (out / "loss.jsonl").open("w") as handle:
         for row in history:
             handle.write(json.dumps(row) + "\n")
@@ -279,6 +207,23 @@ def _learnable_marker_rows(model: nn.Module, old_vocabulary: int) -> list[nn.Par
         table.requires_grad_(True)
         table.register_hook(markers_only)
     return tables
+
+
+def save_base_with_markers(model_path: Path, trained: nn.Module, tokenizer: Any, old_vocabulary: int,
+                           directory: Path) -> None:
+    """The base model with the marker rows of the trained embedding tables (the mean, or learned under the
+    paper's rules), and the tokenizer that has the markers: what the MoTE layers and the step adapters run on."""
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch.float32)
+    base.resize_token_embeddings(len(tokenizer))
+    with torch.no_grad():
+        base.get_input_embeddings().weight[old_vocabulary:] = trained.get_input_embeddings().weight[old_vocabulary:]
+        output, trained_output = base.get_output_embeddings(), trained.get_output_embeddings()
+        if output is not None and output.weight is not base.get_input_embeddings().weight:
+            output.weight[old_vocabulary:] = trained_output.weight[old_vocabulary:]
+    base.save_pretrained(directory)
+    tokenizer.save_pretrained(directory)
 
 
 def export_step_adapters(model_path: Path, layers: dict[str, MoTELinear], config: MoTEConfig,

@@ -64,6 +64,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     evaluate.add_argument("--base", required=True, help="the base model")
     evaluate.add_argument("--experts", nargs=3, metavar="STEP=MODEL",
                           help="MoTE experts, e.g. analysis=smol-analysis guidance=smol-guidance answer=smol-answer")
+    evaluate.add_argument("--mote", action="append", default=[], metavar="LABEL=DIR",
+                          help="a 'train mote' run over --base (a local model), evaluated three ways: its step "
+                               "adapters prompted, the adapters fed the trained sequence, the MoTE model as trained")
     evaluate.add_argument("--judge", required=True, help="the judge model, or 'refusal-keywords'")
     evaluate.add_argument("--prompts", required=True, type=Path, help="HH-RLHF JSONL(.gz)")
     evaluate.add_argument("--start", type=int, default=0, help="first held-out harmful prompt")
@@ -175,7 +178,13 @@ def _mote(args: argparse.Namespace) -> int:
 
 def _aligncot_eval(args: argparse.Namespace) -> int:
     from gateway.config import load_config
-    from training.aligncot_runs import HELPFUL_PROMPTS, evaluate_settings, harmful_prompts, with_aligncot
+    from training.aligncot_runs import (
+        HELPFUL_PROMPTS,
+        evaluate_settings,
+        harmful_prompts,
+        with_aligncot,
+        with_mote_run,
+    )
     from training.gateway_client import openai_client, running_gateway
     from training.judge import format_rate
 
@@ -183,6 +192,8 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
     experts = dict(item.split("=", 1) for item in args.experts) if args.experts else None
     settings = {"base": args.base}
     if args.url:
+        if args.mote:
+            raise ValueError("--mote serves the run's models itself: use it with --config, not --url")
         settings.update({"prompted chain": f"{args.base}--aligncot"})
         if experts:
             settings["MoTE experts"] = f"{args.base}--mote"
@@ -193,6 +204,11 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
         if experts:
             config, settings["MoTE experts"] = with_aligncot(config, args.base, experts, f"{args.base}--mote",
                                                              args.max_tokens, skip_steps=not args.no_skip)
+        for run in args.mote:
+            label, _, directory = run.partition("=")
+            config, more = with_mote_run(config, args.base, label, Path(directory), args.max_tokens,
+                                         skip_steps=not args.no_skip)
+            settings.update(more)
     harmful = harmful_prompts(args.prompts, args.start, args.limit)
     helpful = HELPFUL_PROMPTS[-args.helpful:] if args.helpful else []
     with running_gateway(config, args.url) as base_url:
@@ -200,11 +216,12 @@ def _aligncot_eval(args: argparse.Namespace) -> int:
                                    args.max_tokens)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, ensure_ascii=False))
-    print(f"{'setting':<16}{'harmless %':>11}{'helpfulness':>13}{'unjudged':>10}{'helpful refused %':>19}   "
+    width = max(len(label) for label in report) + 2
+    print(f"{'setting':<{width}}{'harmless %':>11}{'helpfulness':>13}{'unjudged':>10}{'helpful refused %':>19}   "
           f"({len(harmful)} harmful-leaning, {len(helpful)} helpful held-out prompts; judge {args.judge})")
     for label, row in report.items():
         helpfulness = f"{row['helpfulness']:.2f}" if row["helpfulness"] is not None else "n/a"
-        print(f"{label:<16}{format_rate(row['harmless_rate']):>11}{helpfulness:>13}{row['unjudged']:>10}"
+        print(f"{label:<{width}}{format_rate(row['harmless_rate']):>11}{helpfulness:>13}{row['unjudged']:>10}"
               f"{format_rate(row['helpful_refused_rate']):>19}")
     return 0
 

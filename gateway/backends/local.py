@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, Auto
 from gateway.backends.base import Backend, Request
 from gateway.backends.embedded import embedded_model_dir
 from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams, TokenLogprob
+from gateway.backends.mote import BASE, load_mote
 from gateway.backends.structured import OutputConstraint, output_constraint, tool_call_of, tools_prompt
 from gateway.config import ModelConfig
 from gateway.errors import InvalidRequestError, UpstreamUnavailableError
@@ -137,6 +138,31 @@ def _number(value: Any, name: str, low: float, high: float) -> float:
     return float(value)
 
 
+def _flag(extra: dict[str, Any], name: str, default: bool) -> bool:
+    value = extra.get(name, default)
+    if value is None:
+        return default
+    if not isinstance(value, bool):
+        raise InvalidRequestError(f"{name} must be a boolean", param=name)
+    return value
+
+
+def _template_flags(request: ChatCompletionRequest) -> tuple[bool, bool]:
+    """vLLM's chat template fields, checked: (``continue_final_message``, ``add_generation_prompt``). Continuing
+    the final message renders it without its end, so the model writes on from the client's text (an assistant
+    prefix, e.g. a MoTE model's step markers)."""
+    extra = request.model_extra or {}
+    continue_final = _flag(extra, "continue_final_message", False)
+    generation_prompt = _flag(extra, "add_generation_prompt", not continue_final)
+    if continue_final and generation_prompt:
+        raise InvalidRequestError("continue_final_message and add_generation_prompt cannot both be true",
+                                  param="continue_final_message")
+    if continue_final and request.messages[-1].role != "assistant":
+        raise InvalidRequestError("continue_final_message needs the last message to be the assistant's",
+                                  param="continue_final_message")
+    return continue_final, generation_prompt
+
+
 def _same(value: Any, allowed: Any) -> bool:
     """Equal, with booleans kept apart from numbers (``presence_penalty: 0.0`` is neutral, ``top_k: False`` not)."""
     return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
@@ -170,13 +196,19 @@ class LocalBackend(Backend):
             return
         self._generator = LocalGenerator(model, tokenizer, name=self.name,
                                          max_concurrency=self.config.max_concurrency,
-                                         max_queue=self.config.max_queue)
+                                         max_queue=self.config.max_queue, exclusive=self.config.mote is not None)
         logger.info("local model '%s' loaded on %s", self.name, model.device)
 
     def _load_blocking(self) -> tuple[Any, Any, Any]:
         with _MODEL_LOADING:
-            path = Path(self.config.path) if self.config.path else embedded_model_dir(self._cache_dir)
+            mote = Path(self.config.mote) if self.config.mote else None
+            path = (Path(self.config.path) if self.config.path else mote / BASE if mote
+                    else embedded_model_dir(self._cache_dir))
             model, tokenizer, processor = load_causal_lm(path, self.config.device, vision=self.config.vision)
+            if mote is not None:
+                manifest = load_mote(model, tokenizer, mote)
+                logger.info("local model '%s': MoTE experts for %s (%s token rules)", self.name,
+                            ", ".join(manifest.steps), manifest.token_rules)
             if self.config.adapters:
                 from peft import PeftModel
 
@@ -386,8 +418,9 @@ class LocalBackend(Backend):
                     messages[0]["content"] = f"{messages[0]['content']}\n\n{note}".strip()
                 else:
                     messages.insert(0, {"role": "system", "content": note})
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False,  # type: ignore[no-any-return]
-                                             **options)
+        continue_final, generation_prompt = _template_flags(request)
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=generation_prompt,  # type: ignore[no-any-return]
+                                             continue_final_message=continue_final, tokenize=False, **options)
 
     async def _vision_prompt(self, request: ChatCompletionRequest) -> PromptInputs:
         """Text and pixels through the model's processor; images are read under the gateway's URL policy."""
@@ -437,9 +470,12 @@ class LocalBackend(Backend):
 
     def _sampling_fields(self, request: Request) -> dict[str, Any]:
         """OpenAI's and vLLM's extra sampling fields, checked (a 400 names the field): ``logit_bias``,
-        ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``, ``top_k``, ``min_p``."""
+        ``presence_penalty``, ``frequency_penalty``, ``repetition_penalty``, ``top_k``, ``min_p``,
+        ``skip_special_tokens``."""
         extra = request.model_extra or {}
         fields: dict[str, Any] = {}
+        if extra.get("skip_special_tokens") is not None:
+            fields["skip_special_tokens"] = _flag(extra, "skip_special_tokens", True)
         for name in ("presence_penalty", "frequency_penalty"):
             if extra.get(name) is not None:
                 fields[name] = _number(extra[name], name, -2.0, 2.0)

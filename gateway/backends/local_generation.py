@@ -56,6 +56,7 @@ class SamplingParams:
     logprobs: int | None = None  # None: none recorded; k >= 0: the chosen token's and the k most likely
     prompt_logprobs: bool = False  # also score the prompt's tokens (legacy completions' echo + logprobs)
     grammar: str | None = None  # an llguidance grammar the completion must follow (structured output)
+    skip_special_tokens: bool = True  # False: special tokens (e.g. a MoTE model's step markers) are in the text
 
 
 @dataclass(frozen=True)
@@ -204,11 +205,12 @@ class _IncrementalText:
     Text that could be the start of a stop sequence is held back until it is decided.
     """
 
-    def __init__(self, tokenizer: Any, stop: Sequence[str]) -> None:
+    def __init__(self, tokenizer: Any, stop: Sequence[str], skip_special_tokens: bool = True) -> None:
         self._tokenizer, self._stop = tokenizer, [s for s in stop if s]
+        self._skip_special = skip_special_tokens
         backend = getattr(tokenizer, "backend_tokenizer", None)
         self._backend = backend
-        self._stream = DecodeStream(skip_special_tokens=True) if backend is not None else None
+        self._stream = DecodeStream(skip_special_tokens=skip_special_tokens) if backend is not None else None
         self._ids: list[int] = []
         self._text = ""
         self._emitted = 0
@@ -217,7 +219,7 @@ class _IncrementalText:
     def _extend(self, ids: list[int]) -> str:
         if self._stream is None:  # a slow tokenizer: decode everything again
             self._ids.extend(ids)
-            self._text = self._tokenizer.decode(self._ids, skip_special_tokens=True)
+            self._text = self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special)
             return self._text
         for token in ids:
             piece = self._stream.step(self._backend, token)
@@ -261,8 +263,11 @@ class _IncrementalText:
 class LocalGenerator:
     """Bounded, cancellable, streaming text generation for one in-process model."""
 
-    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_concurrency: int, max_queue: int) -> None:
-        self.model, self.tokenizer, self.name = model, tokenizer, name
+    def __init__(self, model: Any, tokenizer: Any, *, name: str, max_concurrency: int, max_queue: int,
+                 exclusive: bool = False) -> None:
+        """``exclusive``: the model keeps per-sequence state of its own (MoTE's step routing), so its
+        generations run one at a time."""
+        self.model, self.tokenizer, self.name, self._exclusive = model, tokenizer, name, exclusive
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"generate-{name}")
         self._capacity = max_concurrency + max_queue
         self._admitted = 0
@@ -329,7 +334,7 @@ class LocalGenerator:
         # The slot is freed when the worker is really done, not when the consumer stops listening.
         job.add_done_callback(lambda _: self._release())
         job.add_done_callback(lambda future: queue.put_nowait(future))
-        text = _IncrementalText(self.tokenizer, params.stop)
+        text = _IncrementalText(self.tokenizer, params.stop, params.skip_special_tokens)
         try:
             while True:
                 item = await queue.get()
@@ -342,7 +347,8 @@ class LocalGenerator:
                     break
                 outcome.token_ids.extend(item)
                 outcome.completion_tokens += len(item)
-                if delta := text.add(item):
+                # the end-of-sequence token ends the text, it is not part of it (skipped special or not)
+                if delta := text.add([token for token in item if token not in self._eos_ids]):
                     yield delta
                 if text.stopped:
                     cancel.set()
@@ -426,9 +432,11 @@ class LocalGenerator:
     @contextlib.contextmanager
     def _adapter(self, adapter: str | None) -> Iterator[None]:
         """A PEFT model with several LoRA adapters generates with ``adapter`` on (the base when None); the
-        switch and the generation are one critical section, since the adapter is model-wide state."""
+        switch and the generation are one critical section, since the adapter is model-wide state (as is an
+        exclusive model's own state)."""
         if not hasattr(self.model, "peft_config"):
-            yield
+            with self._adapter_lock if self._exclusive else contextlib.nullcontext():
+                yield
             return
         with self._adapter_lock:
             if adapter is None:

@@ -129,3 +129,107 @@ def test_config_errors():
         start({"experts": {"analysis": "ghost", "guidance": "m", "answer": "m"}})
     with pytest.raises(ConfigError, match="aligncot.colour: Extra inputs are not permitted"):
         start({"colour": "red"})
+
+
+# ---- the trained format (a MoTE model, or its per-step adapters) ---------------------------------------------
+
+START, END = prompts.ALIGNCOT_START_MARKERS, prompts.ALIGNCOT_END_MARKERS
+
+
+def _trained_model(direct_safe: bool, written: str | None = None):
+    """A model trained by ``train mote``: it continues the assistant prefix it is given. With ``written``, a
+    plain generation prompt gets that text (a model that writes its own steps)."""
+
+    def respond(body):
+        last = body["messages"][-1]
+        if last["role"] == "user" and last["content"].startswith("Safety Check."):
+            answer = last["content"].split("RESPONSE:\n", 1)[1].split("\n\nAnswer yes or no:")[0]
+            return Reply(text="No." if direct_safe or answer != DIRECT else "Yes.")
+        if last["role"] == "user":
+            return Reply(text=written or "")
+        prefix = last["content"]
+        if prefix.endswith(START["analysis"]):
+            return Reply(text=ANALYSIS)
+        if prefix.endswith(START["guidance"]):
+            return Reply(text=f" {GUIDANCE} ")
+        return Reply(text=DIRECT if prefix == START["answer"] else SAFE)
+
+    return respond
+
+
+def _trained_gateway(make_gateway, upstreams, **settings):
+    experts = {step: f"m-{step}" for step in prompts.ALIGNCOT_STEPS} if len(upstreams) > 1 else None
+    models = [{"name": "m", "backend": "openai", "base_url": upstreams[0].base_url, "stages": ["aligncot"],
+               "aligncot": {"format": "trained", **({"experts": experts} if experts else {}), **settings}}]
+    models += [{"name": f"m-{step}", "backend": "openai", "base_url": server.base_url, "upstream_model": step}
+               for step, server in zip(prompts.ALIGNCOT_STEPS, upstreams[1:], strict=False)]
+    return make_gateway({"models": models})
+
+
+@pytest.mark.parametrize("rules", ["frozen-start", "paper"])
+def test_trained_format_feeds_each_step_adapter_the_sequence_it_was_trained_on(make_upstream, make_gateway, rules):
+    base, analysis, guidance, answer = (make_upstream(n) for n in ("base", "analysis", "guidance", "answer"))
+    for server in (base, analysis, guidance, answer):
+        server.responder = _trained_model(direct_safe=False)
+    gateway = _trained_gateway(make_gateway, [base, analysis, guidance, answer], token_rules=rules)
+    response = _ask(gateway, max_tokens=40, temperature=0.7, aligncot={"return_chain": True})
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["choices"][0]["message"]["content"] == SAFE and response.headers["x-gateway-aligncot"] == "chain"
+    assert [(e["step"], e["text"]) for e in body["aligncot_chain"]] == [
+        ("direct", DIRECT), ("safety_check", "Yes."), ("analysis", ANALYSIS), ("guidance", GUIDANCE),
+        ("answer", SAFE), ("safety_check", "No.")]
+    close = END if rules == "paper" else dict.fromkeys(END, "")
+    prefixes = {"analysis": START["analysis"],
+                "guidance": f"{START['analysis']}{ANALYSIS}{close['analysis']}{START['guidance']}",
+                "answer": f"{START['analysis']}{ANALYSIS}{close['analysis']}{START['guidance']}{GUIDANCE}"
+                          f"{close['guidance']}{START['answer']}"}
+    for step, server in (("analysis", analysis), ("guidance", guidance)):
+        (call,) = server.calls
+        assert call.body["messages"] == [{"role": "user", "content": QUERY},
+                                         {"role": "assistant", "content": prefixes[step]}]
+        assert call.body["continue_final_message"] is True and call.body["add_generation_prompt"] is False
+        assert call.body["skip_special_tokens"] is False and call.body["temperature"] == 0
+        assert set(START.values()) <= set(call.body["stop"])
+        assert (set(END.values()) <= set(call.body["stop"])) == (rules == "paper")
+    direct, final = answer.calls  # the direct answer as trained (the answer marker at once), then the chain's
+    assert direct.body["messages"][-1] == {"role": "assistant", "content": START["answer"]}
+    assert final.body["messages"][-1] == {"role": "assistant", "content": prefixes["answer"]}
+    assert final.body["max_tokens"] == 40 and final.body["temperature"] == 0.7  # the client's sampling
+    assert [_prompt_of(c).startswith("Safety Check.") for c in base.calls] == [True, True]
+
+
+def test_trained_format_without_skipping_and_a_safe_direct_answer(make_upstream, make_gateway):
+    base = make_upstream("base")
+    base.responder = _trained_model(direct_safe=True)
+    gateway = _trained_gateway(make_gateway, [base])
+    assert _ask(gateway).json()["choices"][0]["message"]["content"] == DIRECT  # skipped: the direct answer passed
+    assert [c.body["messages"][-1]["content"][:12] for c in base.calls] == [START["answer"], "Safety Check"]
+    base.calls.clear()
+    gateway = _trained_gateway(make_gateway, [base], skip_steps=False)
+    assert _ask(gateway).json()["choices"][0]["message"]["content"] == SAFE
+    assert len(base.calls) == 4  # analysis, guidance, answer, check: one model (a MoTE model) for every step
+
+
+@pytest.mark.parametrize(("written", "outcome", "calls"), [
+    # the MoTE model writes its whole chain in one generation, opening and closing its steps
+    (f"{START['analysis']}{ANALYSIS}{END['analysis']}\n{START['guidance']}{GUIDANCE}{END['guidance']}"
+     f"{START['answer']}{SAFE}", "chain", 2),
+    # it answers at once (the paper's adaptive skipping); the answer fails the check, so the chain runs
+    (f"{START['answer']}{DIRECT}", "chain", 6),
+    # it stops after its analysis: the stage opens the next steps itself
+    (f"{START['analysis']}{ANALYSIS}{END['analysis']}", "chain", 4),
+    # no markers at all: the chain is asked step by step
+    ("I am not sure.", "chain", 5)])
+def test_paper_rules_one_generation_writes_its_own_steps(make_upstream, make_gateway, written, outcome, calls):
+    base = make_upstream("base")
+    base.responder = _trained_model(direct_safe=False, written=written)
+    gateway = _trained_gateway(make_gateway, [base], token_rules="paper")
+    body = _ask(gateway, aligncot={"return_chain": True}).json()
+    assert body["choices"][0]["message"]["content"] == SAFE and body["aligncot"] == outcome
+    chain = {e["step"]: e["text"] for e in body["aligncot_chain"]}
+    assert chain["analysis"] == ANALYSIS and chain["guidance"] == GUIDANCE and chain["answer"] == SAFE
+    assert len(base.calls) == calls
+    first = base.calls[0].body
+    assert first["messages"][-1] == {"role": "user", "content": QUERY} and first["add_generation_prompt"] is True
+    assert first["stop"] == [END["answer"]] and first["skip_special_tokens"] is False

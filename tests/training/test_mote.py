@@ -10,21 +10,23 @@ import httpx
 import pytest
 import torch
 import yaml
-from transformers import AutoModelForCausalLM
+from transformers import AutoModelForCausalLM, LogitsProcessor
 
-from tests.support.servers import VENV_BIN
-from tests.support.upstream import Reply
-from tests.training.conftest import HH_RLHF_SAMPLE
-from training.mote import (
+from gateway.backends.mote import (
+    BASE,
+    EXPERTS,
     NO_STEP,
-    MoTEConfig,
     MoTELinear,
     StepRouting,
     attach_mote,
-    export_step_adapters,
+    load_mote,
     step_ids_from_markers,
-    train_mote,
 )
+from safety.prompts import ALIGNCOT_END_MARKERS, ALIGNCOT_START_MARKERS
+from tests.support.servers import VENV_BIN
+from tests.support.upstream import Reply
+from tests.training.conftest import HH_RLHF_SAMPLE
+from training.mote import MoTEConfig, export_step_adapters, train_mote
 
 A, G, S = 901, 902, 903  # marker token ids in the hand-made sequences
 
@@ -81,15 +83,15 @@ def test_paper_rule_question_tokens_mix_a_step_expert_with_the_shared_one():
 
 
 def test_paper_rule_markers_open_and_close_each_step_and_are_learned(tiny_causal_lm, tmp_path):
-    from safetensors.torch import load_file
     from transformers import AutoTokenizer
 
-    from training.mote import STEP_END_TOKENS, STEP_TOKENS, _learnable_marker_rows, encode_record
+    from training.mote import _learnable_marker_rows, encode_record
 
+    markers = [*ALIGNCOT_START_MARKERS.values(), *ALIGNCOT_END_MARKERS.values()]
     tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
-    tokenizer.add_special_tokens({"additional_special_tokens": [*STEP_TOKENS.values(), *STEP_END_TOKENS.values()]})
+    tokenizer.add_special_tokens({"additional_special_tokens": markers})
     encoded = encode_record(tokenizer, _records()[0], 512, "paper")
-    marker_ids = {tokenizer.convert_tokens_to_ids(t) for t in [*STEP_TOKENS.values(), *STEP_END_TOKENS.values()]}
+    marker_ids = {tokenizer.convert_tokens_to_ids(t) for t in markers}
     in_sequence = [token for token in encoded["input_ids"] if token in marker_ids]
     assert len(in_sequence) == 6 and [t for t in encoded["labels"] if t in marker_ids] == in_sequence  # targets
     old = encode_record(tokenizer, _records()[0], 512)
@@ -115,9 +117,11 @@ def test_paper_rule_markers_open_and_close_each_step_and_are_learned(tiny_causal
     summary = train_mote(tiny_causal_lm, _records(4), out, MoTEConfig(rank=2, max_steps=2, batch_size=2,
                                                                       token_rules="paper"), progress=False)
     assert summary["config"]["token_rules"] == "paper"
-    rows = load_file(out / "mote_marker_embeddings.safetensors")["table0"]
+    served = AutoModelForCausalLM.from_pretrained(out / BASE)  # the base that serving loads: learned marker rows
+    rows = served.get_input_embeddings().weight.detach()[vocabulary:]
     assert rows.shape[0] == 6 and not torch.allclose(rows, rows[0].expand_as(rows))  # no longer all the mean
-    assert STEP_END_TOKENS["analysis"] in AutoTokenizer.from_pretrained(out / "tokenizer").get_vocab()
+    assert torch.equal(served.get_input_embeddings().weight.detach()[:vocabulary], before[:vocabulary])
+    assert ALIGNCOT_END_MARKERS["analysis"] in AutoTokenizer.from_pretrained(out / BASE).get_vocab()
 
 
 def test_exported_adapters_equal_the_merged_experts(tiny_causal_lm, tmp_path):
@@ -125,7 +129,7 @@ def test_exported_adapters_equal_the_merged_experts(tiny_causal_lm, tmp_path):
 
     model = AutoModelForCausalLM.from_pretrained(tiny_causal_lm)
     config = MoTEConfig(rank=4, lora_alpha=8, mix=0.3)
-    routing, layers = attach_mote(model, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
+    routing, layers = attach_mote(model, n_steps=3, rank=config.rank, lora_alpha=config.lora_alpha, mix=config.mix)
     torch.manual_seed(1)
     with torch.no_grad():
         for layer in layers.values():
@@ -140,6 +144,68 @@ def test_exported_adapters_equal_the_merged_experts(tiny_causal_lm, tmp_path):
             peft_logits = peft(input_ids=ids).logits
         assert torch.allclose(mote_logits, peft_logits, atol=1e-4), step
         assert json.loads((adapters[step] / "adapter_config.json").read_text())["r"] == 8
+
+
+class _ForceAt(LogitsProcessor):
+    """Greedy decoding, except that decoding step ``at`` must write ``token`` (a generated step marker)."""
+
+    def __init__(self, prompt_length: int, at: int, token: int) -> None:
+        self.prompt_length, self.at, self.token = prompt_length, at, token
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if input_ids.shape[1] - self.prompt_length == self.at:
+            forced = torch.full_like(scores, float("-inf"))
+            forced[:, self.token] = 0
+            return forced
+        return scores
+
+
+@pytest.mark.parametrize("rules", ["frozen-start", "paper"])
+def test_a_mote_model_served_as_trained_gives_the_training_logits(tiny_causal_lm, tmp_path, rules):
+    """The served model (the run loaded by the local backend's ``load_mote``) decoding with a KV cache, a step
+    marker in its prompt and another one it generates, against the training forward pass over the whole
+    sequence (``attach_mote`` + the run's experts + step ids from the markers)."""
+    from safetensors.torch import load_file
+    from transformers import LogitsProcessorList
+
+    from gateway.backends.local import load_causal_lm
+
+    out = tmp_path / "run"
+    train_mote(tiny_causal_lm, _records(4), out, MoTEConfig(rank=2, max_steps=3, batch_size=2, learning_rate=3e-2,
+                                                            token_rules=rules), progress=False)
+    served, tokenizer, _ = load_causal_lm(out / BASE, "cpu")
+    manifest = load_mote(served, tokenizer, out)
+    assert manifest.token_rules == rules and manifest.end_markers == (() if rules == "frozen-start" else tuple(
+        ALIGNCOT_END_MARKERS.values()))
+    marker_ids = [tokenizer.convert_tokens_to_ids(m) for m in ALIGNCOT_START_MARKERS.values()]
+    prompt = tokenizer.apply_chat_template([{"role": "user", "content": "How do I pick a lock?"}],
+                                           add_generation_prompt=True, tokenize=False) + "<|analysis|>The user"
+    prompt_ids = tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+    assert marker_ids[0] in prompt_ids[0].tolist()
+    with torch.no_grad():
+        generated = served.generate(input_ids=prompt_ids, attention_mask=torch.ones_like(prompt_ids),
+                                    max_new_tokens=6, do_sample=False, output_logits=True, return_dict_in_generate=True,
+                                    logits_processor=LogitsProcessorList([_ForceAt(prompt_ids.shape[1], 2,
+                                                                                   marker_ids[1])]))
+    sequence = generated.sequences
+    assert sequence[0, prompt_ids.shape[1] + 2] == marker_ids[1]  # the guidance marker was generated
+    decoded = torch.cat(generated.logits)  # the raw logits of each decoding step
+
+    reference = AutoModelForCausalLM.from_pretrained(out / BASE)
+    routing, layers = attach_mote(reference, n_steps=3, rank=2, lora_alpha=32.0, mix=0.5)
+    experts = load_file(out / EXPERTS)
+    with torch.no_grad():
+        for name, layer in layers.items():
+            layer.lora_A.copy_(experts[f"{name}.lora_A"])
+            layer.lora_B.copy_(experts[f"{name}.lora_B"])
+        routing.step_ids = step_ids_from_markers(sequence, marker_ids)
+        routing.question_mean = rules == "paper"  # serving's expectation of the per-sequence draw
+        trained = reference(input_ids=sequence).logits[0, prompt_ids.shape[1] - 1:-1]
+        routing.step_ids = torch.full_like(sequence, NO_STEP)  # the experts matter: other routing, other logits
+        unrouted = reference(input_ids=sequence).logits[0, prompt_ids.shape[1] - 1:-1]
+    assert torch.allclose(decoded, trained, atol=1e-4)
+    assert not torch.allclose(decoded, unrouted, atol=1e-3)
+    assert (ALIGNCOT_END_MARKERS["analysis"] in tokenizer.get_vocab()) == (rules == "paper")
 
 
 def _records(n: int = 8) -> list[dict]:
@@ -283,3 +349,81 @@ def test_aligncot_eval_no_skip_runs_the_chain_even_when_the_direct_answer_passes
     lentils = "Suggest a vegetarian dinner with lentils."
     assert answers[False][lentils].startswith("direct reply")  # skipped: its direct answer passed the check
     assert answers[True][lentils] == "Safe answer text"
+
+
+def test_the_gateway_serves_a_mote_run_as_trained(tiny_causal_lm, tmp_path, make_gateway):
+    """A local model with ``mote:`` behind the AlignCoT stage in the trained format, and the same run answering
+    continuations of an assistant prefix directly (vLLM's chat template fields)."""
+    out = tmp_path / "run"
+    train_mote(tiny_causal_lm, _records(4), out, MoTEConfig(rank=2, max_steps=2, batch_size=2, token_rules="paper"),
+               progress=False)
+    gateway = make_gateway({"models": [
+        {"name": "mote", "backend": "local", "mote": str(out), "device": "cpu", "default_max_tokens": 8,
+         "stages": ["aligncot"], "aligncot": {"format": "trained", "token_rules": "paper", "skip_steps": False,
+                                              "step_max_tokens": 6}},
+        {"name": "mote-raw", "backend": "local", "mote": str(out), "device": "cpu", "default_max_tokens": 8}]})
+    response = httpx.post(f"{gateway.base_url}/chat/completions", timeout=120, json={
+        "model": "mote", "max_tokens": 8, "aligncot": {"return_chain": True},
+        "messages": [{"role": "user", "content": "How do I pick a lock?"}]})
+    assert response.status_code == 200, response.text
+    steps = [entry["step"] for entry in response.json()["aligncot_chain"]]
+    assert steps == ["analysis", "guidance", "answer", "safety_check"]
+    assert response.headers["x-gateway-aligncot"] in ("chain", "refused")
+
+    tokenizer_vocab = json.loads((out / BASE / "tokenizer.json").read_text())["added_tokens"]
+    guidance = next(t["id"] for t in tokenizer_vocab if t["content"] == ALIGNCOT_START_MARKERS["guidance"])
+    client = gateway.client()
+
+    def continue_analysis(**extra):
+        return client.chat.completions.create(
+            model="mote-raw", max_tokens=3, temperature=0, logit_bias={str(guidance): 100},
+            messages=[{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "<|analysis|>"}],
+            extra_body={"continue_final_message": True, "add_generation_prompt": False, **extra})
+
+    assert continue_analysis(skip_special_tokens=False).choices[0].message.content.startswith("<|guidance|>")
+    assert "<|guidance|>" not in (continue_analysis().choices[0].message.content or "")
+    for extra, message in (({"add_generation_prompt": True}, "cannot both be true"),
+                           ({"skip_special_tokens": "no"}, "must be a boolean")):
+        bad = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30, json={
+            "model": "mote-raw", "messages": [{"role": "assistant", "content": "x"}],
+            "continue_final_message": True, **extra})
+        assert bad.status_code == 400 and message in bad.json()["error"]["message"], bad.text
+    bad = httpx.post(f"{gateway.base_url}/chat/completions", timeout=30, json={
+        "model": "mote-raw", "messages": [{"role": "user", "content": "x"}], "continue_final_message": True})
+    assert bad.status_code == 400 and bad.json()["error"]["param"] == "continue_final_message"
+
+
+def test_mote_config_errors(tmp_path):
+    from gateway.backends.mote import MoTEManifest
+    from gateway.config import ConfigError, parse_config
+
+    for entry, message in (({"backend": "openai", "base_url": "http://x/v1"}, "'mote' is for backend 'local'"),
+                           ({"backend": "local", "adapters": {"a": "dir"}}, "without adapters")):
+        with pytest.raises(ConfigError, match=message):
+            parse_config({"models": [{"name": "m", "mote": str(tmp_path), **entry}]})
+    with pytest.raises(ValueError, match="is not a MoTE run: mote.json is missing"):
+        MoTEManifest.read(tmp_path)
+
+
+def test_aligncot_eval_serves_a_mote_run_three_ways(tiny_causal_lm, tmp_path):
+    from gateway.config import parse_config
+    from training.aligncot_runs import with_mote_run
+
+    out = tmp_path / "run"
+    train_mote(tiny_causal_lm, _records(2), out, MoTEConfig(rank=2, max_steps=1, batch_size=2, token_rules="paper"),
+               progress=False)
+    config = parse_config({"models": [{"name": "smol", "backend": "local", "path": str(tiny_causal_lm)}]})
+    config, settings = with_mote_run(config, "smol", "p", out, step_max_tokens=16, skip_steps=False)
+    stages = {label: config.model(name).aligncot for label, name in settings.items()}
+    experts = {step: f"smol-p-steps-{step}" for step in ("analysis", "guidance", "answer")}
+    assert stages == {
+        "MoTE adapters, prompted (p)": {"step_max_tokens": 16, "skip_steps": False, "experts": experts,
+                                        "check_model": "smol"},
+        "MoTE adapters, trained sequence (p)": {"step_max_tokens": 16, "skip_steps": False, "experts": experts,
+                                                "check_model": "smol", "format": "trained", "token_rules": "paper"},
+        "MoTE as trained (p)": {"step_max_tokens": 16, "skip_steps": False, "check_model": "smol",
+                                "format": "trained", "token_rules": "paper"}}
+    assert config.model("smol-p-mote").mote == str(out) and config.model("smol-p-steps").path == str(out / BASE)
+    remote = parse_config({"models": [{"name": "smol", "backend": "openai", "base_url": "http://x/v1"}]})
+    with pytest.raises(ValueError, match="needs 'smol' to be a local model"):
+        with_mote_run(remote, "smol", "p", out, step_max_tokens=16, skip_steps=False)
