@@ -89,6 +89,9 @@ class MoTEConfig:
     batch_size: int = field(default=4, metadata={"help": "sequences per step (paper: 16)"})
     max_length: int = field(default=512, metadata={"help": "tokens per sequence"})
     token_rules: str = field(default="frozen-start", metadata={"help": "frozen-start or paper (see the module)"})
+    marker_learning_rate: float | None = field(default=None, metadata={
+        "help": "paper rules: learning rate of the marker embeddings (default: learning_rate); new rows start at "
+                "the mean embedding and must move far for the model to predict its markers"})
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -141,7 +144,8 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     groups: list[dict[str, Any]] = [{"params": trainable}]
     marker_tables = _learnable_marker_rows(model, old_vocabulary) if paper else []
     if marker_tables:  # no weight decay: it would shrink the frozen rows of the table too
-        groups.append({"params": marker_tables, "weight_decay": 0.0})
+        groups.append({"params": marker_tables, "weight_decay": 0.0,
+                       "lr": config.marker_learning_rate or config.learning_rate})
     optimizer = torch.optim.AdamW(groups, lr=config.learning_rate)
     generator = torch.Generator().manual_seed(config.seed)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id

@@ -53,6 +53,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
                       help="paper: learnable start/end step tokens the model predicts, question tokens mixed with a "
                            "random step expert; frozen-start: start tokens only, frozen, shared expert on the question")
     mote.add_argument("--lr", type=float, default=2e-4)
+    mote.add_argument("--marker-lr", type=float, default=None,
+                      help="--token-rules paper: learning rate of the marker embeddings (default: --lr)")
     mote.add_argument("--epochs", type=int, default=1)
     mote.add_argument("--steps", type=int, default=None, help="stop after N optimiser steps")
     mote.add_argument("--batch-size", type=int, default=4)
@@ -170,7 +172,7 @@ def _mote(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no records")
     config = MoTEConfig(rank=args.rank, mix=args.alpha, learning_rate=args.lr, epochs=args.epochs,
                         max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                        token_rules=args.token_rules)
+                        token_rules=args.token_rules, marker_learning_rate=args.marker_lr)
     summary = train_mote(resolve_model_path(args.model), records, args.out, config)
     print(json.dumps(summary, indent=2))
     return 0

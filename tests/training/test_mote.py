@@ -427,3 +427,15 @@ def test_aligncot_eval_serves_a_mote_run_three_ways(tiny_causal_lm, tmp_path):
     remote = parse_config({"models": [{"name": "smol", "backend": "openai", "base_url": "http://x/v1"}]})
     with pytest.raises(ValueError, match="needs 'smol' to be a local model"):
         with_mote_run(remote, "smol", "p", out, step_max_tokens=16, skip_steps=False)
+
+
+def test_marker_learning_rate_moves_the_marker_rows_at_its_own_pace(tiny_causal_lm, tmp_path):
+    moved = {}
+    for rate in (1e-4, 1e-1):
+        out = tmp_path / f"run-{rate}"
+        train_mote(tiny_causal_lm, _records(2), out, MoTEConfig(rank=2, max_steps=1, batch_size=2, learning_rate=1e-4,
+                                                                token_rules="paper", marker_learning_rate=rate),
+                   progress=False)
+        rows = AutoModelForCausalLM.from_pretrained(out / BASE).get_input_embeddings().weight.detach()[-6:]
+        moved[rate] = (rows - rows.mean(dim=0)).abs().max().item()  # they all start at the mean embedding
+    assert moved[1e-1] > 100 * moved[1e-4]
