@@ -3,13 +3,13 @@
 LiteLLM proxy in front of the same upstream. Each server is pinned to core 0 with ``taskset``; the upstream
 and ``wrk`` share the other core. Prints added latency at concurrency 1 and requests/s at concurrency 32.
 
-    .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm]
+    .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm] [--granian]
         [--workers-row] [--soak 100000]
 
-Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM into its own venv under
-``~/.cache/llm-gateway/bench`` on first use (never a project dependency). ``--workers-row`` adds the gateway
-with two workers and Redis-shared limits (``redis-server`` needed), unpinned: on a 2-core machine they share
-the cores with the upstream, Redis and wrk.
+Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM, ``--granian`` the granian server,
+each into its own venv under ``~/.cache/llm-gateway/bench`` on first use (never a project dependency).
+``--workers-row`` adds the gateway with two workers and Redis-shared limits (``redis-server`` needed), unpinned:
+on a 2-core machine they share the cores with the upstream, Redis and wrk.
 """
 
 from __future__ import annotations
@@ -38,6 +38,8 @@ from harness import BIN, HERE, free_port, percentile, wait_ready  # noqa: E402
 KEY = "sk-" + hashlib.sha256(b"llm-gateway hot-path benchmark").hexdigest()  # LiteLLM refuses weak keys
 LITELLM_VERSION = "1.108.7"
 LITELLM_VENV = Path.home() / ".cache" / "llm-gateway" / "bench" / "litellm-venv"
+GRANIAN_VERSION = "2.8.9"
+GRANIAN_VENV = Path.home() / ".cache" / "llm-gateway" / "bench" / "granian-venv"
 STREAM_CHUNKS = 100
 
 
@@ -85,6 +87,29 @@ def wrk(url: str, script: Path, connections: int, duration_s: float) -> WrkResul
                      _ms(latency["50"]), _ms(latency["99"]), int(errors.group(1)) if errors else 0)
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (a supervisor's workers)."""
+    pids, total = [pid], 0
+    while pids:
+        current = pids.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            children = Path(f"/proc/{current}/task/{current}/children").read_text().split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime
+        pids += [int(child) for child in children]
+    return total / os.sysconf("SC_CLK_TCK")
+
+
+def wrk_per_cpu(pid: int, url: str, script: Path, duration_s: float) -> tuple[WrkResult, float]:
+    """A c=32 run and the requests served per CPU-second the server (all its processes) spent on them."""
+    before = cpu_seconds(pid)
+    result = wrk(url, script, 32, duration_s)
+    spent = cpu_seconds(pid) - before
+    return result, result.requests_per_s * round(max(1, duration_s)) / spent if spent else float("nan")
+
+
 def wrk_script(directory: Path, name: str, model: str, stream: bool) -> Path:
     body = json.dumps({"model": model, "stream": stream, "max_tokens": 4,
                        "messages": [{"role": "user", "content": "hi"}]})
@@ -94,22 +119,26 @@ def wrk_script(directory: Path, name: str, model: str, stream: bool) -> Path:
     return path
 
 
-def time_to_first_byte(url: str, model: str, requests: int = 300) -> tuple[float, float]:
-    """p50/p99 ms until the first body byte of a streamed answer, one request at a time."""
-    payload = {"model": model, "stream": True, "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]}
-    times = []
+def time_to_first_byte(urls: dict[str, str], model_of: dict[str, str], requests: int = 300
+                       ) -> dict[str, tuple[float, float]]:
+    """p50/p99 ms until the first body byte of a streamed answer, one request at a time, per server; the servers
+    take turns request by request, so that they share whatever else the machine is doing."""
+    times: dict[str, list[float]] = {name: [] for name in urls}
     with httpx.Client(headers={"authorization": f"Bearer {KEY}"}, timeout=30) as client:
         for i in range(requests + 20):
-            started = time.perf_counter()
-            with client.stream("POST", url, json=payload) as response:
-                body = response.iter_raw()
-                next(body)
-                elapsed = time.perf_counter() - started
-                for _ in body:
-                    pass
-            if i >= 20:  # warm-up
-                times.append(elapsed)
-    return percentile(times, 0.5) * 1000, percentile(times, 0.99) * 1000
+            for name, url in urls.items():
+                payload = {"model": model_of[name], "stream": True, "max_tokens": 4,
+                           "messages": [{"role": "user", "content": "hi"}]}
+                started = time.perf_counter()
+                with client.stream("POST", url, json=payload) as response:
+                    body = response.iter_raw()
+                    next(body)
+                    elapsed = time.perf_counter() - started
+                    for _ in body:
+                        pass
+                if i >= 20:  # warm-up
+                    times[name].append(elapsed)
+    return {name: (percentile(values, 0.5) * 1000, percentile(values, 0.99) * 1000) for name, values in times.items()}
 
 
 def rss_mib(pid: int) -> float:
@@ -128,6 +157,21 @@ def soak_rss(pid: int, url: str, script: Path, requests: int, rate: float) -> tu
     sent = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", output)
     return sent, int(errors.group(1)) if errors else 0, before, rss_mib(pid)
+
+
+def ensure_granian() -> Path:
+    """granian in a venv of its own that also sees this project's venv and source (a ``.pth`` file), so it can
+    import the gateway without granian ever entering the project's dependencies."""
+    binary = GRANIAN_VENV / "bin" / "granian"
+    if not binary.exists():
+        print(f"installing granian {GRANIAN_VERSION} into {GRANIAN_VENV} (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(GRANIAN_VENV)], check=True)
+        subprocess.run([str(GRANIAN_VENV / "bin" / "pip"), "install", "-q", f"granian[uvloop]=={GRANIAN_VERSION}"],
+                       check=True)
+    site = next((GRANIAN_VENV / "lib").glob("python3*/site-packages"))
+    project_site = next((BIN.parent / "lib").glob("python3*/site-packages"))
+    (site / "llm_gateway_project.pth").write_text(f"{HERE.parent}\n{project_site}\n")
+    return binary
 
 
 def ensure_litellm() -> Path:
@@ -168,6 +212,8 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=8.0, help="seconds per wrk run")
     parser.add_argument("--router-checkpoint", type=Path, help="adds the `auto` row")
     parser.add_argument("--litellm", action="store_true", help="add LiteLLM (installed into its own venv)")
+    parser.add_argument("--granian", action="store_true",
+                        help="add the gateway served by granian instead of uvicorn (granian in its own venv)")
     parser.add_argument("--workers-row", action="store_true", help="add the gateway with --workers 2")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="then send about N more requests (c=32) and print the gateway's RSS before and after")
@@ -179,7 +225,7 @@ def main() -> None:
     if cores >= 2:  # this process is a client too (time to first byte): keep it off the servers' core
         os.sched_setaffinity(0, {1})
     work = Path(tempfile.mkdtemp(prefix="hot-path-"))
-    ports = {name: free_port() for name in ("upstream", "stream", "gateway", "litellm")}
+    ports = {name: free_port() for name in ("upstream", "stream", "gateway", "litellm", "granian")}
     upstream = f"http://127.0.0.1:{ports['upstream']}/v1"
     stream_upstream = f"http://127.0.0.1:{ports['stream']}/v1"
     config_file = work / "gateway.yaml"
@@ -209,6 +255,9 @@ def main() -> None:
         with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log") as gateway_pid:
             named = measure(f"{gateway_url}/v1/chat/completions", "bench")
             row("llm-gateway, model named", *named, direct[0])
+            # What two workers on two free cores would do, measured where the cores are not free: requests per
+            # CPU-second, one worker against two (equal figures: no shared bottleneck, scaling with the cores).
+            _, one_per_cpu = wrk_per_cpu(gateway_pid, f"{gateway_url}/v1/chat/completions", scripts["bench"], d)
             if args.router_checkpoint:
                 routed = measure(f"{gateway_url}/v1/chat/completions", "auto")
                 row("llm-gateway, model auto", *routed, direct[0])
@@ -217,8 +266,19 @@ def main() -> None:
                                 named[1].requests_per_s)
             stream_direct = wrk(f"{stream_upstream}/chat/completions", scripts["fake-stream"], 32, d)
             stream_gateway = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench-stream"], 32, d)
-            ttfb_direct = time_to_first_byte(f"{stream_upstream}/chat/completions", "fake")
-            ttfb_gateway = time_to_first_byte(f"{gateway_url}/v1/chat/completions", "bench-stream")
+            ttfb = time_to_first_byte({"upstream": f"{stream_upstream}/chat/completions",
+                                       "gateway": f"{gateway_url}/v1/chat/completions"},
+                                      {"upstream": "fake", "gateway": "bench-stream"})
+            ttfb_direct, ttfb_gateway = ttfb["upstream"], ttfb["gateway"]
+        if args.granian:  # the same app under granian instead of uvicorn
+            command = pinned(0, [str(ensure_granian()), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
+                                 "--port", str(ports["granian"]), "--workers", "1", "--runtime-threads", "1",
+                                 "--no-ws", "--no-access-log", "--backlog", "4096", "benchmarks.granian_app:app"])
+            os.environ["LLM_GATEWAY_CONFIG"] = str(config_file)
+            url = f"http://127.0.0.1:{ports['granian']}"
+            with process(command, f"{url}/ready", work / "granian.log"):
+                under_granian = measure(f"{url}/v1/chat/completions", "bench")
+                row(f"llm-gateway under granian {GRANIAN_VERSION}", *under_granian, direct[0])
         if args.workers_row:  # per-key limits across workers need Redis: a local redis-server
             redis_port = free_port()
             shared = {**yaml.safe_load(config_file.read_text()), "limits": {"redis_url": f"redis://127.0.0.1:{redis_port}/0"}}
@@ -228,11 +288,12 @@ def main() -> None:
                        str(shared_file), "--port", str(ports["gateway"]), "--workers", "2"]
             redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
                                      stdout=subprocess.DEVNULL)
-            with process(command, f"{gateway_url}/ready", work / "gateway-2.log"):
-                two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
-                two = wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, d)
+            with process(command, f"{gateway_url}/ready", work / "gateway-2.log") as supervisor:
+                wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
+                two, two_per_cpu = wrk_per_cpu(supervisor, f"{gateway_url}/v1/chat/completions", scripts["bench"], d)
                 row("llm-gateway, 2 workers + Redis", None, two, None,
-                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker (unpinned)")
+                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker (unpinned); "
+                    f"{two_per_cpu:,.0f} requests per CPU-second vs one worker's {one_per_cpu:,.0f}")
             redis.terminate()
         if args.litellm:
             litellm_config = work / "litellm.yaml"

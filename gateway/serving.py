@@ -12,11 +12,11 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.audio_chat import AudioChat, AudioOutput
-from gateway.backends import Backend, Request
+from gateway.backends import Backend, RelayedChunks, Request
 from gateway.circuit import STATE_GAUGE, CircuitBreaker, State
 from gateway.errors import (
     GatewayError,
@@ -48,9 +48,10 @@ class Answer:
 
 @dataclass
 class StreamAnswer:
-    """Chunks of a streamed answer; ``KEEPALIVE`` among them means "still working" (no data yet)."""
+    """Chunks of a streamed answer; ``KEEPALIVE`` among them means "still working" (no data yet).
+    ``RelayedChunks`` appear only when ``serve`` was asked to ``relay``."""
 
-    chunks: AsyncIterator[dict[str, Any]]
+    chunks: AsyncIterator[dict[str, Any] | RelayedChunks]
     headers: dict[str, str] = field(default_factory=dict)
 
 
@@ -58,6 +59,8 @@ class StreamAnswer:
 # so that proxies with idle timeouts do not cut it; the HTTP layer sends it as an SSE comment.
 KEEPALIVE: dict[str, Any] = {}
 KEEPALIVE_S = 5.0
+
+Chunk = TypeVar("Chunk")
 
 
 class CompletionService:
@@ -166,7 +169,10 @@ class CompletionService:
                                      f"{known or 'none configured'}", param="model")
         return backend
 
-    async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord) -> Answer | StreamAnswer:
+    async def serve(self, endpoint: Endpoint, request: Request, record: RequestRecord,
+                    relay: bool = False) -> Answer | StreamAnswer:
+        """The answer to a chat or completions request. ``relay``: the caller sends a stream's chunks to the
+        client unchanged, so a backend may hand them over as ``RelayedChunks`` (bytes)."""
         audio = None
         if isinstance(request, ChatCompletionRequest) and self.audio_chat.involved(request):
             named = self.pool.get(request.model)
@@ -183,7 +189,8 @@ class CompletionService:
                 # The deadline bounds the whole failover (up to the first chunk of a stream), not each try.
                 async with asyncio.timeout_at(deadline):
                     answer = await self._attempt(backend, endpoint,
-                                                 request if audio is None else audio.request_for(backend), record)
+                                                 request if audio is None else audio.request_for(backend), record,
+                                                 relay=relay and audio is None)
                     if audio is not None and audio.output is not None and not backend.config.audio:
                         answer = await self._spoken(answer, audio.output)
             except TimeoutError:
@@ -217,7 +224,7 @@ class CompletionService:
         return Answer(await self.audio_chat.speak_answer(answer.body, output), answer.headers)
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
-                       record: RequestRecord) -> Answer | StreamAnswer:
+                       record: RequestRecord, relay: bool) -> Answer | StreamAnswer:
         _check_cap(backend, request)
         pipeline = self.pipelines.get(backend.name)
         if pipeline is not None and isinstance(request, ChatCompletionRequest):
@@ -233,7 +240,8 @@ class CompletionService:
             record.add_usage(body.get("usage"))
             return Answer(body, stage_headers(ctx))
         if request.stream:
-            return StreamAnswer(await _primed(backend.stream(endpoint, request)))
+            return StreamAnswer(await _primed(backend.relay(endpoint, request) if relay
+                                              else backend.stream(endpoint, request)))
         body = await backend.complete(endpoint, request)
         record.add_usage(body.get("usage"))
         return Answer(body)
@@ -294,7 +302,7 @@ async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]], interval_s: flo
                     await pending
 
 
-async def _primed(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _primed(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     """Wait for the first chunk (so start-up failures raise here), then replay the whole stream."""
     try:
         first = await anext(chunks)
@@ -306,7 +314,7 @@ async def _primed(chunks: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[s
     return _replay(first, chunks)
 
 
-async def _replay(first: dict[str, Any] | None, rest: AsyncIterator[dict[str, Any]]) -> AsyncIterator[dict[str, Any]]:
+async def _replay(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     try:
         if first is not None:
             yield first

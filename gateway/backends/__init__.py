@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.backends.base import AdapterView, Backend, Request
+from gateway.backends.base import AdapterView, Backend, RelayedChunks, Request
 from gateway.backends.openai_http import OpenAIHTTPBackend
 from gateway.config import ModelConfig
 from gateway.images import ImagePolicy
 
-__all__ = ["AdapterView", "Backend", "OpenAIHTTPBackend", "Request", "create_backend"]
+__all__ = ["AdapterView", "Backend", "OpenAIHTTPBackend", "RelayedChunks", "Request", "create_backend"]
 
 
 def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePolicy | None = None) -> Backend:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
@@ -15,6 +16,19 @@ from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest
 
 Request = ChatCompletionRequest | CompletionRequest
+
+
+@dataclass(frozen=True, slots=True)
+class RelayedChunks:
+    """Stream chunks that go to the client as they are: their SSE frames (``data: {...}`` and a blank line, model
+    already renamed), all that one read of the upstream brought, so they leave in one write.
+
+    ``usage`` is the final usage chunk's (``choices: []``) when it is among them, for the caller to count; its
+    frame is left out when the client did not ask for usage (``stream_options.include_usage``).
+    """
+
+    frames: bytes
+    usage: dict[str, Any] | None = None
 
 
 class Backend(ABC):
@@ -64,6 +78,11 @@ class Backend(ABC):
     @abstractmethod
     def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
         """The response as chunks; a usage chunk (``choices: []``) last when the backend knows usage."""
+
+    def relay(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any] | RelayedChunks]:
+        """The stream for a client that reads it unchanged (no stage in between): chunks, or ``RelayedChunks``
+        from a backend that can forward its upstream's bytes without building each chunk again."""
+        return self.stream(endpoint, request)
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         """The OpenAI embeddings response (``task: embed`` models)."""

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import urllib.request
 from collections.abc import AsyncIterator
+from contextlib import aclosing
 from typing import Any, Literal, NoReturn
 
 import aiohttp
@@ -13,8 +14,8 @@ import orjson
 from multidict import CIMultiDictProxy
 
 from gateway.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
-from gateway.backends.base import Backend, Request
-from gateway.backends.sse_reader import iter_sse
+from gateway.backends.base import Backend, RelayedChunks, Request
+from gateway.backends.sse_reader import ServerSentEvent, iter_sse_batches
 from gateway.config import ModelConfig
 from gateway.errors import (
     GatewayError,
@@ -40,7 +41,7 @@ class OpenAIHTTPBackend(Backend):
     One pooled aiohttp session per upstream (aiohttp rather than httpx: the client is most of a proxied
     request's CPU, and on one core aiohttp's does ~12,000 requests/s where httpx's does ~900);
     ``connect_timeout_s`` bounds connecting and ``timeout_s`` the whole request, streamed ones included.
-    Streams are relayed event by event.
+    A stream a client reads unchanged is relayed as what each upstream read brought (``relay``).
     """
 
     _session: aiohttp.ClientSession
@@ -177,15 +178,40 @@ class OpenAIHTTPBackend(Backend):
         return data
 
     def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
+        return self._stream(endpoint, self._stream_body(request))
+
+    async def relay(self, endpoint: Endpoint, request: Request) -> AsyncIterator[RelayedChunks]:
+        """The chunks each upstream read brought, dumped once (model renamed) and sent in one write."""
+        include_usage = request.include_usage
+        async with aclosing(self._chunk_batches(endpoint, self._stream_body(request))) as batches:
+            async for chunks in batches:
+                frames, usage = [], None
+                for chunk in chunks:
+                    if chunk.get("usage") and not chunk.get("choices"):
+                        usage = chunk["usage"]
+                        if not include_usage:
+                            continue
+                    frames.append(b"data: " + orjson.dumps(chunk) + b"\n\n")
+                yield RelayedChunks(b"".join(frames), usage)
+
+    def _stream_body(self, request: Request) -> dict[str, Any]:
         body = request.upstream_body(self.config.served_model)
         # Always ask for usage: token metrics and per-key limits count it; the caller drops the usage
         # chunk when the client did not ask for it.
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
-        return self._stream(endpoint, body)
+        return body
 
     async def _stream(self, endpoint: Endpoint | Literal["responses"],
                       body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The upstream's SSE events as dicts (chat chunks or Responses events), model renamed."""
+        async with aclosing(self._chunk_batches(endpoint, body)) as batches:
+            async for chunks in batches:
+                for chunk in chunks:
+                    yield chunk
+
+    async def _chunk_batches(self, endpoint: Endpoint | Literal["responses"],
+                             body: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+        """``_stream``'s events in the lists that each read of the upstream completed."""
         try:
             response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body), headers=_JSON_HEADERS)
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -199,28 +225,32 @@ class OpenAIHTTPBackend(Backend):
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
                 self._raise_for_status(response.status, content, response.headers)
-            events = iter_sse(response.content.iter_any())
-            while True:
+            batches = iter_sse_batches(response.content.iter_any())
+            done = False
+            while not done:
                 try:
-                    event = await anext(events, None)
+                    events = await anext(batches, None)
                 except (aiohttp.ClientError, TimeoutError) as exc:
                     self._raise_transport_error(exc)
-                if event is None or event.data.strip() == "[DONE]":
-                    finished = await _drain(response)
-                    return
-                if not event.data:  # an event without data (a keep-alive some servers send)
-                    continue
-                chunk = orjson.loads(event.data)
-                if event.event == "error" or (isinstance(chunk, dict) and (
-                        chunk.get("type") == "error" or ("error" in chunk and "choices" not in chunk))):
-                    raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
-                if isinstance(chunk.get("response"), dict):  # a Responses event carrying the response
-                    chunk["response"]["model"] = self.name
-                else:
-                    chunk["model"] = self.name
-                yield chunk
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamError(f"upstream '{self.name}' sent an unreadable stream event: {exc}") from exc
+                if events is None:
+                    break
+                chunks, failure = [], None
+                for event in events:
+                    if event.data.strip() == "[DONE]":
+                        done = True
+                        break
+                    if not event.data:  # an event without data is a keep-alive some servers send
+                        continue
+                    try:
+                        chunks.append(self._chunk_of(event))
+                    except UpstreamError as exc:  # the chunks before it still reach the client
+                        failure = exc
+                        break
+                if chunks:
+                    yield chunks
+                if failure is not None:
+                    raise failure
+            finished = await _drain(response)
         finally:
             # A stream read to its end goes back to the pool; any other end closes the connection, which is
             # how vLLM learns to abort the generation.
@@ -229,6 +259,21 @@ class OpenAIHTTPBackend(Backend):
                 response.release()
             else:
                 response.close()
+
+    def _chunk_of(self, event: ServerSentEvent) -> dict[str, Any]:
+        """One event's chunk with the model renamed; an error event or unreadable JSON raises."""
+        try:
+            chunk = orjson.loads(event.data)
+        except orjson.JSONDecodeError as exc:
+            raise UpstreamError(f"upstream '{self.name}' sent an unreadable stream event: {exc}") from exc
+        if event.event == "error" or (isinstance(chunk, dict) and (
+                chunk.get("type") == "error" or ("error" in chunk and "choices" not in chunk))):
+            raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
+        if isinstance(chunk.get("response"), dict):  # a Responses event carrying the response
+            chunk["response"]["model"] = self.name
+        else:
+            chunk["model"] = self.name
+        return chunk
 
     def _raise_transport_error(self, exc: BaseException) -> NoReturn:
         """Translate aiohttp/timeout failures, most specific first."""

@@ -50,6 +50,14 @@ class _EventBuilder:
 
 async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
     """The events of a byte stream, in order, however the bytes are split."""
+    async for events in iter_sse_batches(chunks):
+        for event in events:
+            yield event
+
+
+async def iter_sse_batches(chunks: AsyncIterable[bytes]) -> AsyncIterator[list[ServerSentEvent]]:
+    """The events of a byte stream, in order, as the lists that each read of ``chunks`` completed (empty
+    lists are not yielded): a relay can then forward what arrived together in one write."""
     builder = _EventBuilder()
     buffer = b""
     first = True
@@ -65,12 +73,11 @@ async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEven
             complete = complete.replace(b"\r\n", b"\n").replace(b"\r", b"\n")
         lines = complete.split(b"\n")
         buffer = lines.pop() + buffer  # the unfinished last line
-        for line in lines:
-            event = builder.feed(line.decode("utf-8", "replace"))
-            if event is not None:
-                yield event
+        events = [event for line in lines if (event := builder.feed(line.decode("utf-8", "replace"))) is not None]
+        if events:
+            yield events
     if buffer.endswith(b"\r"):  # a lone CR at the very end closes its line
         event = builder.feed(buffer[:-1].decode("utf-8", "replace"))
         if event is not None:
-            yield event
+            yield [event]
         # then end of stream: an event not closed by a blank line is discarded, as the standard says

@@ -197,7 +197,7 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Lite
     elif isinstance(parsed, EmbeddingRequest):
         work = gateway.service.embed(parsed, record)
     else:
-        work = gateway.service.serve(endpoint, parsed, record)  # type: ignore[arg-type]
+        work = gateway.service.serve(endpoint, parsed, record, relay=True)  # type: ignore[arg-type]
     try:
         answer = await _recorded(request, record, work)
     except ClientDisconnected:

@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 
 import orjson
 
+from gateway.backends import RelayedChunks
 from gateway.errors import GatewayError, UpstreamError, sse_error_event
 from gateway.metrics import RequestRecord
 from gateway.responses import chat_usage
@@ -16,9 +17,9 @@ async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: 
                     responses: bool = False) -> AsyncIterator[str | bytes]:
     """The SSE body of a stream: chunks, an error event if it broke, always ``data: [DONE]``.
 
-    Usage is counted once, from the final usage chunk (``choices: []``): a client that asked vLLM for
-    ``continuous_usage_stats`` gets cumulative usage on every chunk, which must not be summed. The final usage
-    chunk is dropped when the client did not ask for usage.
+    Relayed chunks (``RelayedChunks``) are sent as they come. Usage is counted once, from the final usage chunk
+    (``choices: []``): a client that asked vLLM for ``continuous_usage_stats`` gets cumulative usage on every
+    chunk, which must not be summed. The final usage chunk is dropped when the client did not ask for usage.
 
     ``responses``: the stream is Responses API events, each sent under its ``event:`` name, usage counted from
     the final response, no ``[DONE]`` (that API has none).
@@ -32,6 +33,12 @@ async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: 
             if first:
                 record.first_chunk()
                 first = False
+            if type(chunk) is RelayedChunks:
+                if chunk.usage is not None:
+                    record.add_usage(chunk.usage)
+                if chunk.frames:
+                    yield chunk.frames
+                continue
             if responses:
                 if chunk.get("type") in _FINAL_RESPONSE_EVENTS:
                     record.add_usage(chat_usage(chunk["response"].get("usage")))

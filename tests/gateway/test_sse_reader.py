@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.backends.sse_reader import ServerSentEvent, iter_sse
+from gateway.backends.sse_reader import ServerSentEvent, iter_sse, iter_sse_batches
 
 
 def _events(*chunks: bytes) -> list[ServerSentEvent]:
@@ -41,3 +41,15 @@ def test_any_split_of_the_bytes_gives_the_same_events(size):
 def test_utf8_split_inside_a_character():
     data = "data: héllo wörld\n\n".encode()
     assert _events(*[data[i:i + 1] for i in range(len(data))]) == [ServerSentEvent("héllo wörld")]
+
+
+def test_batches_are_the_events_each_read_completed():
+    async def source():
+        for chunk in (b"data: 1\n\ndata: 2\n\nda", b"ta: 3\n", b": ping\n\n", b"\ndata: 4\n\ndata: 5\r", b"\n\r\n"):
+            yield chunk
+
+    async def collect() -> list[list[str]]:
+        return [[event.data for event in events] async for events in iter_sse_batches(source())]
+
+    # the read that completes no event yields nothing; a CR at the end of a read waits for its LF
+    assert asyncio.run(collect()) == [["1", "2"], ["3"], ["4"], ["5"]]
