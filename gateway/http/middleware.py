@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
+import random
 import re
 import time
 from typing import Any
@@ -31,7 +31,7 @@ class RequestContextMiddleware:
             await self.app(scope, receive, send)
             return
         incoming = _header(scope, REQUEST_ID_HEADER.encode())
-        request_id = incoming if incoming and _SAFE_ID.match(incoming) else f"req-{os.urandom(16).hex()}"
+        request_id = incoming if incoming and _SAFE_ID.match(incoming) else _new_request_id()
         state = scope.setdefault("state", {})
         state["request_id"] = request_id
         log_fields: dict[str, Any] = {}
@@ -55,6 +55,12 @@ class RequestContextMiddleware:
                 "request_id": request_id, "method": scope.get("method"), "path": scope.get("path"),
                 "status": status, "duration_ms": round((time.monotonic() - started) * 1000, 1),
                 "client": (scope.get("client") or ("", 0))[0], **log_fields}})
+
+
+def _new_request_id() -> str:
+    # Unique, not secret: Python's generator (seeded from the OS, re-seeded after fork) costs no system call per
+    # request, where os.urandom was ~4% of a proxied request's CPU.
+    return f"req-{random.getrandbits(128):032x}"
 
 
 def _header(scope: Scope, name: bytes) -> str | None:
