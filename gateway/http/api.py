@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import time
 from collections.abc import AsyncIterator, Awaitable
@@ -120,7 +121,7 @@ def validation_error(exc: ValidationError) -> InvalidRequestError:
     return InvalidRequestError(message, param=param)
 
 
-async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
+async def cancel_on_disconnect(receive: Receive, work: Awaitable[Any]) -> Any:
     """Await ``work`` unless the client disconnects first; then cancel it (which stops the upstream call
     or the local generation) and raise ``ClientDisconnected``. The work runs in this task: only the watcher
     is a task of its own (one task per request, not two, on the hot path)."""
@@ -130,7 +131,7 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
 
     async def watch() -> None:
         nonlocal disconnected
-        while (await request.receive())["type"] != "http.disconnect":
+        while (await receive())["type"] != "http.disconnect":
             pass
         disconnected = True
         this_task.cancel()
@@ -149,6 +150,18 @@ async def cancel_on_disconnect(request: Request, work: Awaitable[Any]) -> Any:
 
 class ClientDisconnected(Exception):
     pass
+
+
+class EventStreamResponse(StreamingResponse):
+    """A server-sent-events body, sent from the request's own task while one watcher task waits for the client
+    to leave (then the body is cancelled, which stops the upstream call or the generation). Starlette's own
+    runs a task group of two per stream under ASGI < 2.4, which uvicorn speaks."""
+
+    media_type = "text/event-stream"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        with contextlib.suppress(ClientDisconnected):
+            await cancel_on_disconnect(receive, self.stream_response(send))
 
 
 class FastJSONResponse(JSONResponse):
@@ -170,7 +183,7 @@ async def _recorded(request: Request, record: RequestRecord, work: Awaitable[Rec
     """``work``, cancelled if the client leaves first; a failure finishes the record with its status and rises
     (``ClientDisconnected`` when the client left: answer 499)."""
     try:
-        return await cancel_on_disconnect(request, work)
+        return await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:
         record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
         raise
@@ -203,11 +216,9 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Lite
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(answer, StreamAnswer):
-        return StreamingResponse(sse_lines(answer, record, parsed.include_usage,
-                                           responses=isinstance(parsed, ResponsesRequest)),
-                                 media_type="text/event-stream",
-                                 headers={"cache-control": "no-cache", "x-accel-buffering": "no",
-                                          **answer.headers})
+        return EventStreamResponse(sse_lines(answer, record, parsed.include_usage,
+                                             responses=isinstance(parsed, ResponsesRequest)),
+                                   headers={"cache-control": "no-cache", "x-accel-buffering": "no", **answer.headers})
     record.finish(200)
     return FastJSONResponse(answer.body, headers=answer.headers)
 
