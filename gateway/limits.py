@@ -22,6 +22,7 @@ import asyncio
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gateway.auth import ApiKey
@@ -71,8 +72,10 @@ class RateLimiter(ABC):
         ``LimiterUnavailable`` when the counters cannot be reached."""
 
     @abstractmethod
-    async def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
-        """Replace the reservation by the request's real token usage (prompt + completion)."""
+    def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> Awaitable[None] | None:
+        """Replace the reservation by the request's real token usage (prompt + completion): done at once, or,
+        where that takes I/O, returned as an awaitable for the caller to run (``LimiterUnavailable`` from it
+        when the counters cannot be reached)."""
 
     async def aclose(self) -> None:  # noqa: B027 - optional hook
         pass
@@ -105,7 +108,7 @@ class InMemoryRateLimiter(RateLimiter):
             del self._counts[old]
         return Reservation(window, reserve)
 
-    async def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
+    def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
         counts = self._counts.get((key.name, reservation.window))
         if counts is not None:
             counts[1] += tokens - reservation.tokens
@@ -179,10 +182,11 @@ class RedisRateLimiter(RateLimiter):
                                                              reserve))
         return Reservation(window, reserve)
 
-    async def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
-        if tokens != reservation.tokens:
-            await self._run(self._settle, [self._key(key, reservation.window, "tokens")],
-                            [tokens - reservation.tokens, WINDOW_S * 3])
+    def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> Awaitable[None] | None:
+        if tokens == reservation.tokens:
+            return None
+        return self._run(self._settle, [self._key(key, reservation.window, "tokens")],
+                         [tokens - reservation.tokens, WINDOW_S * 3])
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from pathlib import Path
 from typing import Any
 
@@ -113,12 +114,15 @@ class Gateway:
         return record
 
     def _settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
-        """Charge the request's real usage to its key (in the background: the response is not delayed)."""
-        self._keep(asyncio.get_running_loop().create_task(self._settle_now(key, reservation, tokens)))
+        """Charge the request's real usage to its key (what needs I/O runs in the background: the response is
+        not delayed)."""
+        pending = self.limiter.settle(key, reservation, tokens)
+        if pending is not None:
+            self._keep(asyncio.ensure_future(self._settled(pending)))
 
-    async def _settle_now(self, key: ApiKey, reservation: Reservation, tokens: int) -> None:
+    async def _settled(self, pending: Awaitable[None]) -> None:
         try:
-            await self.limiter.settle(key, reservation, tokens)
+            await pending
         except LimiterUnavailable as exc:
             self.metrics.limiter_errors.inc()
             logger.warning("rate limiter unavailable at settlement", extra={"fields": {"error": str(exc)[:200]}})
