@@ -52,6 +52,10 @@ def configure_logging(level: str = "info") -> None:
     must not cost the event loop a formatted write)."""
     global _listener
     _stop_listener()
+    # The JSON line has no caller, thread or process fields: skip collecting them for every record (the
+    # logging docs' "Optimization" switches; finding the caller walks the stack on each access-log line).
+    logging._srcfile = None  # type: ignore[attr-defined]
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler()
     handler.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
