@@ -286,14 +286,22 @@ def main() -> None:
             shared_file.write_text(yaml.safe_dump(shared))
             command = ["taskset", "-c", f"0-{cores - 1}", str(BIN / "llm-gateway"), "serve", "--config",
                        str(shared_file), "--port", str(ports["gateway"]), "--workers", "2"]
-            redis = subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "", "--appendonly", "no"],
-                                     stdout=subprocess.DEVNULL)
+            redis = subprocess.Popen(pinned(1, ["redis-server", "--port", str(redis_port), "--save", "",
+                                                "--appendonly", "no"]), stdout=subprocess.DEVNULL)
+            one_redis_command = pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(shared_file), "--port",
+                                           str(ports["gateway"])])
+            with process(one_redis_command, f"{gateway_url}/ready", work / "gateway-redis.log") as pid:
+                wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
+                one_redis, one_redis_per_cpu = wrk_per_cpu(pid, f"{gateway_url}/v1/chat/completions",
+                                                           scripts["bench"], d)
+                row("llm-gateway, 1 worker + Redis limits", None, one_redis, None,
+                    f"{one_redis_per_cpu:,.0f} requests per CPU-second")
             with process(command, f"{gateway_url}/ready", work / "gateway-2.log") as supervisor:
                 wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)
                 two, two_per_cpu = wrk_per_cpu(supervisor, f"{gateway_url}/v1/chat/completions", scripts["bench"], d)
                 row("llm-gateway, 2 workers + Redis", None, two, None,
-                    f"{two.requests_per_s / named[1].requests_per_s:.2f}x one pinned worker (unpinned); "
-                    f"{two_per_cpu:,.0f} requests per CPU-second vs one worker's {one_per_cpu:,.0f}")
+                    f"{two.requests_per_s / one_redis.requests_per_s:.2f}x one pinned worker + Redis (unpinned); "
+                    f"{two_per_cpu:,.0f} requests per CPU-second (in-process limits, 1 worker: {one_per_cpu:,.0f})")
             redis.terminate()
         if args.litellm:
             litellm_config = work / "litellm.yaml"
