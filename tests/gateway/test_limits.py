@@ -117,3 +117,52 @@ def test_a_frozen_redis_does_not_hang_requests(upstream, make_gateway, redis_ser
     finally:
         redis_server.process.send_signal(signal.SIGCONT)
     assert response.status_code == 200 and elapsed < 1.5
+
+
+def test_redis_settlements_leave_in_one_batch_per_api_key(redis_server):
+    """Real usage replaces the reservations in Redis: the settlements of many requests (two API keys) leave
+    together, one script call per key, and the next request's settlement starts the next batch."""
+    import redis
+
+    team, other = _key(tpm=100_000), ApiKey(name="other", requests_per_minute=None, tokens_per_minute=100_000)
+
+    async def run() -> list[object]:
+        limiter = RedisRateLimiter(redis_server.url)
+        try:
+            reservations = [(key, await limiter.admit(key, 100)) for key in (team, other, team, team, other)]
+            pending = [limiter.settle(key, reservation, 30) for key, reservation in reservations]
+            await asyncio.gather(*[p for p in pending if p is not None])
+            later = limiter.settle(team, await limiter.admit(team, 100), 7)
+            assert later is not None
+            await later
+            return pending
+        finally:
+            await limiter.aclose()
+
+    client = redis.Redis.from_url(redis_server.url)
+
+    def script_calls() -> int:  # successful ones (a script's first call fails with NOSCRIPT, then it is loaded)
+        stats = client.info("commandstats").get("cmdstat_evalsha", {})
+        return stats.get("calls", 0) - stats.get("failed_calls", 0)
+
+    before = script_calls()
+    pending = asyncio.run(run())
+    assert sum(p is not None for p in pending) == 1  # five settlements, one batch
+    tokens = {name.decode(): int(client.get(name)) for name in client.scan_iter("*:tokens")}
+    assert sum(v for k, v in tokens.items() if "team}" in k) == 3 * 30 + 7
+    assert sum(v for k, v in tokens.items() if "other}" in k) == 2 * 30
+    # 6 admissions + 2 script calls for the first batch (one per API key) + 1 for the later one
+    assert script_calls() - before == 9
+
+
+def test_a_gateway_charges_real_usage_to_redis_and_flushes_on_shutdown(upstream, make_gateway, redis_server):
+    import redis
+
+    gateway = make_gateway(_config(upstream, key_limits={"tokens_per_minute": 100_000},
+                                   limits={"redis_url": redis_server.url}))
+    client = gateway.client(api_key=KEY)
+    used = sum(client.chat.completions.create(model="pub", messages=MESSAGES, max_tokens=200).usage.total_tokens
+               for _ in range(3))
+    gateway.server.stop()  # the last settlement is still on its way: shutdown sends it
+    counters = redis.Redis.from_url(redis_server.url)
+    assert sum(int(counters.get(name)) for name in counters.scan_iter("*team}*:tokens")) == used
