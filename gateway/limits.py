@@ -192,7 +192,8 @@ class RedisRateLimiter(RateLimiter):
         return Reservation(window, reserve)
 
     def settle(self, key: ApiKey, reservation: Reservation, tokens: int) -> Awaitable[None] | None:
-        """Queued for the next batch; the first settlement of a batch returns the awaitable that sends it."""
+        """Queued for the next batch; the first settlement of a batch returns the awaitable that sends it (it
+        must be run: until it has, later settlements wait for it)."""
         if tokens == reservation.tokens:
             return None
         counters = self._unsettled.setdefault(key.name, {})
