@@ -159,28 +159,23 @@ def soak_rss(pid: int, url: str, script: Path, requests: int, rate: float) -> tu
     return sent, int(errors.group(1)) if errors else 0, before, rss_mib(pid)
 
 
-def ensure_granian() -> Path:
-    """granian in a venv of its own that also sees this project's venv and source (a ``.pth`` file), so it can
-    import the gateway without granian ever entering the project's dependencies."""
-    binary = GRANIAN_VENV / "bin" / "granian"
+def side_venv(venv: Path, command: str, requirement: str) -> Path:
+    """``command`` from ``requirement`` installed once into a venv of its own (never a project dependency)."""
+    binary = venv / "bin" / command
     if not binary.exists():
-        print(f"installing granian {GRANIAN_VERSION} into {GRANIAN_VENV} (once)...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(GRANIAN_VENV)], check=True)
-        subprocess.run([str(GRANIAN_VENV / "bin" / "pip"), "install", "-q", f"granian[uvloop]=={GRANIAN_VERSION}"],
-                       check=True)
-    site = next((GRANIAN_VENV / "lib").glob("python3*/site-packages"))
-    project_site = next((BIN.parent / "lib").glob("python3*/site-packages"))
-    (site / "llm_gateway_project.pth").write_text(f"{HERE.parent}\n{project_site}\n")
+        print(f"installing {requirement} into {venv} (once)...", flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        subprocess.run([str(venv / "bin" / "pip"), "install", "-q", requirement], check=True)
     return binary
 
 
-def ensure_litellm() -> Path:
-    binary = LITELLM_VENV / "bin" / "litellm"
-    if not binary.exists():
-        print(f"installing LiteLLM {LITELLM_VERSION} into {LITELLM_VENV} (once)...", flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LITELLM_VENV)], check=True)
-        subprocess.run([str(LITELLM_VENV / "bin" / "pip"), "install", "-q", f"litellm[proxy]=={LITELLM_VERSION}"],
-                       check=True)
+def ensure_granian() -> Path:
+    """granian in its own venv that also sees this project's venv and source (a ``.pth`` file), so that it
+    imports the gateway."""
+    binary = side_venv(GRANIAN_VENV, "granian", f"granian[uvloop]=={GRANIAN_VERSION}")
+    site = next((GRANIAN_VENV / "lib").glob("python3*/site-packages"))
+    project_site = next((BIN.parent / "lib").glob("python3*/site-packages"))
+    (site / "llm_gateway_project.pth").write_text(f"{HERE.parent}\n{project_site}\n")
     return binary
 
 
@@ -309,8 +304,9 @@ def main() -> None:
                 "model_list": [{"model_name": "bench", "litellm_params": {"model": "openai/fake", "api_base": upstream,
                                                                            "api_key": "none"}}],
                 "general_settings": {"master_key": KEY}}))  # the same key check as the gateway's
-            command = pinned(0, [str(ensure_litellm()), "--config", str(litellm_config), "--port",
-                                 str(ports["litellm"]), "--num_workers", "1"])
+            binary = side_venv(LITELLM_VENV, "litellm", f"litellm[proxy]=={LITELLM_VERSION}")
+            command = pinned(0, [str(binary), "--config", str(litellm_config), "--port", str(ports["litellm"]),
+                                 "--num_workers", "1"])
             url = f"http://127.0.0.1:{ports['litellm']}"
             with process(command, f"{url}/health/liveliness", work / "litellm.log", timeout_s=300):
                 litellm = measure(f"{url}/v1/chat/completions", "bench")

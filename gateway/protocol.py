@@ -244,6 +244,12 @@ def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
             "total_tokens": prompt_tokens + completion_tokens}
 
 
+def is_usage_chunk(chunk: dict[str, Any]) -> bool:
+    """Whether a stream chunk is the final usage chunk (``usage`` and no ``choices``): with vLLM's
+    ``continuous_usage_stats`` every chunk carries usage, so that is not enough to tell."""
+    return bool(chunk.get("usage")) and not chunk.get("choices")
+
+
 def response_dict(endpoint: Endpoint, completion_id: str, model: str, choices: list[dict[str, Any]],
                   usage: dict[str, int] | None) -> dict[str, Any]:
     return {"id": completion_id, "object": "chat.completion" if endpoint == "chat" else "text_completion",

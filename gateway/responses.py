@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from gateway.errors import InvalidRequestError
-from gateway.protocol import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions
+from gateway.protocol import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions, is_usage_chunk
 
 # Fields of stateful or hosted features, with the values that ask for none of them.
 _NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -308,7 +308,7 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
             yield chunk
             continue
         model = chunk.get("model") or model
-        if chunk.get("usage") and not chunk.get("choices"):
+        if is_usage_chunk(chunk):
             usage = chunk["usage"]
             continue
         for choice in chunk.get("choices") or []:

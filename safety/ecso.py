@@ -21,6 +21,7 @@ from gateway.protocol import (
     ChatCompletionRequest,
     ChatMessage,
     ContentPart,
+    is_usage_chunk,
     judged_text_of,
     message_text_of,
     response_to_chunks,
@@ -72,7 +73,7 @@ class ECSOStage(Stage):
         safe_request = _answer_without_image(request, message_text_of(caption))
         async with aclosing(ctx.models.stream(self._model(ctx), safe_request)) as chunks:
             async for chunk in chunks:
-                if chunk.get("usage") and not chunk.get("choices"):  # the final usage chunk: all steps together
+                if is_usage_chunk(chunk):  # the final usage chunk: all steps together
                     chunk = {**chunk, "usage": add_usage({"usage": earlier}, chunk)}
                 yield {**chunk, self.name: REWRITTEN}
 

@@ -25,7 +25,7 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.protocol import EmbeddingRequest, Endpoint
+from gateway.protocol import EmbeddingRequest, Endpoint, is_usage_chunk
 from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest
 
@@ -187,7 +187,7 @@ class OpenAIHTTPBackend(Backend):
             async for chunks in batches:
                 frames, usage = [], None
                 for chunk in chunks:
-                    if chunk.get("usage") and not chunk.get("choices"):
+                    if is_usage_chunk(chunk):
                         usage = chunk["usage"]
                         if not include_usage:
                             continue

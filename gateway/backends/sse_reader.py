@@ -48,16 +48,10 @@ class _EventBuilder:
         return None
 
 
-async def iter_sse(chunks: AsyncIterable[bytes]) -> AsyncIterator[ServerSentEvent]:
-    """The events of a byte stream, in order, however the bytes are split."""
-    async for events in iter_sse_batches(chunks):
-        for event in events:
-            yield event
-
-
 async def iter_sse_batches(chunks: AsyncIterable[bytes]) -> AsyncIterator[list[ServerSentEvent]]:
-    """The events of a byte stream, in order, as the lists that each read of ``chunks`` completed (empty
-    lists are not yielded): a relay can then forward what arrived together in one write."""
+    """The events of a byte stream, in order however the bytes are split, as the lists that each read of
+    ``chunks`` completed (empty lists are not yielded): a relay can then forward what arrived together in one
+    write."""
     builder = _EventBuilder()
     buffer = b""
     first = True

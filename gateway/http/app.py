@@ -116,7 +116,8 @@ def _internal_error(scope: Scope, exc: Exception) -> JSONResponse:
 class GatewayApp(FastAPI):
     """FastAPI, with a short way to the OpenAI POST endpoints (the hot path): the gateway's own middleware, then
     the endpoint, without the framework's error and exception middleware, exit stacks and route matching
-    (measured at ~15% of a proxied request's CPU). Every other request takes FastAPI's whole stack."""
+    (12.5% of a proxied request's py-spy samples, plus their send wrappers). Every other request takes FastAPI's
+    whole stack."""
 
     def build_middleware_stack(self) -> ASGIApp:
         handlers: dict[str, ASGIApp] = {}

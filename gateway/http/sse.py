@@ -9,6 +9,7 @@ import orjson
 from gateway.backends import RelayedChunks
 from gateway.errors import GatewayError, UpstreamError, sse_error_event
 from gateway.metrics import RequestRecord
+from gateway.protocol import is_usage_chunk
 from gateway.responses import chat_usage
 from gateway.serving import KEEPALIVE, StreamAnswer
 
@@ -44,7 +45,7 @@ async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: 
                     record.add_usage(chat_usage(chunk["response"].get("usage")))
                 yield f"event: {chunk.get('type')}\n".encode() + b"data: " + orjson.dumps(chunk) + b"\n\n"
                 continue
-            if chunk.get("usage") and not chunk.get("choices"):
+            if is_usage_chunk(chunk):
                 record.add_usage(chunk["usage"])
                 if not include_usage:
                     continue

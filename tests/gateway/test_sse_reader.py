@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from gateway.backends.sse_reader import ServerSentEvent, iter_sse, iter_sse_batches
+from gateway.backends.sse_reader import ServerSentEvent, iter_sse_batches
 
 
 def _events(*chunks: bytes) -> list[ServerSentEvent]:
@@ -15,7 +15,7 @@ def _events(*chunks: bytes) -> list[ServerSentEvent]:
             yield chunk
 
     async def collect() -> list[ServerSentEvent]:
-        return [event async for event in iter_sse(source())]
+        return [event async for events in iter_sse_batches(source()) for event in events]
 
     return asyncio.run(collect())
 
