@@ -6,9 +6,10 @@ Every linear layer is a shared main weight plus one low-rank pair per objective,
     W(α) = W0 + s · Σ_i α_i B_i A_i          (objectives i: quality, cost; α on the simplex)
 
 so one checkpoint serves every point of the trade-off: a request's ``{"quality": 0.7, "cost": 0.3}`` is its α.
-The head scores the LLMs for a query under α; the request goes to the best. Expected quality (the cluster
-prior of ``routers.clusters``) and expected price per LLM (learnt from the training data) are kept beside it,
-for the route-scores header and the ``max_cost_usd`` cap. Training lives in ``training.pareto``.
+The head gives each LLM its value for a query under α (trained towards α_quality·correct − α_cost·price);
+the request goes to the best. Expected quality (the cluster prior of ``routers.clusters``) and expected price
+per LLM (learnt from the training data) are kept beside it, for the route-scores header and the
+``max_cost_usd`` cap. Training lives in ``training.pareto``.
 """
 
 from __future__ import annotations

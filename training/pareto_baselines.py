@@ -4,6 +4,8 @@
   ``score − w · normalised price`` (the ``cost_weight`` knob);
 - ``knn`` / ``logistic``: per-LLM probability of being correct (k nearest training questions / one logistic
   regression per LLM) and the choice ``argmax p − λ · normalised price``;
+- ``kind prior``: no per-query model at all: each LLM's accuracy on the kind of question (the cluster prior the
+  checkpoints carry: a gate over the training tasks) and the choice ``argmax accuracy − λ · normalised price``;
 - ``routellm``: RouteLLM's two-model threshold router: a classifier of "the strong model is needed" (GPT-4
   right where Mixtral is wrong), strong model above the threshold;
 - ``scalarised``: one LORPMAN-shaped router trained per preference (what one LORPMAN checkpoint replaces).
@@ -81,6 +83,15 @@ def correctness_front(kind: str, train: Sequence[RoutingDataset], test: TestSet,
     return knob_front(lambda lam: probability - lam * prices, test.outcomes, test.costs, LAMBDAS)
 
 
+def kind_prior_front(train: Sequence[RoutingDataset], test: TestSet, encoder: TextEncoder) -> list[FrontPoint]:
+    from training.cluster_prior import Group, fit_cluster_prior
+
+    prior = fit_cluster_prior([Group(d.task, encoder.encode(d.questions), d.outcome(), d.scored) for d in train])
+    accuracy = prior.expected(test.encoded)
+    prices = normalised_prices(train)
+    return knob_front(lambda lam: accuracy - lam * prices, test.outcomes, test.costs, LAMBDAS)
+
+
 def routellm_front(train: Sequence[RoutingDataset], test: TestSet, encoder: TextEncoder,
                    strong: str = STRONG, weak: str = WEAK) -> list[FrontPoint]:
     """Strong model where P(strong needed) >= threshold, weak model elsewhere."""
@@ -117,6 +128,8 @@ QUICK_BASELINES: dict[str, Callable[..., list[FrontPoint]]] = {
                                                                                           encoder),
     "logistic p(correct) − λ·price": lambda train, test, encoder, cache_dir: correctness_front("logistic", train,
                                                                                                test, encoder),
+    "kind prior: accuracy per task − λ·price": lambda train, test, encoder, cache_dir: kind_prior_front(
+        train, test, encoder),
     "RouteLLM threshold (GPT-4 vs Mixtral)": lambda train, test, encoder, cache_dir: routellm_front(train, test,
                                                                                                     encoder),
 }
