@@ -1,4 +1,4 @@
-"""Structured logging: one JSON object per line, written by a background thread."""
+"""Structured logging: one JSON object per line, written in batches by a background thread."""
 
 from __future__ import annotations
 
@@ -6,6 +6,8 @@ import atexit
 import logging
 import logging.handlers
 import queue
+import sys
+import threading
 import time
 from typing import Any
 
@@ -28,6 +30,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(entry, default=str, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
+# How long a log line may wait before it is written. The writer wakes on this clock, not on every record:
+# waking it per record cost the event loop a thread switch per request (measured at c=1, four runs each:
+# +0.50-0.65 ms added with a wake per record, +0.43-0.49 ms batched, +0.44-0.49 ms with no access log).
+FLUSH_INTERVAL_S = 0.05
+
+
 class _RecordQueueHandler(logging.handlers.QueueHandler):
     """Hands records to the writer thread as they are: formatting (and the write) happen there, not on the
     event loop. (The stock ``prepare`` formats in the caller, for queues that cross processes.)"""
@@ -36,7 +44,48 @@ class _RecordQueueHandler(logging.handlers.QueueHandler):
         return record
 
 
-_listener: logging.handlers.QueueListener | None = None
+class BatchedLineWriter:
+    """Every ``FLUSH_INTERVAL_S``, formats what the queue holds and writes it to the stream in one write.
+    (``logging.handlers.QueueListener`` blocks on the queue, so every record wakes it.)"""
+
+    def __init__(self, records: queue.SimpleQueue[logging.LogRecord], formatter: logging.Formatter,
+                 stream: Any) -> None:
+        self.records, self.formatter, self.stream = records, formatter, stream
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stopped.wait(FLUSH_INTERVAL_S):
+            self.flush()
+
+    def flush(self) -> None:
+        lines = []
+        while True:
+            try:
+                record = self.records.get_nowait()
+            except queue.Empty:
+                break
+            try:
+                lines.append(self.formatter.format(record))
+            except Exception:  # a record that cannot be formatted must not stop the writer
+                lines.append(orjson.dumps({"level": "error", "logger": __name__,
+                                           "msg": f"unformattable log record from {record.name}"}).decode())
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+    def stop(self) -> None:
+        """Writes what is queued and stops."""
+        self._stopped.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        self.flush()
+
+
+_listener: BatchedLineWriter | None = None
 
 
 @atexit.register  # flush what is queued when the process ends
@@ -56,10 +105,8 @@ def configure_logging(level: str = "info") -> None:
     # logging docs' "Optimization" switches; finding the caller walks the stack on each access-log line).
     logging._srcfile = None  # type: ignore[attr-defined]
     logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
-    handler = logging.StreamHandler()
-    handler.setFormatter(JsonFormatter())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
-    _listener = logging.handlers.QueueListener(records, handler, respect_handler_level=True)
+    _listener = BatchedLineWriter(records, JsonFormatter(), sys.stderr)
     _listener.start()
     root = logging.getLogger()
     root.handlers[:] = [_RecordQueueHandler(records)]
