@@ -75,8 +75,11 @@ class BatchedLineWriter:
                 lines.append(orjson.dumps({"level": "error", "logger": __name__,
                                            "msg": f"unformattable log record from {record.name}"}).decode())
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
-            self.stream.flush()
+            try:
+                self.stream.write("\n".join(lines) + "\n")
+                self.stream.flush()
+            except (OSError, ValueError):  # stderr closed or its reader gone: drop the lines, keep draining
+                pass
 
     def stop(self) -> None:
         """Writes what is queued and stops."""

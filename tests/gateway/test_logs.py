@@ -1,5 +1,5 @@
 """The log writer: JSON lines written in batches by one thread, what is queued written on stop, a broken
-record never stopping the others."""
+record or a closed stream never stopping it."""
 
 from __future__ import annotations
 
@@ -58,3 +58,13 @@ def test_stop_writes_what_is_queued_and_a_broken_record_does_not_stop_the_rest()
     entries = [json.loads(line) for line in stream.getvalue().splitlines()]
     assert [entry["msg"] for entry in entries] == ["first", "unformattable log record from test.stop", "last"]
     assert entries[1]["level"] == "error"
+
+
+def test_a_closed_stream_drops_lines_without_stopping_the_writer():
+    writer, logger, stream = _writer_and_logger("test.closed")
+    stream.close()
+    writer.start()
+    logger.info("lost")
+    time.sleep(3 * FLUSH_INTERVAL_S)
+    assert writer._thread.is_alive() and writer.records.empty()  # drained, not piling up
+    writer.stop()
