@@ -30,10 +30,12 @@ STRONG, WEAK = "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"
 
 
 class TestSet:
-    """The pooled test questions, encoded once, with correctness (unscored = 0) and prices."""
+    """The pooled test questions, encoded once, with correctness (unscored = 0) and prices. Baselines that train
+    a router train it on the same encoder (``encoder_spec``), so their scores read these vectors."""
 
     def __init__(self, tests: Sequence[RoutingDataset], encoder: TextEncoder) -> None:
         self.llm_names = tests[0].llm_names
+        self.encoder_spec = encoder.spec
         self.encoded = np.concatenate([encoder.encode(d.questions) for d in tests])
         self.outcomes = np.concatenate([d.outcome() for d in tests])
         self.costs = np.concatenate([d.costs if d.costs is not None else np.zeros(d.scores.shape) for d in tests])
@@ -54,8 +56,8 @@ def _training_arrays(train: Sequence[RoutingDataset], encoder: TextEncoder
 def static_price_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: Path | None) -> list[FrontPoint]:
     from training.routerdc import RouterTrainingConfig, train_router
 
-    router = train_router([d.fully_scored() for d in train], RouterTrainingConfig(), cache_dir=cache_dir,
-                          progress=False).router
+    router = train_router([d.fully_scored() for d in train], RouterTrainingConfig(encoder=test.encoder_spec),
+                          cache_dir=cache_dir, progress=False).router
     scores = router.score_encoded(test.encoded)
     prices = normalised_prices(train)
     return knob_front(lambda w: scores - w * prices, test.outcomes, test.costs, LAMBDAS)
@@ -116,7 +118,7 @@ def scalarised_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: 
 
     points, started = [], time.monotonic()
     for weight in cost_weights:
-        config = ParetoTrainingConfig(fixed_preference=(1 - weight, weight), seed=seed)
+        config = ParetoTrainingConfig(encoder=test.encoder_spec, fixed_preference=(1 - weight, weight), seed=seed)
         router = train_pareto_router(train, config, cache_dir=cache_dir, progress=False).router
         points += route_front(router, test.encoded, test.outcomes, test.costs, [weight])
     return points, time.monotonic() - started

@@ -126,11 +126,13 @@ def test_a_pareto_checkpoint_round_trips(pareto, tmp_path):
 
 
 @pytest.mark.slow
-def test_cli_pareto_train_and_front_write_the_contract_json_and_png(tmp_path):
+@pytest.mark.parametrize("encoder", [[], ["--encoder", "tail:onnx-int8:minilm"]], ids=["default", "tail-onnx"])
+def test_cli_pareto_train_and_front_write_the_contract_json_and_png(tmp_path, encoder):
+    """Also with a checkpoint on another encoder: the baselines that train a router train it on that encoder."""
     out = tmp_path / "ckpt"
     cli = str(VENV_BIN / "llm-gateway")
     train = subprocess.run([cli, "router", "train", "--data", *TRAIN, "--objective", "pareto", "--out", str(out),
-                            "--steps", "100"], capture_output=True, text=True, timeout=600)
+                            "--steps", "100", *encoder], capture_output=True, text=True, timeout=600)
     assert train.returncode == 0, train.stderr
     report = tmp_path / "front" / "front.json"
     front = subprocess.run([cli, "router", "front", "--checkpoint", str(out), "--test", *TEST, "--json", str(report)],
