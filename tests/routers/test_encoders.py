@@ -71,12 +71,13 @@ def test_tail_encoders_read_the_end_of_a_long_prompt(spec):
     demonstrations = "\n\n".join(f"{q}\nAnswer: {p}" for q, p in PAIRS) * 3
     prompts = [f"{demonstrations}\n\n{question}\nAnswer:" for question in ("What is the capital of France?",
                                                                           "Write a function that sorts a list.")]
-    head, tail = build_encoder(spec).encode(prompts), build_encoder(f"tail:{spec}").encode(prompts)
+    head_encoder, tail_encoder = build_encoder(spec), build_encoder(f"tail:{spec}")
+    head, tail = head_encoder.encode(prompts), tail_encoder.encode(prompts)
     assert np.allclose(head[0], head[1], atol=1e-5)  # both cut before their question
     assert float(tail[0] @ tail[1]) < 0.99
-    short = build_encoder(f"tail:{spec}").encode([q for q, _ in PAIRS])  # short texts: nothing cut, same vectors
-    assert np.allclose(short, build_encoder(spec).encode([q for q, _ in PAIRS]), atol=1e-5)
-    assert build_encoder(f"tail:{spec}").spec == f"tail:{spec}"
+    short = [q for q, _ in PAIRS]  # short texts: nothing cut, the same vectors
+    assert np.allclose(tail_encoder.encode(short), head_encoder.encode(short), atol=1e-5)
+    assert tail_encoder.spec == f"tail:{spec}"
 
 
 def test_unknown_encoder_specs_are_clear(tmp_path):
