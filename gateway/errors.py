@@ -4,6 +4,7 @@ Exception tree::
 
     GatewayError                      (any error with an HTTP status and an OpenAI error object)
     ├── InvalidRequestError           400 invalid_request_error  (bad JSON, wrong types, bad values)
+    │   └── UpstreamRejectedRequestError  400/413/422        (the upstream refused the request as invalid)
     ├── AuthenticationError           401 authentication_error
     ├── ModelNotFoundError            404 model_not_found
     ├── PayloadTooLargeError          413 request_too_large
@@ -60,6 +61,15 @@ class InvalidRequestError(GatewayError):
     status_code = 400
     error_type = "invalid_request_error"
     code = "invalid_request"
+
+
+class UpstreamRejectedRequestError(InvalidRequestError):
+    """The upstream answered 400/413/422 (a prompt over vLLM's ``--max-model-len``, a sampling value it refuses):
+    the client's own error, sent with the upstream's status, message and param unchanged."""
+
+    def __init__(self, message: str, *, status_code: int, param: str | None = None) -> None:
+        super().__init__(message, param=param)
+        self.status_code = status_code
 
 
 class AuthenticationError(GatewayError):

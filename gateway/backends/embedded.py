@@ -3,7 +3,7 @@
 transformers de-quantizes the GGUF file on every load (~20-40 s on a small CPU), so the first use converts
 it once into a regular transformers directory under the cache dir; later loads take about two seconds.
 
-This module imports nothing of the gateway (transformers only inside ``embedded_model_dir``): the Dockerfile
+This module imports nothing of the gateway (transformers only inside ``dequantized_gguf_dir``): the Dockerfile
 loads it on its own to convert the model in a layer that code changes do not invalidate.
 """
 
@@ -43,25 +43,34 @@ def embedded_model_dir(cache_dir: Path) -> Path:
     target = cache_dir / CONVERTED_DIR_NAME
     if (target / "config.json").exists():
         return target
-    source = gguf_package_dir()
-    logger.info("converting the embedded model %s once into %s (takes ~30 s)", GGUF_FILE, target)
+    return dequantized_gguf_dir(gguf_package_dir() / GGUF_FILE, target, generation_defaults=SAMPLING_DEFAULTS)
+
+
+def dequantized_gguf_dir(gguf_path: Path, target: Path, generation_defaults: dict[str, object] | None = None
+                         ) -> Path:
+    """``target``, a regular transformers directory (float weights, tokenizer) de-quantized from a GGUF file:
+    what the embedded backend loads and what vLLM serves. Converted once; an existing ``target`` is kept."""
+    if (target / "config.json").exists():
+        return target
+    logger.info("converting %s once into %s (takes ~30-90 s)", gguf_path.name, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=GGUF_FILE)
-    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=GGUF_FILE)
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # The weights are fully de-quantized to float; drop the GGUF quantizer so the model saves normally.
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    model.generation_config.update(**SAMPLING_DEFAULTS)
+    if generation_defaults:
+        model.generation_config.update(**generation_defaults)
 
-    # Write next to the target and rename, so concurrent first starts never see a half-written model.
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    staging = cache_dir / f".{CONVERTED_DIR_NAME}.{os.getpid()}"
+    # Write next to the target and rename, so concurrent first conversions never see a half-written model.
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = target.parent / f".{target.name}.{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
-    (staging / "llm-gateway.json").write_text(json.dumps({"source": str(source / GGUF_FILE)}))
+    (staging / "llm-gateway.json").write_text(json.dumps({"source": str(gguf_path)}))
     try:
         staging.rename(target)
     except OSError:  # another process finished first

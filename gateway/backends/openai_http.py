@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -19,15 +20,17 @@ from gateway.backends.sse_reader import ServerSentEvent, iter_sse_batches
 from gateway.config import ModelConfig
 from gateway.errors import (
     GatewayError,
-    InvalidRequestError,
     RateLimitError,
     UpstreamError,
+    UpstreamRejectedRequestError,
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
 from gateway.protocol import EmbeddingRequest, Endpoint, is_usage_chunk
 from gateway.rerank import RerankRequest
 from gateway.responses import ResponsesRequest
+
+logger = logging.getLogger(__name__)
 
 _PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
                           "responses": "responses", "transcribe": "audio/transcriptions",
@@ -276,27 +279,31 @@ class OpenAIHTTPBackend(Backend):
         return chunk
 
     def _raise_transport_error(self, exc: BaseException) -> NoReturn:
-        """Translate aiohttp/timeout failures, most specific first."""
+        """Translate aiohttp/timeout failures, most specific first. Messages to clients name the model, never
+        the upstream's address (aiohttp's own messages carry host and port): the full error goes to the log."""
         if isinstance(exc, GatewayError):
             raise exc
         if self._aborted:
             raise UpstreamUnavailableError("the gateway is shutting down; the request was ended before it "
                                            "completed", code="shutting_down") from exc
+        logger.warning("upstream %r at %s failed: %s: %s", self.name, self.config.base_url, type(exc).__name__, exc)
         if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-            raise UpstreamUnavailableError(f"upstream '{self.name}' is unreachable: {exc or type(exc).__name__}"
+            raise UpstreamUnavailableError(f"upstream '{self.name}' is unreachable ({_connect_failure(exc)})"
                                            ) from exc
         if isinstance(exc, TimeoutError):
             raise UpstreamTimeoutError(
                 f"upstream '{self.name}' did not answer within {self.config.timeout_s:g} s") from exc
         if isinstance(exc, orjson.JSONDecodeError):
             raise UpstreamError(f"upstream '{self.name}' returned invalid JSON") from exc
-        raise UpstreamError(f"upstream '{self.name}' connection failed: {type(exc).__name__}: {exc}") from exc
+        raise UpstreamError(f"upstream '{self.name}' connection failed ({type(exc).__name__})") from exc
 
     def _raise_for_status(self, status: int, content: bytes, headers: CIMultiDictProxy[str]) -> NoReturn:
-        message = f"upstream '{self.name}' answered {status}: {_message_of(_json_or_text(content))}"
+        payload = _json_or_text(content)
         if status in (400, 413, 422):
-            # The request itself is at fault (too long a prompt, bad vLLM parameter): the client's error.
-            raise InvalidRequestError(message)
+            # The request itself is at fault (too long a prompt, a bad vLLM parameter): the client's error, with
+            # the upstream's status, message and param as it sent them.
+            raise UpstreamRejectedRequestError(_message_of(payload), status_code=status, param=_param_of(payload))
+        message = f"upstream '{self.name}' answered {status}: {_message_of(payload)}"
         if status == 429:
             raise RateLimitError(message, retry_after_s=_float_or(headers.get("retry-after"), 1.0))
         if status == 503:
@@ -304,6 +311,17 @@ class OpenAIHTTPBackend(Backend):
         if status == 504:
             raise UpstreamTimeoutError(message, upstream_status=status)
         raise UpstreamError(message, upstream_status=status)
+
+
+def _connect_failure(exc: BaseException) -> str:
+    """What went wrong while connecting, in words that carry no address."""
+    if isinstance(exc, aiohttp.ClientConnectorDNSError):
+        return "its host name does not resolve"
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError):
+        return "TLS failed"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return "connecting timed out"
+    return "connection refused"
 
 
 async def _drain(response: aiohttp.ClientResponse, timeout_s: float = 0.5) -> bool:
@@ -345,6 +363,12 @@ def _message_of(payload: Any) -> str:
                 return str(payload[key])[:1000]
         return orjson.dumps(payload).decode()[:1000]
     return str(payload).strip()[:1000] or "(empty body)"
+
+
+def _param_of(payload: Any) -> str | None:
+    error = payload.get("error") if isinstance(payload, dict) else None
+    param = error.get("param") if isinstance(error, dict) else None
+    return param if isinstance(param, str) else None
 
 
 def _float_or(value: str | None, default: float) -> float:

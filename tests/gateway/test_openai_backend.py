@@ -110,13 +110,15 @@ def test_unreachable_upstream_gives_503(make_gateway):
         gateway.client().chat.completions.create(model="pub", messages=[{"role": "user", "content": "x"}])
     assert info.value.status_code == 503
     assert info.value.body["code"] == "upstream_unavailable"
+    assert "127.0.0.1" not in info.value.message and "pub" in info.value.message  # no upstream address
     ready = httpx.get(f"{gateway.url}/ready")
     assert ready.status_code == 503 and ready.json()["models"]["pub"]["ready"] is False
 
 
 @pytest.mark.parametrize(("upstream_status", "gateway_status", "code"), [
     (500, 502, "upstream_error"), (502, 502, "upstream_error"), (503, 503, "upstream_unavailable"),
-    (504, 504, "upstream_timeout"), (400, 400, "invalid_request"), (404, 502, "upstream_error"),
+    (504, 504, "upstream_timeout"), (400, 400, "invalid_request"), (422, 422, "invalid_request"),
+    (413, 413, "invalid_request"), (404, 502, "upstream_error"),
 ])
 def test_upstream_errors_map_to_openai_errors(upstream, make_gateway, upstream_status, gateway_status, code):
     upstream.responder = lambda body: Reply(status=upstream_status, error_message="vLLM says no")
@@ -127,7 +129,10 @@ def test_upstream_errors_map_to_openai_errors(upstream, make_gateway, upstream_s
         assert response.status_code == gateway_status
         error = response.json()["error"]
         assert error["code"] == code
-        assert "vLLM says no" in error["message"] and str(upstream_status) in error["message"]
+        if upstream_status < 500 and upstream_status != 404:  # the client's own error, as the upstream put it
+            assert error["message"] == "vLLM says no"
+        else:
+            assert "vLLM says no" in error["message"] and str(upstream_status) in error["message"]
         assert set(error) == {"message", "type", "param", "code"}
 
 
