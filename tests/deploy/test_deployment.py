@@ -114,11 +114,23 @@ def test_gpu_services_reserve_gpus_and_the_cpu_profile_does_not(compose):
     for service in vllm:
         devices = service["deploy"]["resources"]["reservations"]["devices"]
         assert devices[0]["capabilities"] == ["gpu"] and devices[0]["count"] >= 1
-        assert service["image"].startswith("vllm/vllm-openai:")
+        assert service["image"] == f"vllm/vllm-openai:v{tested_vllm_version()}"
     cpu = [n for n, s in services.items() if "cpu" in s.get("profiles", [])]
     assert cpu == ["gateway-cpu"]
     assert "deploy" not in services["gateway-cpu"]
     assert services["gateway-cpu"]["ports"] == ["127.0.0.1:8000:8000"]
+
+
+def tested_vllm_version() -> str:
+    """The vLLM release the vllm test tier runs (scripts/vllm-cpu.sh): the images pin the same one."""
+    script = (ROOT / "scripts" / "vllm-cpu.sh").read_text()
+    return re.search(r'^VLLM_VERSION="([^"]+)"', script, re.M).group(1)
+
+
+def test_kubernetes_gpu_overlay_pins_the_tested_vllm_release():
+    manifests = (ROOT / "deploy" / "kubernetes" / "overlays" / "gpu" / "model-servers.yaml").read_text()
+    images = re.findall(r"image: (vllm/\S+)", manifests)
+    assert len(images) == 8 and set(images) == {f"vllm/vllm-openai:v{tested_vllm_version()}"}
 
 
 def test_prometheus_scrapes_the_gateway(compose, gateway_config):

@@ -43,9 +43,6 @@ def direct_client(server: VLLMServer, **kwargs: Any) -> openai.OpenAI:
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/vllm/" in item.nodeid.replace("\\", "/"):
-            item.add_marker(pytest.mark.vllm)
     # Fault tests (which SIGKILL and restart engines) last.
     items.sort(key=lambda item: "tests/vllm/test_faults" in item.nodeid)
 

@@ -15,6 +15,8 @@ from tests.conftest import LiveGateway
 from tests.support.vllm import VLLMServer
 from tests.vllm.conftest import direct_client, live_gateway, upstream_model
 
+pytestmark = pytest.mark.vllm
+
 VOLATILE = {"id", "created", "created_at", "system_fingerprint"}
 WEATHER_TOOL = {"type": "function", "function": {
     "name": "get_weather", "description": "The current weather in a city",

@@ -20,6 +20,8 @@ from tests.support.servers import VENV_BIN
 from tests.support.vllm import VLLMServer
 from tests.vllm.conftest import live_gateway, upstream_model
 
+pytestmark = pytest.mark.vllm
+
 LONG = {"messages": [{"role": "user", "content": "Write a very long story about a dragon."}], "max_tokens": 1500,
         "temperature": 0.8, "ignore_eos": True, "stream": True}
 

@@ -11,11 +11,14 @@ import re
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from tests.support.servers import VENV_BIN
 from tests.support.vllm import VLLMServer
 from tests.vllm.conftest import live_gateway, upstream_model
+
+pytestmark = pytest.mark.vllm
 
 SLICE = Path(__file__).resolve().parents[1] / "data" / "routerbench_slice"
 REFERENCE_LLM = "gpt-4-1106-preview"
