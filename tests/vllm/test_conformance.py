@@ -137,13 +137,24 @@ def test_stream_matches_vllm(direct: openai.OpenAI, through: openai.OpenAI, case
                     for tool_call in (choice["delta"].get("tool_calls") or []):
                         tool_call["id"] = "call" if tool_call.get("id") else None
     if kwargs.get("n", 1) > 1:
-        # vLLM interleaves the choices' chunks as its engine steps finish them (it differs run to run): compare
-        # each choice's own sequence.
-        from_vllm, from_gateway = (sorted(events, key=lambda e: e["choices"][0]["index"] if e["choices"] else 99)
-                                   for events in (from_vllm, from_gateway))
+        # vLLM interleaves and groups the choices' chunks as its engine steps finish them, which differs run to
+        # run: compare what each choice adds up to (text, logprobs, finish_reason) and the usage chunk.
+        from_vllm, from_gateway = assembled(from_vllm), assembled(from_gateway)
     assert from_gateway == from_vllm
     if kwargs.get("stream_options"):
         assert from_gateway[-1]["usage"]["completion_tokens"] > 0 and not from_gateway[-1]["choices"]
+
+
+def assembled(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """A chat stream's choices put back together, by index."""
+    choices: dict[int, dict[str, Any]] = {}
+    for event in events:
+        for choice in event["choices"]:
+            whole = choices.setdefault(choice["index"], {"content": "", "logprobs": [], "finish_reason": None})
+            whole["content"] += choice["delta"].get("content") or ""
+            whole["logprobs"] += (choice.get("logprobs") or {}).get("content") or []
+            whole["finish_reason"] = choice["finish_reason"] or whole["finish_reason"]
+    return {"choices": choices, "usage": events[-1].get("usage"), "model": {e["model"] for e in events}}
 
 
 COMPLETION_CASES = {

@@ -64,7 +64,7 @@ def test_client_disconnect_aborts_the_generation_inside_vllm(smollm2: VLLMServer
             lines = response.iter_lines()
             while not next(lines).startswith("data: {"):
                 pass
-            assert smollm2.metric("vllm:num_requests_running") == 1
+            eventually(lambda: smollm2.metric("vllm:num_requests_running") == 1, 5, "vLLM counts the request")
         # The client hung up: the gateway closes its upstream connection and vLLM aborts the request.
         eventually(lambda: smollm2.metric("vllm:num_requests_running") == 0, 5, "vLLM stopped generating")
         assert smollm2.metric("vllm:num_requests_waiting") == 0
