@@ -12,7 +12,8 @@
     llm-gateway train aligncot-eval --config GW.yaml --base M [--experts analysis=A guidance=G answer=S] --judge J
     llm-gateway safety eval --data FILE.jsonl --judge MODEL [--stage ecso|none] [--config GW.yaml | --url URL]
 
-Each command group registers its sub-parser in its own module; heavy imports (torch, trainers) happen
+Each command group registers its sub-parser in its own module (the trainers' groups through the
+``llm_gateway.commands`` entry points); heavy imports (torch, trainers) happen
 only when a command runs.
 """
 
@@ -167,16 +168,21 @@ def build_parser() -> argparse.ArgumentParser:
     hash_parser.add_argument("key", nargs="?", help="the key (read from stdin when left out)")
     hash_parser.set_defaults(handler=_hash_key)
 
-    from training.kg_commands import add_kg_commands
-    from training.router_commands import add_router_commands
-    from training.safety_commands import add_safety_commands
-    from training.train_commands import add_train_commands
-
-    add_router_commands(commands)
-    add_safety_commands(commands)
-    add_train_commands(commands)
-    add_kg_commands(commands)
+    for add_commands in registered_command_groups():
+        add_commands(commands)
     return parser
+
+
+COMMANDS_ENTRY_POINT_GROUP = "llm_gateway.commands"
+
+
+def registered_command_groups() -> list[Callable[[Any], Any]]:
+    """The command groups other packages add (``[project.entry-points."llm_gateway.commands"]``: the trainers'
+    ``router``, ``safety``, ``train`` and ``kg``), so the gateway's CLI never imports the trainers itself. Each
+    is a function that adds its sub-parsers to the ``llm-gateway`` sub-command set."""
+    from importlib.metadata import entry_points
+
+    return [entry.load() for entry in entry_points(group=COMMANDS_ENTRY_POINT_GROUP)]
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -72,6 +72,7 @@ def vllm_pool(tmp_path_factory) -> Iterator[VLLMPool]:
                 server.start()
         for server in servers.servers:
             server.wait_ready()
+        print("vLLM servers ready after " + ", ".join(f"{s.name} {s.started_in_s:.0f} s" for s in servers.servers))
         yield servers
     finally:
         if not reuse:

@@ -118,6 +118,7 @@ def test_vllm_killed_mid_stream_then_failover_circuit_and_ready_follow_it(
         # vLLM comes back: /ready follows its /health, and the next routed request closes the circuit.
         smollm2.start()
         smollm2.wait_ready()
+        print(f"vLLM smollm2 restarted in {smollm2.started_in_s:.0f} s")
         eventually(lambda: httpx.get(f"{gateway.url}/ready", timeout=10).status_code == 200, 30,
                    "/ready back to 200")
         time.sleep(2.1)  # open_seconds: the breaker lets a probe through
