@@ -41,7 +41,7 @@ def gguf_package_dir() -> Path:
 def embedded_model_dir(cache_dir: Path) -> Path:
     """A transformers directory of the embedded model, converting the GGUF file on first use."""
     target = cache_dir / CONVERTED_DIR_NAME
-    if (target / "config.json").exists():
+    if (target / "config.json").exists():  # before gguf_package_dir: a converted copy needs no package
         return target
     return dequantized_gguf_dir(gguf_package_dir() / GGUF_FILE, target, generation_defaults=SAMPLING_DEFAULTS)
 

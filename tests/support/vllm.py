@@ -72,8 +72,8 @@ class VLLMServer:
     def start(self) -> VLLMServer:
         self._started_at = time.monotonic()
         log = self.log_path.open("ab")
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_CPU_KVCACHE_SPACE": "1",
-               "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
+               "DO_NOT_TRACK": "1"}
         self.process = subprocess.Popen(
             [str(VLLM_SCRIPT), "serve", str(self.model_dir), "--port", str(self.port),
              "--served-model-name", self.name, *self.args],

@@ -68,7 +68,7 @@ def vllm_pool(tmp_path_factory) -> Iterator[VLLMPool]:
             server.attach()
     try:
         for server in servers.servers:
-            if server.process is None and not reuse:
+            if not reuse:
                 server.start()
         for server in servers.servers:
             server.wait_ready()
@@ -102,10 +102,9 @@ def upstream_model(name: str, server: VLLMServer, **fields: Any) -> dict[str, An
 
 
 @contextlib.contextmanager
-def live_gateway(config: dict[str, Any], *, wait_ready: bool = True) -> Iterator[LiveGateway]:
-    """The gateway app from ``config`` on a free port (uvicorn in a thread), for a module-scoped fixture."""
+def live_gateway(config: dict[str, Any]) -> Iterator[LiveGateway]:
+    """The gateway app from ``config`` on a free port (uvicorn in a thread), ready, for a module-scoped fixture."""
     app = create_app(parse_config(config))
     with ServerThread(app) as server:
-        if wait_ready:
-            wait_for(f"{server.url}/ready", timeout_s=60)
+        wait_for(f"{server.url}/ready", timeout_s=60)
         yield LiveGateway(server.url, app, server)
