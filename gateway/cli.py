@@ -29,12 +29,15 @@ import sys
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import uvicorn
 
-from gateway.config import ConfigError, GatewayConfig, Settings, hash_key, load_config
-from gateway.metrics import MULTIPROCESS_ENV
+from gateway.core.config import ConfigError, GatewayConfig, Settings, hash_key, load_config
+from gateway.core.metrics import MULTIPROCESS_ENV
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from gateway.logs import configure_logging
+    from gateway.core.logs import configure_logging
 
     settings = Settings()
     config = load_config(args.config or settings.config)
@@ -78,8 +81,8 @@ def _uvicorn_config(app: Any, host: str, port: int, shutdown_grace_s: float, **o
 def _run_worker(config: GatewayConfig, cache_dir: Path, host: str, port: int,
                 sockets: list[socket.socket] | None = None) -> None:
     """One server process: the app and its event loop (``sockets`` come bound from the supervisor)."""
+    from gateway.core.logs import configure_logging
     from gateway.http import create_app
-    from gateway.logs import configure_logging
 
     configure_logging(config.server.log_level)
     app = create_app(config, cache_dir=cache_dir)
@@ -130,7 +133,7 @@ class DrainingServer(uvicorn.Server):
     requests and streams get ``shutdown_grace_s`` to finish, then end with an error rather than a cut."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        gateway = self.config.app.state.gateway
+        gateway = cast("FastAPI", self.config.app).state.gateway  # the app is create_app's (see _run_worker)
         gateway.begin_drain()
         if gateway.config.server.drain_delay_s:
             await asyncio.sleep(gateway.config.server.drain_delay_s)

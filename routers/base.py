@@ -50,11 +50,18 @@ class Router(ABC):
         """[len(queries), len(llm_names)] scores."""
 
     def rank(self, queries: Sequence[str], cost_penalty: np.ndarray | None = None) -> list[list[Candidate]]:
-        """Candidates per query, best first; ``cost_penalty`` ([n_llms]) is subtracted before ranking."""
+        """Candidates per query, best first; ``cost_penalty`` ([n_llms]) is subtracted before ranking. The order
+        is ``routers.decision.rank``'s, every candidate eligible (what the gateway adds: prices, eligibility)."""
+        from routers.decision import CandidateSet, rank
+
+        n = len(self.llm_names)
+        everyone = CandidateSet(self.llm_names, np.zeros(n), allowed=np.ones(n, dtype=bool),
+                                vision=np.ones(n, dtype=bool), audio=np.zeros(n, dtype=bool))
         scores = np.asarray(self.score(queries), dtype=np.float64)
         adjusted = scores - cost_penalty if cost_penalty is not None else scores
-        order = np.argsort(-adjusted, axis=1, kind="stable")
-        return [[Candidate(self.llm_names[m], float(adjusted[q, m])) for m in order[q]] for q in range(len(queries))]
+        decisions = [rank(everyone, row, np.array([1.0, 0.0]), np.full(n, np.nan), preference_aware=True)
+                     for row in adjusted]
+        return [[Candidate(model, score) for model, score in zip(d.models, d.scores, strict=True)] for d in decisions]
 
 
 class LearnedRouter(Router):

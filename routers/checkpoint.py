@@ -13,6 +13,7 @@ Format ``routerdc/1`` (one head, no prior, no probe) still loads.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -93,13 +94,13 @@ def load_router(directory: Path | str, *, encoder: TextEncoder | None = None, de
     directory = Path(directory)
     metadata = read_metadata(directory)
     kind = metadata.get("router", "routerdc")
-    if kind not in ("routerdc", "pareto"):
-        raise CheckpointError(f"{directory}: unknown router kind {kind!r}; this version reads routerdc, pareto")
+    loader = CHECKPOINT_KINDS.get(kind)
+    if loader is None:
+        raise CheckpointError(f"{directory}: unknown router kind {kind!r}; this version reads "
+                              f"{', '.join(CHECKPOINT_KINDS)}")
     encoder = encoder or build_encoder(metadata["encoder"], base_dir=directory, device=device, cache_dir=cache_dir)
     check_encoder(directory, metadata, encoder)
-    if kind == "pareto":
-        return _load_pareto(directory, metadata, encoder)
-    return _load_routerdc(directory, metadata, encoder)
+    return loader(directory, metadata, encoder)
 
 
 def _load_pareto(directory: Path, metadata: dict[str, Any], encoder: TextEncoder) -> ParetoRouter:
@@ -149,3 +150,11 @@ def _load_routerdc(directory: Path, metadata: dict[str, Any], encoder: TextEncod
     prior = ClusterPrior.from_tensors(metadata["clusters"], tensors) if metadata.get("clusters") else None
     decision = Decision(**metadata["decision"]) if metadata.get("decision") else Decision()
     return RouterDCRouter(encoder, heads, names, metadata, cluster_prior=prior, decision=decision)
+
+
+# Router kinds by the ``router`` field of router.json: a new kind adds its loader here (and its branch in
+# ``save_router``).
+CHECKPOINT_KINDS: dict[str, Callable[[Path, dict[str, Any], TextEncoder], RouterDCRouter | ParetoRouter]] = {
+    "routerdc": _load_routerdc,
+    "pareto": _load_pareto,
+}

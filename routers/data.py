@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import numpy as np
 
@@ -118,12 +118,12 @@ def _records_with_lines(text: str, path: Path) -> list[tuple[int, Any]]:
             raise RoutingDataError(f"{path}: the JSON list is not closed")
         if text[position] == "]":
             return records
-        line = text.count("\n", 0, position) + 1
+        start_line = text.count("\n", 0, position) + 1
         try:
             record, position = decoder.raw_decode(text, position)
         except json.JSONDecodeError as exc:
             raise RoutingDataError(f"{path}, line {exc.lineno}: not valid JSON ({exc.msg})") from None
-        records.append((line, record))
+        records.append((start_line, record))
 
 
 def load_routing_file(path: Path | str, scoring: Scoring | None = None,
@@ -169,7 +169,8 @@ def load_routing_file(path: Path | str, scoring: Scoring | None = None,
     has_tasks = all(isinstance(t, str) and t for t in tasks)
     return RoutingDataset(task=task_name(path), path=str(path), questions=questions, llm_names=list(llm_names or []),
                           scores=matrix, cluster_ids=np.asarray(clusters, dtype=int) if has_clusters else None,
-                          scoring=scoring or infer_scoring(matrix), row_tasks=tasks if has_tasks else None)
+                          scoring=scoring or infer_scoring(matrix),
+                          row_tasks=cast(list[str], tasks) if has_tasks else None)  # has_tasks: all str
 
 
 def split_by_task(dataset: RoutingDataset, scoring: Scoring | None) -> list[RoutingDataset]:

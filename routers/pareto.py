@@ -84,6 +84,7 @@ class ParetoRouter(LearnedRouter):
     """A trained LORPMAN router: encoder, preference-conditioned head, expected quality and price per LLM."""
 
     preference_aware = True
+    cost_per_query: np.ndarray  # always learnt (set in __init__)
 
     def __init__(self, encoder: TextEncoder, head: ParetoHead, llm_names: Sequence[str], *,
                  cost_per_query: np.ndarray, quality: ClusterPrior | None = None,

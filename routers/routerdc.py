@@ -34,6 +34,8 @@ class RouterDCModel(nn.Module):
     each expert is trained on related queries only and a new query uses the experts of its cluster.
     """
 
+    centroids: torch.Tensor  # a registered buffer (experts > 1)
+
     def __init__(self, input_dim: int, num_llms: int, *, hidden_dim: int = 0, temperature: float = 1.0,
                  dropout: float = 0.0, experts: int = 1, centroids: np.ndarray | None = None) -> None:
         super().__init__()

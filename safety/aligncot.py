@@ -29,9 +29,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from gateway.config import GatewayConfig, ModelConfig
-from gateway.protocol import ChatCompletionRequest, judged_text_of, message_text_of
-from gateway.stages import CompleteNext, Stage, StageContext, add_usage, non_streaming
+from gateway.core.config import GatewayConfig, ModelConfig
+from gateway.wire.openai import ChatCompletionRequest, judged_text_of, message_text_of
+from gateway.wire.stages import CompleteNext, Stage, StageContext, add_usage, non_streaming
 from safety import prompts
 
 logger = logging.getLogger(__name__)

@@ -16,8 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import aclosing
 from typing import Any
 
-from gateway.config import GatewayConfig, ModelConfig
-from gateway.protocol import (
+from gateway.core.config import GatewayConfig, ModelConfig
+from gateway.wire.openai import (
     ChatCompletionRequest,
     ChatMessage,
     ContentPart,
@@ -26,7 +26,7 @@ from gateway.protocol import (
     message_text_of,
     response_to_chunks,
 )
-from gateway.stages import CompleteNext, Stage, StageContext, StreamNext, add_usage, non_streaming
+from gateway.wire.stages import CompleteNext, Stage, StageContext, StreamNext, add_usage, non_streaming
 from safety import prompts
 
 SAFE, REWRITTEN = "safe", "rewritten"

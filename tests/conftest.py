@@ -17,7 +17,7 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from gateway.config import parse_config  # noqa: E402
+from gateway.core.config import parse_config  # noqa: E402
 from gateway.http import create_app  # noqa: E402
 from tests.support.servers import GatewayProcess, ServerThread, free_port, wait_for  # noqa: E402
 from tests.support.upstream import ScriptedUpstream  # noqa: E402

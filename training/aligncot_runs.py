@@ -17,7 +17,7 @@ from typing import Any
 import openai
 from tqdm.auto import tqdm
 
-from gateway.config import GatewayConfig, ModelConfig
+from gateway.core.config import GatewayConfig, ModelConfig
 from training.judge import harmless_rate, is_refusal, judge_harmless, judge_helpfulness
 from training.preference_data import parse_dialogue
 
@@ -80,7 +80,7 @@ def with_mote_run(config: GatewayConfig, base: str, label: str, run: Path, step_
     settings to evaluate (label -> served model): its per-step adapters asked with the prompted steps (as served
     before the trained format), the same adapters fed the trained sequence (how vLLM serves a run: approximate),
     and the MoTE model itself in the trained format (exact). The Safety Check runs on ``base`` in all three."""
-    from gateway.backends.mote import BASE, MoTEManifest
+    from gateway.backends.transformers.mote import BASE, MoTEManifest
 
     entry = config.model(base)
     if entry is None or entry.backend != "local":

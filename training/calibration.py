@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gateway.routing import RoutedModel
+from gateway.engine.routing import RoutedModel
 from routers.data import RoutingDataset
 
 

@@ -18,10 +18,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from gateway.config import GatewayConfig
-from gateway.errors import GatewayError
-from gateway.pool import ModelPool
-from gateway.protocol import ChatCompletionRequest, message_text_of
+from gateway.core.config import GatewayConfig
+from gateway.core.errors import GatewayError
+from gateway.engine.pool import ModelPool
+from gateway.wire.openai import ChatCompletionRequest, message_text_of
 from training.graders import GRADERS
 
 

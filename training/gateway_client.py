@@ -12,7 +12,7 @@ from contextlib import contextmanager
 import httpx
 import openai
 
-from gateway.config import GatewayConfig
+from gateway.core.config import GatewayConfig
 
 
 def _free_port() -> int:

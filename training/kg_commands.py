@@ -44,7 +44,7 @@ def add_kg_commands(commands: argparse._SubParsersAction) -> None:  # type: igno
 
 
 def _link_predict(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, Settings, load_config
+    from gateway.core.config import ConfigError, Settings, load_config
     from training.gateway_client import running_gateway
     from training.kg.link_predict import RunSettings, load_task, run
     from training.kg.retriever import RetrieverSettings
@@ -79,7 +79,7 @@ def _gateway_reranker(base_url: str, model: str, api_key: str | None, timeout_s:
     """Re-rank through the gateway's ``/v1/rerank``: the candidates' order and what the gateway said about it."""
     import httpx
 
-    from gateway.config import ConfigError
+    from gateway.core.config import ConfigError
 
     client = httpx.Client(timeout=timeout_s, headers={"authorization": f"Bearer {api_key}"} if api_key else {})
 

@@ -1,5 +1,5 @@
 """MoTE training (Mixture of insighTful Experts, arXiv 2405.00557): step-level LoRA experts plus a shared expert,
-trained on AlignCoT chains (the layer itself is ``gateway.backends.mote``, which also serves it).
+trained on AlignCoT chains (the layer itself is ``gateway.backends.transformers.mote``, which also serves it).
 
 Two token rules (``MoTEConfig.token_rules``): ``frozen-start`` (the default) marks each step with a start token
 frozen at the mean embedding and never predicted, and question tokens use the shared expert alone; ``paper``
@@ -29,7 +29,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gateway.backends.mote import (
+from gateway.backends.transformers.mote import (
     BASE,
     EXPERTS,
     TARGET_MODULES,

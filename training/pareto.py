@@ -25,7 +25,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from routers.baselines import best_single_llm
 from routers.data import RoutingDataset
@@ -33,6 +32,7 @@ from routers.encoders import DEFAULT_ENCODER, build_encoder, with_cache
 from routers.pareto import GRID, OBJECTIVES, ParetoHead, ParetoRouter
 from training.cluster_prior import Group, familiarity_threshold, fit_cluster_prior
 from training.front import FRONT_PREFERENCES, hypervolume, route_front
+from training.loop import fit
 
 
 class MissingCostsError(ValueError):
@@ -138,11 +138,10 @@ def train_pareto_router(datasets: Sequence[RoutingDataset], config: ParetoTraini
     fixed = None if config.fixed_preference is None else torch.tensor(config.fixed_preference, dtype=torch.float32)
     sweep = FRONT_PREFERENCES if fixed is None else (float(config.fixed_preference[1]),)  # type: ignore[index]
 
-    best, best_step, best_state, history = -1.0, 0, None, []
-    bar = tqdm(range(1, config.steps + 1), desc="router pareto", disable=not progress, unit="step")
     head.train()
-    for step in bar:
-        if step == freeze_at + 1:
+
+    def step(index: int) -> float:
+        if index == freeze_at + 1:
             for layer in head.layers():
                 layer.main.requires_grad_(False)
         rows = torch.from_numpy(rng.choice(len(x), size=config.batch_size, p=weights))
@@ -159,18 +158,23 @@ def train_pareto_router(datasets: Sequence[RoutingDataset], config: ParetoTraini
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            router = _router(base_encoder, head, llm_names, mean_cost, config)
-            volume = hypervolume(route_front(router, val.encoded, val.outcomes, val.costs, sweep),
-                                 reference_cost=reference * len(val.encoded))
-            head.train()
-            history.append({"step": step, "loss": loss.item(), "val_hypervolume": volume})
-            if volume > best:
-                best, best_step, best_state = volume, step, copy.deepcopy(head.state_dict())
-            bar.set_postfix(loss=f"{loss.item():.3f}", hv=f"{volume:.4f}", best=f"{best:.4f}")
-    assert best_state is not None
-    head.load_state_dict(best_state)
-    head.eval()
+        return float(loss.item())
+
+    def validate() -> tuple[float, float]:
+        router = _router(base_encoder, head, llm_names, mean_cost, config)
+        volume = hypervolume(route_front(router, val.encoded, val.outcomes, val.costs, sweep),
+                             reference_cost=reference * len(val.encoded))
+        head.train()
+        return volume, volume
+
+    def restore(state: dict[str, Any]) -> None:
+        head.load_state_dict(state)
+        head.eval()
+
+    fitted = fit(config.steps, config.eval_every, step=step, validate=validate,
+                 snapshot=lambda: copy.deepcopy(head.state_dict()), restore=restore, score_name="val_hypervolume",
+                 description="router pareto", progress=progress)
+    best, best_step, history = fitted.best_score, fitted.best_step, fitted.history
     groups = [Group(d.task, encoder.encode(d.questions), d.outcome(), d.scored) for d in datasets]
     quality = fit_cluster_prior(groups, seed=config.seed)
     router = _router(base_encoder, head, llm_names, mean_cost, config, quality)

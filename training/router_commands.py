@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from gateway.config import Settings
+from gateway.core.config import Settings
 
 
 def add_router_commands(commands: argparse._SubParsersAction) -> argparse.ArgumentParser:  # type: ignore[type-arg]
@@ -227,9 +227,9 @@ def _calibrate(args: argparse.Namespace) -> int:
     import json
     from dataclasses import asdict
 
-    from gateway.config import ConfigError, load_config
-    from gateway.metrics import GatewayMetrics
-    from gateway.routing import RoutedModel
+    from gateway.core.config import ConfigError, load_config
+    from gateway.core.metrics import GatewayMetrics
+    from gateway.engine.routing import RoutedModel
     from routers.checkpoint import load_router
     from routers.data import load_routing_files
     from training.calibration import calibrate, format_calibration
@@ -250,8 +250,8 @@ def _calibrate(args: argparse.Namespace) -> int:
 def _collect(args: argparse.Namespace) -> int:
     import asyncio
 
-    from gateway.config import load_config
-    from gateway.logs import configure_logging
+    from gateway.core.config import load_config
+    from gateway.core.logs import configure_logging
     from training.collect import CollectOptions, IncompleteCollection, collect, format_summary, load_questions
 
     configure_logging("warning")

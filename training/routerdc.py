@@ -26,7 +26,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from routers.baselines import best_single_llm
 from routers.checkpoint import save_router
@@ -43,6 +42,7 @@ from training.cluster_prior import (
     kmeans_groups,
     task_averaged_prior,
 )
+from training.loop import fit
 from training.routerdc_losses import sample_llm_loss, sample_sample_loss
 
 logger = logging.getLogger(__name__)
@@ -286,16 +286,15 @@ def _train_head(data: _TrainingData, base_encoder: TextEncoder, validator: _Vali
         model.train()
         return validator(logits)
 
-    best = {"average": -1.0}
-    best_step, best_state, history = 0, None, []
     # Re-balanced every pass: tasks weigh equally and, over passes, every question of a large task is seen.
     order = rng.permutation(balanced_indices(data.sizes, config.samples_per_task, rng))
     cursor = 0
-    bar = tqdm(range(1, config.steps + 1), desc=f"router {config.mode}", disable=not progress, unit="step")
     model.train()
     if st_model is not None:
         st_model.train()
-    for step in bar:
+
+    def step(_: int) -> float:
+        nonlocal order, cursor
         if cursor + config.batch_size > len(order):
             order, cursor = rng.permutation(balanced_indices(data.sizes, config.samples_per_task, rng)), 0
         rows = order[cursor:cursor + config.batch_size]
@@ -312,21 +311,26 @@ def _train_head(data: _TrainingData, base_encoder: TextEncoder, validator: _Vali
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-        if step % config.eval_every == 0 or step == config.steps:
-            result = validate()
-            history.append({"step": step, "loss": loss.item(), "val_average": result["average"]})
-            if result["average"] > best["average"]:
-                best, best_step = result, step
-                best_state = (copy.deepcopy(model.state_dict()),
-                              copy.deepcopy(st_model.state_dict()) if st_model is not None else None)
-            bar.set_postfix(loss=f"{loss.item():.3f}", val=f"{result['average']:.2f}", best=f"{best['average']:.2f}")
-    assert best_state is not None
-    model.load_state_dict(best_state[0])
-    if st_model is not None and best_state[1] is not None:
-        st_model.load_state_dict(best_state[1])
-        st_model.eval()
-    model.eval()
-    return _TrainedHead(model, best_step, best, history)
+        return float(loss.item())
+
+    def snapshot() -> tuple[dict[str, Any], dict[str, Any] | None]:
+        return (copy.deepcopy(model.state_dict()),
+                copy.deepcopy(st_model.state_dict()) if st_model is not None else None)
+
+    def restore(state: tuple[dict[str, Any], dict[str, Any] | None]) -> None:
+        model.load_state_dict(state[0])
+        if st_model is not None and state[1] is not None:
+            st_model.load_state_dict(state[1])
+            st_model.eval()
+        model.eval()
+
+    def scored_validation() -> tuple[float, dict[str, Any]]:
+        result = validate()
+        return float(result["average"]), result
+
+    fitted = fit(config.steps, config.eval_every, step=step, validate=scored_validation, snapshot=snapshot,
+                 restore=restore, score_name="val_average", description=f"router {config.mode}", progress=progress)
+    return _TrainedHead(model, fitted.best_step, fitted.best_validation, fitted.history)
 
 
 def _multi_mix_loss(model: RouterDCModel, inputs: torch.Tensor, scores: torch.Tensor, tie_break: torch.Tensor,

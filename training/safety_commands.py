@@ -25,7 +25,7 @@ def add_safety_commands(commands: argparse._SubParsersAction) -> None:  # type: 
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from gateway.config import ConfigError, Settings, load_config
+    from gateway.core.config import ConfigError, Settings, load_config
     from training.gateway_client import openai_client, running_gateway
     from training.judge import format_rate
     from training.safety_eval import judge_records, load_records, summarise, write_answers

@@ -148,7 +148,7 @@ def _check_no_skip(args: argparse.Namespace) -> None:
 
 
 def _aligncot_data(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
+    from gateway.core.config import load_config
     from training.aligncot_runs import HELPFUL_PROMPTS, generate_chains, harmful_prompts, with_aligncot
     from training.gateway_client import openai_client, running_gateway
 
@@ -179,7 +179,7 @@ def _mote(args: argparse.Namespace) -> int:
 
 
 def _aligncot_eval(args: argparse.Namespace) -> int:
-    from gateway.config import load_config
+    from gateway.core.config import load_config
     from training.aligncot_runs import (
         HELPFUL_PROMPTS,
         evaluate_settings,

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from gateway.backends.base import AdapterView, Backend, RelayedChunks, Request
 from gateway.backends.openai_http import OpenAIHTTPBackend
-from gateway.config import ModelConfig
-from gateway.images import ImagePolicy
+from gateway.core.config import ModelConfig
+from gateway.core.images import ImagePolicy
 
 __all__ = ["AdapterView", "Backend", "OpenAIHTTPBackend", "RelayedChunks", "Request", "create_backend"]
 
@@ -23,7 +23,7 @@ def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePoli
 
         return CrossEncoderBackend(config)
     if config.backend == "local":
-        from gateway.backends.local import LocalBackend  # torch and transformers load only when needed
+        from gateway.backends.transformers.backend import LocalBackend  # torch and transformers load only when needed
 
         return LocalBackend(config, cache_dir, image_policy)
     return OpenAIHTTPBackend(config)

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
-from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
-from gateway.config import ModelConfig
-from gateway.errors import InvalidRequestError
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
-from gateway.rerank import RerankRequest
-from gateway.responses import ResponsesRequest
+from gateway.core.config import ModelConfig
+from gateway.core.errors import InvalidRequestError
+from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
+from gateway.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.wire.rerank import RerankRequest
+from gateway.wire.responses import ResponsesRequest
 
 Request = ChatCompletionRequest | CompletionRequest
 
@@ -43,7 +43,7 @@ class Backend(ABC):
             async def stream(self, endpoint, request):
                 yield chunk_dict(endpoint, cid, self.name, text="hi", role=True)
 
-    Failures are raised as ``gateway.errors.GatewayError`` subclasses; ``stream`` raises before its first
+    Failures are raised as ``gateway.core.errors.GatewayError`` subclasses; ``stream`` raises before its first
     chunk when the request cannot start, so the caller can still fail over or answer with an HTTP error.
     Closing the ``stream`` iterator early (client gone) must stop the work it started.
     """
@@ -147,6 +147,10 @@ class AdapterView(Backend):
 
     async def stream(self, endpoint: Endpoint, request: Request) -> AsyncIterator[dict[str, Any]]:
         # Closed explicitly when this stream is: the base's generation stops at once, not at garbage collection.
-        async with aclosing(self.base.stream(endpoint, request, adapter=self.adapter)) as chunks:  # type: ignore[call-arg]
+        # The base is a local backend (the pool makes views of those only), whose stream takes the adapter and is
+        # an async generator.
+        base_chunks = cast(AsyncGenerator[dict[str, Any], None],
+                           self.base.stream(endpoint, request, adapter=self.adapter))  # type: ignore[call-arg]
+        async with aclosing(base_chunks) as chunks:
             async for chunk in chunks:
                 yield {**chunk, "model": self.name}

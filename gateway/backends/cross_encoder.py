@@ -7,9 +7,9 @@ import asyncio
 from typing import Any
 
 from gateway.backends.base import NotAChatModel
-from gateway.config import ModelConfig
-from gateway.errors import UpstreamUnavailableError
-from gateway.rerank import RerankRequest, rerank_response
+from gateway.core.config import ModelConfig
+from gateway.core.errors import UpstreamUnavailableError
+from gateway.wire.rerank import RerankRequest, rerank_response
 
 BATCH_SIZE = 32
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import urllib.request
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
 from typing import Any, Literal, NoReturn
 
@@ -14,11 +14,10 @@ import aiohttp
 import orjson
 from multidict import CIMultiDictProxy
 
-from gateway.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
 from gateway.backends.base import Backend, RelayedChunks, Request
 from gateway.backends.sse_reader import ServerSentEvent, iter_sse_batches
-from gateway.config import ModelConfig
-from gateway.errors import (
+from gateway.core.config import ModelConfig
+from gateway.core.errors import (
     GatewayError,
     RateLimitError,
     UpstreamError,
@@ -26,9 +25,10 @@ from gateway.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from gateway.protocol import EmbeddingRequest, Endpoint, is_usage_chunk
-from gateway.rerank import RerankRequest
-from gateway.responses import ResponsesRequest
+from gateway.wire.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
+from gateway.wire.openai import EmbeddingRequest, Endpoint, is_usage_chunk
+from gateway.wire.rerank import RerankRequest
+from gateway.wire.responses import ResponsesRequest
 
 logger = logging.getLogger(__name__)
 
@@ -213,7 +213,7 @@ class OpenAIHTTPBackend(Backend):
                     yield chunk
 
     async def _chunk_batches(self, endpoint: Endpoint | Literal["responses"],
-                             body: dict[str, Any]) -> AsyncIterator[list[dict[str, Any]]]:
+                             body: dict[str, Any]) -> AsyncGenerator[list[dict[str, Any]], None]:
         """``_stream``'s events in the lists that each read of the upstream completed."""
         try:
             response = await self._session.post(self._urls[endpoint], data=orjson.dumps(body), headers=_JSON_HEADERS)

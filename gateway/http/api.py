@@ -1,4 +1,5 @@
-"""Endpoints: thin glue between HTTP and ``CompletionService``."""
+"""Endpoints: parse the request, call the engine's entry point for its family (``engine/runtime.py``), render the
+answer. Admission, accounting and the request's record are the engine's."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import time
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import Awaitable
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
@@ -18,7 +19,13 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.audio import (
+from gateway.core.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
+from gateway.engine.accounting import CLIENT_CLOSED_REQUEST, RequestContext
+from gateway.engine.answers import Answer, StreamAnswer
+from gateway.engine.auth import ApiKey
+from gateway.engine.runtime import Gateway
+from gateway.http.sse import sse_lines
+from gateway.wire.audio import (
     MAX_AUDIO_BYTES,
     TRANSCRIPT_FORMATS,
     SpeechRequest,
@@ -26,19 +33,11 @@ from gateway.audio import (
     UpstreamAudioReply,
     check_size,
 )
-from gateway.auth import ApiKey
-from gateway.errors import GatewayError, HTTPStatusError, InvalidRequestError, ModelNotFoundError, error_response
-from gateway.http.sse import sse_lines
-from gateway.metrics import RequestRecord
-from gateway.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
-from gateway.rerank import RerankRequest
-from gateway.responses import ResponsesRequest, to_chat
-from gateway.runtime import AdmittedRequest, Gateway
-from gateway.serving import StreamAnswer
+from gateway.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
+from gateway.wire.rerank import RerankRequest
+from gateway.wire.responses import ResponsesRequest
 
 RequestModel = TypeVar("RequestModel", bound=BaseModel)
-RecordedAnswer = TypeVar("RecordedAnswer")
-CLIENT_CLOSED_REQUEST = 499  # nginx's status for "the client went away first"
 
 ERROR_SCHEMA = {"type": "object", "required": ["error"], "properties": {"error": {
     "type": "object", "required": ["message", "type", "param", "code"],
@@ -171,55 +170,30 @@ class FastJSONResponse(JSONResponse):
         return orjson.dumps(content)
 
 
-async def _admitted_record(request: Request, gateway: Gateway, endpoint: str, model: str,
-                           admitted: AdmittedRequest) -> RequestRecord:
-    """Admit the request under its key's limits (429 otherwise) and open its record (metrics, access log)."""
-    key: ApiKey | None = request.state.api_key
-    reservation = await gateway.admit(key, admitted)
-    return gateway.new_record(endpoint, model, request.state.log, key, reservation)
-
-
-async def _recorded(request: Request, record: RequestRecord, work: Awaitable[RecordedAnswer]) -> RecordedAnswer:
-    """``work``, cancelled if the client leaves first; a failure finishes the record with its status and rises
-    (``ClientDisconnected`` when the client left: answer 499)."""
-    try:
-        return await cancel_on_disconnect(request.receive, work)
-    except ClientDisconnected:
-        record.finish(CLIENT_CLOSED_REQUEST, "client_closed_request")
-        raise
-    except GatewayError as exc:
-        record.finish(exc.status_code, exc.code)
-        raise
-    except BaseException:
-        record.finish(500, "internal_error")
-        raise
+def _context(request: Request) -> RequestContext:
+    """The caller's key (set by ``_authenticate``) and the access-log fields the engine adds to."""
+    return RequestContext(request.state.api_key, request.state.log)
 
 
 async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Literal["responses"],
                    parsed: ChatCompletionRequest | CompletionRequest | EmbeddingRequest | ResponsesRequest) -> Response:
     request.state.log.update(model=parsed.model, stream=parsed.stream)
-    # A Responses request is admitted, checked and routed as the chat request that answers it.
-    chat = to_chat(parsed) if isinstance(parsed, ResponsesRequest) else parsed
-    if isinstance(chat, ChatCompletionRequest) and len(chat.messages) > gateway.config.limits.max_messages:
-        raise InvalidRequestError(f"{len(chat.messages)} messages; the limit is "
-                                  f"{gateway.config.limits.max_messages}", param="messages")
-    record = await _admitted_record(request, gateway, endpoint, parsed.model, chat)
+    ctx = _context(request)
+    work: Awaitable[Answer | StreamAnswer]
     if isinstance(parsed, ResponsesRequest):
-        assert isinstance(chat, ChatCompletionRequest)
-        work = gateway.service.serve_responses(parsed, chat, record)
+        work = gateway.respond(ctx, parsed)
     elif isinstance(parsed, EmbeddingRequest):
-        work = gateway.service.embed(parsed, record)
+        work = gateway.embed(ctx, parsed)
     else:
-        work = gateway.service.serve(endpoint, parsed, record, relay=True)  # type: ignore[arg-type]
+        work = gateway.complete(ctx, endpoint, parsed, relay=True)  # type: ignore[arg-type]
     try:
-        answer = await _recorded(request, record, work)
+        answer = await cancel_on_disconnect(request.receive, work)
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(answer, StreamAnswer):
-        return EventStreamResponse(sse_lines(answer, record, parsed.include_usage,
+        return EventStreamResponse(sse_lines(answer, parsed.include_usage,
                                              responses=isinstance(parsed, ResponsesRequest)),
                                    headers={"cache-control": "no-cache", "x-accel-buffering": "no", **answer.headers})
-    record.finish(200)
     return FastJSONResponse(answer.body, headers=answer.headers)
 
 
@@ -299,13 +273,10 @@ async def create_translation(request: Request, gateway: GatewayDep) -> Response:
 async def _transcription(request: Request, gateway: Gateway, task: str) -> Response:
     parsed = await read_transcription_form(request)
     request.state.log.update(model=parsed.model)
-    record = await _admitted_record(request, gateway, "transcriptions" if task == "transcribe" else "translations",
-                                    parsed.model, parsed)
     try:
-        result = await _recorded(request, record, gateway.service.transcribe(parsed, task, record))
+        result = await cancel_on_disconnect(request.receive, gateway.transcribe(_context(request), parsed, task))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    record.finish(200)
     if isinstance(result, UpstreamAudioReply):
         return Response(result.content, media_type=result.media_type)
     body, media_type = result.render(parsed.response_format, "transcribe" if task == "transcribe" else "translate")
@@ -368,24 +339,11 @@ async def create_speech(request: Request, gateway: GatewayDep) -> Response:
     """Text to speech: the audio file (``response_format``: mp3, opus, aac, flac, wav, pcm), streamed."""
     parsed = await read_json_request(request, SpeechRequest)
     request.state.log.update(model=parsed.model)
-    record = await _admitted_record(request, gateway, "speech", parsed.model, parsed)
     try:
-        pieces, media_type = await _recorded(request, record, gateway.service.speak(parsed, record))
+        pieces, media_type = await cancel_on_disconnect(request.receive, gateway.speak(_context(request), parsed))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-
-    async def relay() -> AsyncIterator[bytes]:
-        status: tuple[int, str | None] = (CLIENT_CLOSED_REQUEST, "client_closed_request")
-        try:
-            async for piece in pieces:
-                yield piece
-            status = (200, None)
-        except GatewayError as exc:  # the audio broke off after it started: the client sees a short file
-            status = (exc.status_code, exc.code)
-        finally:
-            record.finish(*status)
-
-    return StreamingResponse(relay(), media_type=media_type)
+    return StreamingResponse(pieces, media_type=media_type)
 
 
 # ---- re-ranking ---------------------------------------------------------------------------------------------
@@ -401,12 +359,10 @@ async def create_rerank(request: Request, gateway: GatewayDep) -> Response:
     embedding model (cosine), or a chat model or ``auto`` (listwise, KICGPT's conversation)."""
     parsed = await read_json_request(request, RerankRequest)
     request.state.log.update(model=parsed.model)
-    record = await _admitted_record(request, gateway, "rerank", parsed.model, parsed)
     try:
-        reranked = await _recorded(request, record, gateway.reranker.rerank(parsed, record))
+        reranked = await cancel_on_disconnect(request.receive, gateway.rerank(_context(request), parsed))
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
-    record.finish(200)
     return FastJSONResponse(reranked.body, headers=reranked.headers)
 
 

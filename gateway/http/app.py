@@ -16,13 +16,13 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.audio import MAX_AUDIO_BYTES
-from gateway.config import GatewayConfig, Settings
-from gateway.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
+from gateway.core.config import GatewayConfig, Settings
+from gateway.core.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
+from gateway.engine.runtime import Gateway
 from gateway.http.api import BODY_SCHEMAS, OPENAI_ENDPOINTS, openai_routes, router, v1
 from gateway.http.console import console_api, console_assets, pages
 from gateway.http.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
-from gateway.runtime import Gateway
+from gateway.wire.audio import MAX_AUDIO_BYTES
 
 logger = logging.getLogger(__name__)
 

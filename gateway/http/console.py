@@ -1,4 +1,4 @@
-"""The web console at ``/ui``: static pages shipped in the package (``gateway/console``), and the JSON they
+"""The web console at ``/ui``: static pages shipped in the package (``gateway/http/static``), and the JSON they
 read under ``/ui/api`` — behind the same API keys as ``/v1`` (the pages themselves hold no data)."""
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from fastapi import APIRouter, Depends
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
-from gateway.errors import HTTPStatusError
+from gateway.core.errors import HTTPStatusError
+from gateway.engine.runtime import Gateway
 from gateway.http.api import GatewayDep, _authenticate
-from gateway.runtime import Gateway
 
-CONSOLE_DIR = Path(__file__).resolve().parent.parent / "console"
+CONSOLE_DIR = Path(__file__).resolve().parent / "static"
 REPORTS_DIR = "reports"  # of a router checkpoint: `router eval` / `router front` JSON (and PNG) reports
 MASK = "•••"
 # Everything the console loads comes from this origin: nothing is fetched from the internet at run time.

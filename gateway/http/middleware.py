@@ -10,7 +10,7 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import PayloadTooLargeError, error_response
+from gateway.core.errors import PayloadTooLargeError, error_response
 
 access_logger = logging.getLogger("gateway.access")
 REQUEST_ID_HEADER = "x-request-id"

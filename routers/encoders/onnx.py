@@ -28,7 +28,7 @@ class OnnxEncoder(TextEncoder):
     """An exported encoder directory (``model.onnx`` + ``tokenizer.json``) run by ONNX Runtime on the CPU."""
 
     def __init__(self, spec: str, directory: Path, *, threads: int = 1, max_length: int = 256) -> None:
-        import onnxruntime
+        import onnxruntime  # type: ignore[import-untyped]
         from tokenizers import Tokenizer
 
         self.spec = spec
@@ -71,7 +71,7 @@ def exported_dir(source: Path, cache_dir: Path, name: str, *, int8: bool) -> Pat
     staging.mkdir(parents=True)
     _export(source, staging / MODEL_FILE)
     if int8:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        from onnxruntime.quantization import QuantType, quantize_dynamic  # type: ignore[import-untyped]
 
         fp32 = staging / "fp32.onnx"
         (staging / MODEL_FILE).rename(fp32)

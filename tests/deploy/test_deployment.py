@@ -13,7 +13,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from gateway.config import load_config
+from gateway.core.config import load_config
 from tests.support.servers import VENV_BIN
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -6,7 +6,7 @@ import subprocess
 
 import pytest
 
-from gateway.config import EMBEDDED_MODEL_NAME, ConfigError, load_config, parse_config
+from gateway.core.config import EMBEDDED_MODEL_NAME, ConfigError, load_config, parse_config
 from tests.support.servers import VENV_BIN, GatewayProcess
 
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.config import parse_config
+from gateway.core.config import parse_config
 from gateway.http import create_app
 from tests.support.servers import VENV_BIN, GatewayProcess, free_port
 from tests.support.upstream import Reply
@@ -90,7 +90,7 @@ def test_keys_hash_command():
 
 
 def test_placeholder_keys_are_refused():
-    from gateway.config import ConfigError
+    from gateway.core.config import ConfigError
 
     with pytest.raises(ConfigError, match="placeholder"):
         parse_config({"auth": {"api_keys": [{"key": "changeme", "name": "x"}]}})

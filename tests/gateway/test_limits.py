@@ -10,10 +10,10 @@ import time
 import httpx
 import pytest
 
-from gateway import limits
-from gateway.auth import ApiKey
-from gateway.errors import RateLimitError
-from gateway.limits import InMemoryRateLimiter, RedisRateLimiter
+from gateway.core.errors import RateLimitError
+from gateway.engine import limits
+from gateway.engine.auth import ApiKey
+from gateway.engine.limits import InMemoryRateLimiter, RedisRateLimiter
 from tests.support.upstream import Reply
 
 KEY = "sk-limits-test-0123456789"

@@ -11,10 +11,10 @@ import pytest
 from transformers import AutoTokenizer
 
 from gateway.backends import AdapterView
-from gateway.backends.embedded import embedded_model_dir
-from gateway.backends.local import LocalBackend
-from gateway.config import Settings, parse_config
-from gateway.pool import ModelPool
+from gateway.backends.transformers.backend import LocalBackend
+from gateway.backends.transformers.embedded import embedded_model_dir
+from gateway.core.config import Settings, parse_config
+from gateway.engine.pool import ModelPool
 
 pytestmark = pytest.mark.slow
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
@@ -145,9 +145,9 @@ def test_token_ids_outside_the_vocabulary_are_400s(embedded_gateway, prompt):
 
 
 def test_shutdown_stops_running_generations(tokenizer):
-    from gateway.backends.local import load_causal_lm
-    from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams
-    from gateway.errors import UpstreamUnavailableError
+    from gateway.backends.transformers.backend import load_causal_lm
+    from gateway.backends.transformers.generation import Generation, LocalGenerator, SamplingParams
+    from gateway.core.errors import UpstreamUnavailableError
 
     model, tok, _ = load_causal_lm(embedded_model_dir(Settings().cache_dir), "cpu")
     generator = LocalGenerator(model, tok, name="smol", max_concurrency=1, max_queue=1)

@@ -9,7 +9,7 @@ import logging
 import queue
 import time
 
-from gateway.logs import FLUSH_INTERVAL_S, BatchedLineWriter, JsonFormatter, _RecordQueueHandler
+from gateway.core.logs import FLUSH_INTERVAL_S, BatchedLineWriter, JsonFormatter, _RecordQueueHandler
 
 
 class CountingStream(io.StringIO):

@@ -9,8 +9,8 @@ import threading
 import numpy as np
 import pytest
 
-from gateway.errors import UpstreamUnavailableError
-from gateway.routing import MicroBatcher
+from gateway.core.batching import MicroBatcher
+from gateway.core.errors import UpstreamUnavailableError
 
 
 def test_texts_arriving_together_are_encoded_together_and_a_bad_one_fails_alone():

@@ -12,7 +12,7 @@ import cohere
 import httpx
 import pytest
 
-from gateway.rerank import (
+from gateway.wire.rerank import (
     LISTWISE_PROMPT_FILE,
     ListwisePrompt,
     candidate_labels,

@@ -14,7 +14,7 @@ import openai
 import pytest
 import yaml
 
-from gateway.config import ConfigError, parse_config
+from gateway.core.config import ConfigError, parse_config
 from gateway.http import create_app
 from routers import load_router
 from routers.data import load_routing_file

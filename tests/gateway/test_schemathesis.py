@@ -9,7 +9,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
-from gateway.config import parse_config
+from gateway.core.config import parse_config
 from gateway.http import create_app
 from tests.support.servers import ServerThread, wait_for
 from tests.support.upstream import ScriptedUpstream

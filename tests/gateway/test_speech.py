@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 
-from gateway.audio import decode_audio
+from gateway.wire.audio import decode_audio
 from safety import prompts
 from tests.support.speech import spoken, word_error_rate
 from tests.support.upstream import Reply

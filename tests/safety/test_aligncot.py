@@ -116,7 +116,7 @@ def test_without_step_skipping_the_chain_always_runs(upstream, make_gateway):
 
 
 def test_config_errors():
-    from gateway.config import ConfigError, parse_config
+    from gateway.core.config import ConfigError, parse_config
     from gateway.http import create_app
 
     def start(aligncot):

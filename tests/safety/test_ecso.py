@@ -149,7 +149,7 @@ def test_metrics_count_checks_and_rewrites(upstream, ecso_gateway):
 
 
 def test_unknown_stage_and_ecso_model_are_config_errors():
-    from gateway.config import ConfigError, parse_config
+    from gateway.core.config import ConfigError, parse_config
     from gateway.http import create_app
 
     with pytest.raises(ConfigError, match="unknown stage 'magic'; known stages: aligncot, ecso"):
@@ -163,7 +163,7 @@ def test_a_held_stream_starts_at_once_and_keeps_the_connection_alive(upstream, e
     """ECSO holds the answer until its check is done; proxies with idle timeouts must not see silence."""
     import time
 
-    from gateway import serving
+    from gateway.engine import chat as serving
 
     monkeypatch.setattr(serving, "KEEPALIVE_S", 0.2)
     slow = _mllm("No")

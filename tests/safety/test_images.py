@@ -16,8 +16,8 @@ from fastapi import FastAPI
 from PIL import Image
 from starlette.responses import Response
 
-from gateway.errors import InvalidRequestError
-from gateway.images import ImagePolicy, check_address, load_image
+from gateway.core.errors import InvalidRequestError
+from gateway.core.images import ImagePolicy, check_address, load_image
 from tests.support.servers import ServerThread
 
 
@@ -153,7 +153,7 @@ def test_decompression_bombs_and_huge_images_are_400s():
 
 @pytest.fixture(scope="module")
 def vlm_gateway(tmp_path_factory):
-    from gateway.config import parse_config
+    from gateway.core.config import parse_config
     from gateway.http import create_app
     from tests.support.servers import wait_for
     from tests.support.tiny_vlm import build_tiny_vlm

@@ -16,8 +16,8 @@ from transformers import (
     LlavaProcessor,
 )
 
-from gateway.backends.embedded import embedded_model_dir
-from gateway.config import Settings
+from gateway.backends.transformers.embedded import embedded_model_dir
+from gateway.core.config import Settings
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{% if m['content'] is string %}{{ m['content'] }}"

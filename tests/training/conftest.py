@@ -13,8 +13,8 @@ def tiny_causal_lm(tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-    from gateway.backends.embedded import embedded_model_dir
-    from gateway.config import Settings
+    from gateway.backends.transformers.embedded import embedded_model_dir
+    from gateway.core.config import Settings
 
     directory = tmp_path_factory.mktemp("tiny-lm")
     tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(Settings().cache_dir))

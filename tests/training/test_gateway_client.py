@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from gateway.config import parse_config
+from gateway.core.config import parse_config
 from training.gateway_client import openai_client, running_gateway
 
 

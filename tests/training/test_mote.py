@@ -12,7 +12,7 @@ import torch
 import yaml
 from transformers import AutoModelForCausalLM, LogitsProcessor
 
-from gateway.backends.mote import (
+from gateway.backends.transformers.mote import (
     BASE,
     EXPERTS,
     NO_STEP,
@@ -168,7 +168,7 @@ def test_a_mote_model_served_as_trained_gives_the_training_logits(tiny_causal_lm
     from safetensors.torch import load_file
     from transformers import LogitsProcessorList
 
-    from gateway.backends.local import load_causal_lm
+    from gateway.backends.transformers.backend import load_causal_lm
 
     out = tmp_path / "run"
     train_mote(tiny_causal_lm, _records(4), out, MoTEConfig(rank=2, max_steps=3, batch_size=2, learning_rate=3e-2,
@@ -218,8 +218,8 @@ def _records(n: int = 8) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def mote_run(tmp_path_factory):
-    from gateway.backends.embedded import embedded_model_dir
-    from gateway.config import Settings
+    from gateway.backends.transformers.embedded import embedded_model_dir
+    from gateway.core.config import Settings
 
     out = tmp_path_factory.mktemp("mote")
     config = MoTEConfig(rank=8, learning_rate=1e-3, max_steps=8, batch_size=2, max_length=128)
@@ -394,8 +394,8 @@ def test_the_gateway_serves_a_mote_run_as_trained(tiny_causal_lm, tmp_path, make
 
 
 def test_mote_config_errors(tmp_path):
-    from gateway.backends.mote import MoTEManifest
-    from gateway.config import ConfigError, parse_config
+    from gateway.backends.transformers.mote import MoTEManifest
+    from gateway.core.config import ConfigError, parse_config
 
     for entry, message in (({"backend": "openai", "base_url": "http://x/v1"}, "'mote' is for backend 'local'"),
                            ({"backend": "local", "adapters": {"a": "dir"}}, "without adapters")):
@@ -406,7 +406,7 @@ def test_mote_config_errors(tmp_path):
 
 
 def test_aligncot_eval_serves_a_mote_run_three_ways(tiny_causal_lm, tmp_path):
-    from gateway.config import parse_config
+    from gateway.core.config import parse_config
     from training.aligncot_runs import with_mote_run
 
     out = tmp_path / "run"

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 import pytest
 
-from gateway.config import Settings, parse_config
+from gateway.core.config import Settings, parse_config
 from gateway.http import create_app
 from tests.conftest import LiveGateway
 from tests.support.servers import ServerThread, wait_for

@@ -13,7 +13,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from starlette.responses import JSONResponse
 
-from gateway.rerank import ListwisePrompt
+from gateway.wire.rerank import ListwisePrompt
 
 
 def oracle_answer(last_user_message: str, answers: dict[str, set[str]], prompt: ListwisePrompt) -> str:

@@ -9,13 +9,16 @@ import binascii
 import io
 import wave
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, cast
 
 import numpy as np
 from pydantic import Field
 
-from gateway.errors import InvalidRequestError
-from gateway.protocol import OpenAIBaseModel
+from gateway.core.errors import InvalidRequestError
+from gateway.wire.openai import OpenAIBaseModel
+
+if TYPE_CHECKING:
+    from av.audio.stream import AudioStream
 
 MAX_AUDIO_BYTES = 25 * 1024 * 1024  # OpenAI's upload limit
 ASR_SAMPLE_RATE = 16_000  # what Whisper listens at
@@ -96,12 +99,14 @@ def _encode_with_ffmpeg(samples: np.ndarray, rate: int, audio_format: str) -> by
     import av
 
     codec = SPEECH_FORMATS[audio_format][1]
+    assert codec is not None  # wav and pcm, the formats without an encoder, never come here
     container_format = {"opus": "ogg", "aac": "adts"}.get(audio_format, audio_format)
     target_rate = 48_000 if audio_format == "opus" else 24_000 if audio_format == "mp3" else rate
     samples = _resample(samples, rate, target_rate)
     buffer = io.BytesIO()
     with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=target_rate, layout="mono")
+        # An audio codec makes an audio stream (PyAV's overloads can only tell from a literal codec name).
+        stream = cast("AudioStream", container.add_stream(codec, rate=target_rate, layout="mono"))
         frame_size = 960 if audio_format == "opus" else 1152 if audio_format == "mp3" else 1024
         pcm = (np.clip(samples, -1, 1) * 32767).astype(np.int16)
         for start in range(0, len(pcm), frame_size):

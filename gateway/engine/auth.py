@@ -10,8 +10,8 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 
-from gateway.config import AuthConfig, hash_key
-from gateway.errors import AuthenticationError
+from gateway.core.config import AuthConfig, hash_key
+from gateway.core.errors import AuthenticationError
 
 
 @dataclass(frozen=True)

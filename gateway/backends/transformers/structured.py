@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 import orjson
 
-from gateway.errors import InvalidRequestError
+from gateway.core.errors import InvalidRequestError
 
 _JSON_OPTIONS = {"whitespace_flexible": False}
 

@@ -11,12 +11,12 @@ from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 from gateway.backends import Backend
-from gateway.config import ConfigError, GatewayConfig, ModelConfig
-from gateway.errors import InvalidRequestError
-from gateway.metrics import GatewayMetrics
-from gateway.pool import ModelPool
-from gateway.protocol import ChatCompletionRequest
-from gateway.stages import Stage, StageBuilder, StageContext, registered_stages
+from gateway.core.config import ConfigError, GatewayConfig, ModelConfig
+from gateway.core.errors import InvalidRequestError
+from gateway.core.metrics import GatewayMetrics
+from gateway.engine.pool import ModelPool
+from gateway.wire.openai import ChatCompletionRequest
+from gateway.wire.stages import CompleteNext, Stage, StageBuilder, StageContext, StreamNext, registered_stages
 
 STAGES_HEADER = "x-gateway-stages"
 
@@ -86,7 +86,7 @@ class Pipeline:
             stage = self.stages[position]
             if stage.applies(request):
                 ctx.applied.append(stage.name)
-                return stage.complete(ctx, request, lambda r, after=position + 1: self.complete(ctx, r, after))
+                return stage.complete(ctx, request, self._complete_from(ctx, position + 1))
         return self.backend.complete("chat", request)
 
     def stream(self, ctx: StageContext, request: ChatCompletionRequest, index: int = 0
@@ -95,9 +95,16 @@ class Pipeline:
             stage = self.stages[position]
             if stage.applies(request):
                 ctx.applied.append(stage.name)
-                return stage.stream(ctx, request, lambda r, after=position + 1: self.complete(ctx, r, after),
-                                    lambda r, after=position + 1: self.stream(ctx, r, after))
+                return stage.stream(ctx, request, self._complete_from(ctx, position + 1),
+                                    self._stream_from(ctx, position + 1))
         return self.backend.stream("chat", request)
+
+    def _complete_from(self, ctx: StageContext, index: int) -> CompleteNext:
+        """What a stage calls next: the stages after it, then the model."""
+        return lambda request: self.complete(ctx, request, index)
+
+    def _stream_from(self, ctx: StageContext, index: int) -> StreamNext:
+        return lambda request: self.stream(ctx, request, index)
 
 
 def stage_headers(ctx: StageContext) -> dict[str, str]:

@@ -8,17 +8,11 @@ answer with a proper error status (and routing can still fail over to the next c
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import AsyncIterator
-from contextlib import aclosing
-from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, cast
 
-from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
-from gateway.audio_chat import AudioChat, AudioOutput
-from gateway.backends import Backend, RelayedChunks, Request
-from gateway.circuit import STATE_GAUGE, CircuitBreaker, State
-from gateway.errors import (
+from gateway.backends import Backend, Request
+from gateway.core.errors import (
     GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
@@ -27,40 +21,28 @@ from gateway.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
-from gateway.metrics import GatewayMetrics, RequestRecord
-from gateway.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
-from gateway.pool import ModelPool
-from gateway.protocol import ChatCompletionRequest, EmbeddingRequest, Endpoint
-from gateway.responses import ResponsesRequest, chat_usage, response_events, response_from_chat
-from gateway.routing import ROUTE_SCORES_HEADER, ROUTED_MODEL_HEADER, RouteDecision, RoutedModel
+from gateway.core.metrics import GatewayMetrics
+from gateway.engine.accounting import RequestRecord
+from gateway.engine.answers import KEEPALIVE, KEEPALIVE_S, Answer, StreamAnswer, primed, with_keepalive
+from gateway.engine.audio_chat import AudioChat, AudioOutput
+from gateway.engine.circuit import STATE_GAUGE, CircuitBreaker, State
+from gateway.engine.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
+from gateway.engine.pool import ModelPool
+from gateway.engine.routing import (
+    ROUTE_SCORES_HEADER,
+    ROUTED_MODEL_HEADER,
+    RouteDecision,
+    RoutedModel,
+    route_scores_header,
+)
+from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
+from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest, Endpoint
+from gateway.wire.responses import ResponsesRequest, chat_usage, response_events, response_from_chat
 
 # Failures before any byte reached the client that the next-ranked candidate may fix.
 FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
 
 UNKNOWN_MODEL_LABEL = "unknown"
-
-
-@dataclass
-class Answer:
-    body: dict[str, Any]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-@dataclass
-class StreamAnswer:
-    """Chunks of a streamed answer; ``KEEPALIVE`` among them means "still working" (no data yet).
-    ``RelayedChunks`` appear only when ``serve`` was asked to ``relay``."""
-
-    chunks: AsyncIterator[dict[str, Any] | RelayedChunks]
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-# Yielded by a stream that is held (a stage checking the whole answer first) every KEEPALIVE_S without a chunk,
-# so that proxies with idle timeouts do not cut it; the HTTP layer sends it as an SSE comment.
-KEEPALIVE: dict[str, Any] = {}
-KEEPALIVE_S = 5.0
-
-Chunk = TypeVar("Chunk")
 
 
 class CompletionService:
@@ -139,13 +121,13 @@ class CompletionService:
             record.answered_by(backend.name)
             headers = {ROUTED_MODEL_HEADER: backend.name}
             if request.stream:
-                return StreamAnswer(await _primed(backend.stream_responses(request)), headers)
+                return StreamAnswer(await primed(backend.stream_responses(request)), headers)
             body = await backend.respond(request)
             record.add_usage(chat_usage(body.get("usage")))
             return Answer(body, headers)
         answer = await self.serve("chat", chat, record)
         if isinstance(answer, StreamAnswer):
-            return StreamAnswer(response_events(request, answer.chunks, KEEPALIVE), answer.headers)
+            return StreamAnswer(response_events(request, _not_relayed(answer), KEEPALIVE), answer.headers)
         return Answer(response_from_chat(request, answer.body), answer.headers)
 
     async def transcribe(self, request: TranscriptionRequest, task: str, record: RequestRecord
@@ -212,15 +194,16 @@ class CompletionService:
                 self.breakers[backend.name].record_success()
             answer.headers[ROUTED_MODEL_HEADER] = backend.name
             if decision is not None and self.routed is not None:
-                answer.headers[ROUTE_SCORES_HEADER] = decision.header_value(self.routed.config.top_scores_in_header)
+                top = self.routed.config.top_scores_in_header
+                answer.headers[ROUTE_SCORES_HEADER] = route_scores_header(decision, top)
                 self.metrics.routed.labels(self.routed.name, backend.name).inc()
-                record.log_fields["route"] = decision.models[: self.routed.config.top_scores_in_header]
+                record.log_fields["route"] = decision.models[:top]
             return answer
         raise AssertionError("unreachable: a plan has at least one backend")
 
     async def _spoken(self, answer: Answer | StreamAnswer, output: AudioOutput) -> Answer | StreamAnswer:
         if isinstance(answer, StreamAnswer):
-            return StreamAnswer(self.audio_chat.speak_stream(answer.chunks, output, KEEPALIVE), answer.headers)
+            return StreamAnswer(self.audio_chat.speak_stream(_not_relayed(answer), output, KEEPALIVE), answer.headers)
         return Answer(await self.audio_chat.speak_answer(answer.body, output), answer.headers)
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
@@ -235,12 +218,12 @@ class CompletionService:
                 # at once, keep-alive comments flow while it works, and the verdict travels in the chunks.
                 applying = [stage.name for stage in pipeline.stages if stage.applies(request)]
                 headers = {STAGES_HEADER: ",".join(applying)} if applying else {}
-                return StreamAnswer(_with_keepalive(pipeline.stream(ctx, request), KEEPALIVE_S), headers)
+                return StreamAnswer(with_keepalive(pipeline.stream(ctx, request), KEEPALIVE_S), headers)
             body = await pipeline.complete(ctx, request)
             record.add_usage(body.get("usage"))
             return Answer(body, stage_headers(ctx))
         if request.stream:
-            return StreamAnswer(await _primed(backend.relay(endpoint, request) if relay
+            return StreamAnswer(await primed(backend.relay(endpoint, request) if relay
                                               else backend.stream(endpoint, request)))
         body = await backend.complete(endpoint, request)
         record.add_usage(body.get("usage"))
@@ -251,6 +234,11 @@ class CompletionService:
             breaker.close()
         if self.routed is not None:
             self.routed.close()
+
+
+def _not_relayed(answer: StreamAnswer) -> AsyncIterator[dict[str, Any]]:
+    """The chunks of a stream served without ``relay``: chunk objects only, never ``RelayedChunks``."""
+    return cast(AsyncIterator[dict[str, Any]], answer.chunks)
 
 
 def _within_cap(backend: Backend, request: Request) -> bool:
@@ -274,51 +262,3 @@ def _is_backend_fault(exc: GatewayError, request: Request) -> bool:
     if isinstance(exc, UpstreamTimeoutError):
         return bool(request.stream)
     return isinstance(exc, UpstreamError)
-
-
-async def _with_keepalive(chunks: AsyncIterator[dict[str, Any]], interval_s: float
-                          ) -> AsyncIterator[dict[str, Any]]:
-    """The chunks, with ``KEEPALIVE`` whenever ``interval_s`` passes without one; closes ``chunks`` at the end."""
-    async with aclosing(chunks):  # type: ignore[type-var]
-        pending: asyncio.Task[dict[str, Any]] | None = None
-        try:
-            while True:
-                pending = pending or asyncio.ensure_future(anext(chunks))  # type: ignore[arg-type]
-                done, _ = await asyncio.wait({pending}, timeout=interval_s)
-                if not done:
-                    yield KEEPALIVE
-                    continue
-                try:
-                    chunk = pending.result()
-                except StopAsyncIteration:
-                    return
-                finally:
-                    pending = None
-                yield chunk
-        finally:
-            if pending is not None:
-                pending.cancel()
-                with contextlib.suppress(BaseException):
-                    await pending
-
-
-async def _primed(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Wait for the first chunk (so start-up failures raise here), then replay the whole stream."""
-    try:
-        first = await anext(chunks)
-    except StopAsyncIteration:
-        first = None
-    except BaseException:
-        await chunks.aclose()  # type: ignore[attr-defined]
-        raise
-    return _replay(first, chunks)
-
-
-async def _replay(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        if first is not None:
-            yield first
-            async for chunk in rest:
-                yield chunk
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not installed
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_DOCUMENTS = 1000

@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from gateway.errors import InvalidRequestError
-from gateway.protocol import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions, is_usage_chunk
+from gateway.core.errors import InvalidRequestError
+from gateway.wire.openai import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions, is_usage_chunk
 
 # Fields of stateful or hosted features, with the values that ask for none of them.
 _NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -112,8 +112,8 @@ def _add_input_item(messages: list[dict[str, Any]], item: dict[str, Any], param:
                                       param=f"{param}.role")
         messages.append({"role": role, "content": _chat_content(item.get("content"), f"{param}.content")})
     elif kind == "function_call":
-        call = {"id": item.get("call_id"), "type": "function",
-                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}
+        call: dict[str, Any] = {"id": item.get("call_id"), "type": "function",
+                                "function": {"name": item.get("name"), "arguments": item.get("arguments", "")}}
         if not call["id"] or not call["function"]["name"]:
             raise InvalidRequestError("a function_call item needs 'call_id' and 'name'", param=param)
         if messages and messages[-1]["role"] == "assistant" and messages[-1].get("tool_calls"):

@@ -16,14 +16,14 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from gateway.backends.base import Backend, Request
-from gateway.backends.embedded import embedded_model_dir
-from gateway.backends.local_generation import Generation, LocalGenerator, SamplingParams, TokenLogprob
-from gateway.backends.mote import BASE, load_mote
-from gateway.backends.structured import OutputConstraint, output_constraint, tool_call_of, tools_prompt
-from gateway.config import ModelConfig
-from gateway.errors import InvalidRequestError, UpstreamUnavailableError
-from gateway.images import ImagePolicy, load_image
-from gateway.protocol import (
+from gateway.backends.transformers.embedded import embedded_model_dir
+from gateway.backends.transformers.generation import Generation, LocalGenerator, SamplingParams, TokenLogprob
+from gateway.backends.transformers.mote import BASE, load_mote
+from gateway.backends.transformers.structured import OutputConstraint, output_constraint, tool_call_of, tools_prompt
+from gateway.core.config import ModelConfig
+from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.core.images import ImagePolicy, load_image
+from gateway.wire.openai import (
     ChatCompletionRequest,
     CompletionRequest,
     Endpoint,
@@ -63,12 +63,13 @@ def load_causal_lm(path: Path, device: str, vision: bool = False) -> tuple[Any, 
     ``device``; ``vision`` loads an image-text-to-text model with its processor."""
     device = resolve_device(device)
     dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+    # The ignores: transformers types PreTrainedModel.to as functools.wraps(nn.Module.to), the unbound signature.
     if vision:
         processor = AutoProcessor.from_pretrained(path)
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
         return model, processor.tokenizer, processor
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()  # type: ignore[arg-type]
     return model, tokenizer, None
 
 

@@ -28,10 +28,10 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
-from gateway.protocol import ChatCompletionRequest, response_to_chunks
+from gateway.wire.openai import ChatCompletionRequest, response_to_chunks
 
 if TYPE_CHECKING:
-    from gateway.config import GatewayConfig, ModelConfig
+    from gateway.core.config import GatewayConfig, ModelConfig
 
 CompleteNext = Callable[[ChatCompletionRequest], Awaitable[dict[str, Any]]]
 StreamNext = Callable[[ChatCompletionRequest], AsyncIterator[dict[str, Any]]]

@@ -8,8 +8,6 @@ start: each worker's values go to files there, and ``/metrics`` from any worker 
 from __future__ import annotations
 
 import os
-import time
-from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
@@ -133,57 +131,3 @@ def _percentiles(buckets: dict[float, float], quantiles: tuple[float, ...]) -> d
                 break
             previous_bound, previous_count = bound, buckets[bound]
     return result
-
-
-class RequestRecord:
-    """Accounting of one request from arrival to its last byte."""
-
-    def __init__(self, metrics: GatewayMetrics, endpoint: str, model: str,
-                 log_fields: dict[str, Any] | None = None) -> None:
-        self._metrics, self.endpoint, self.model = metrics, endpoint, model
-        self.log_fields = log_fields if log_fields is not None else {}
-        self.started = time.monotonic()
-        self.prompt_tokens = self.completion_tokens = 0
-        self._finished = False
-        self._in_flight_model: str | None = None
-        self.on_finish: Callable[[int], None] | None = None  # gets the tokens used (per-key limits)
-        self.key_name: str | None = None
-
-    def answered_by(self, model: str) -> None:
-        """The model serving this request is known: count it in flight under that name."""
-        if self._in_flight_model is not None:
-            self._metrics.in_flight.labels(self._in_flight_model).dec()
-        self.model = self._in_flight_model = model
-        self._metrics.in_flight.labels(model).inc()
-
-    def add_usage(self, usage: dict[str, Any] | None) -> None:
-        if usage:
-            self.prompt_tokens += int(usage.get("prompt_tokens") or 0)
-            self.completion_tokens += int(usage.get("completion_tokens") or 0)
-
-    def first_chunk(self) -> None:
-        self._metrics.time_to_first_chunk.labels(self.model).observe(time.monotonic() - self.started)
-
-    def finish(self, status: int, error_code: str | None = None) -> None:
-        if self._finished:
-            return
-        self._finished = True
-        self.log_fields.update(answered_by=self.model, prompt_tokens=self.prompt_tokens,
-                               completion_tokens=self.completion_tokens)
-        m = self._metrics
-        if self._in_flight_model is not None:
-            m.in_flight.labels(self._in_flight_model).dec()
-        m.requests.labels(self.endpoint, self.model, str(status)).inc()
-        m.latency.labels(self.endpoint, self.model).observe(time.monotonic() - self.started)
-        if error_code is not None:
-            m.errors.labels(self.endpoint, self.model, error_code).inc()
-        if self.prompt_tokens:
-            m.tokens.labels(self.model, "prompt").inc(self.prompt_tokens)
-        if self.completion_tokens:
-            m.tokens.labels(self.model, "completion").inc(self.completion_tokens)
-        if self.key_name is not None:
-            m.key_requests.labels(self.key_name).inc()
-            if self.prompt_tokens or self.completion_tokens:
-                m.key_tokens.labels(self.key_name).inc(self.prompt_tokens + self.completion_tokens)
-        if self.on_finish is not None:
-            self.on_finish(self.prompt_tokens + self.completion_tokens)

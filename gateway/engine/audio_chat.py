@@ -13,18 +13,21 @@ import os
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
-from gateway.audio import SpeechRequest, Transcript, TranscriptionRequest, decode_base64_audio
 from gateway.backends import Backend
 from gateway.backends.speech import EspeakBackend
-from gateway.errors import InvalidRequestError
-from gateway.pool import ModelPool
-from gateway.protocol import ChatCompletionRequest
+from gateway.core.errors import InvalidRequestError
+from gateway.engine.pool import ModelPool
+from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, decode_base64_audio
+from gateway.wire.openai import ChatCompletionRequest
 
-AUDIO_OUTPUT_FORMATS = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus", "aac": "aac", "pcm16": "pcm"}
+SpeechFormat = Literal["mp3", "opus", "aac", "flac", "wav", "pcm"]  # what SpeechRequest.response_format takes
+# chat's ``audio.format`` -> the speech model's format
+AUDIO_OUTPUT_FORMATS: dict[str, SpeechFormat] = {"wav": "wav", "mp3": "mp3", "flac": "flac", "opus": "opus",
+                                                  "aac": "aac", "pcm16": "pcm"}
 INPUT_AUDIO_FORMATS = ("wav", "mp3", "flac", "opus", "ogg", "m4a", "webm", "aac")
 AUDIO_EXPIRY_S = 3600
 _AUDIO_DATA_PIECE = 64 * 1024  # base64 characters per streamed audio delta (a multiple of 4)
@@ -33,7 +36,7 @@ _AUDIO_DATA_PIECE = 64 * 1024  # base64 characters per streamed audio delta (a m
 @dataclass(frozen=True)
 class AudioOutput:
     voice: str
-    audio_format: str  # a SPEECH_FORMATS key
+    audio_format: SpeechFormat
 
 
 @dataclass

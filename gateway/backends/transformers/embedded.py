@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 
 logger = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ def embedded_model_dir(cache_dir: Path) -> Path:
     return dequantized_gguf_dir(gguf_package_dir() / GGUF_FILE, target, generation_defaults=SAMPLING_DEFAULTS)
 
 
-def dequantized_gguf_dir(gguf_path: Path, target: Path, generation_defaults: dict[str, object] | None = None
+def dequantized_gguf_dir(gguf_path: Path, target: Path, generation_defaults: Mapping[str, object] | None = None
                          ) -> Path:
     """``target``, a regular transformers directory (float weights, tokenizer) de-quantized from a GGUF file:
     what the embedded backend loads and what vLLM serves. Converted once; an existing ``target`` is kept."""
@@ -58,7 +59,7 @@ def dequantized_gguf_dir(gguf_path: Path, target: Path, generation_defaults: dic
     tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
     # The weights are fully de-quantized to float; drop the GGUF quantizer so the model saves normally.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]  # not declared on PreTrainedModel: nn.Module's setattr
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     if generation_defaults:

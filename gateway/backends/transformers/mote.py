@@ -143,7 +143,9 @@ class MoTEManifest:
             raise ValueError(f"{directory} is not a MoTE run: {MANIFEST} is missing (train one with "
                              "'llm-gateway train mote')")
         data = json.loads(path.read_text())
-        return cls(**{key: tuple(value) if isinstance(value, list) else value for key, value in data.items()})
+        fields: dict[str, Any] = {key: tuple(value) if isinstance(value, list) else value
+                                  for key, value in data.items()}
+        return cls(**fields)
 
 
 def follow_markers(model: nn.Module, routing: StepRouting, marker_ids: Sequence[int]) -> None:

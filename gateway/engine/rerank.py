@@ -1,6 +1,6 @@
 """``/v1/rerank`` on any configured model: a re-ranker (``task: rerank``) scores each document itself, an
 embedding model by cosine similarity to the query, and a chat model (or ``auto``) re-ranks the list as a
-whole in KICGPT's conversation (``gateway.rerank``), through the same routing, stages and failover as chat."""
+whole in KICGPT's conversation (``gateway.wire.rerank``), through the same routing, stages and failover as chat."""
 
 from __future__ import annotations
 
@@ -8,11 +8,13 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.config import RerankConfig
-from gateway.errors import InvalidRequestError, ModelNotFoundError, UpstreamError
-from gateway.metrics import RequestRecord
-from gateway.protocol import ChatCompletionRequest, EmbeddingRequest
-from gateway.rerank import (
+from gateway.core.config import RerankConfig
+from gateway.core.errors import InvalidRequestError, ModelNotFoundError, UpstreamError
+from gateway.engine.accounting import RequestRecord
+from gateway.engine.answers import Answer
+from gateway.engine.chat import CompletionService
+from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest
+from gateway.wire.rerank import (
     ListwisePrompt,
     RerankRequest,
     candidate_labels,
@@ -22,7 +24,6 @@ from gateway.rerank import (
     parse_final_order,
     rerank_response,
 )
-from gateway.serving import Answer, CompletionService
 
 # Headers of a listwise re-ranking: how many candidates the model's answer placed (the rest kept their order).
 LISTWISE_PLACED_HEADER = "x-gateway-rerank-placed"

@@ -18,7 +18,7 @@ import asyncio
 import contextlib
 import copy
 import threading
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncGenerator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,7 +37,7 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from gateway.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
+from gateway.core.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -137,7 +137,7 @@ class _Sampler(LogitsProcessor):
         self.warpers = LogitsProcessorList(
             ([TopKLogitsWarper(top_k)] if top_k and top_k > 0 else []) + ([MinPLogitsWarper(min_p)] if min_p else []))
 
-    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.Tensor) -> torch.Tensor:
         if not self.temperature:
             choice = scores.argmax(dim=-1, keepdim=True)
         else:
@@ -221,6 +221,7 @@ class _IncrementalText:
             self._ids.extend(ids)
             self._text = self._tokenizer.decode(self._ids, skip_special_tokens=self._skip_special)
             return self._text
+        assert self._backend is not None  # the stream is made only with a backend tokenizer
         for token in ids:
             piece = self._stream.step(self._backend, token)
             if piece:
@@ -317,7 +318,7 @@ class LocalGenerator:
 
     async def stream_text(self, prompt_ids: list[int], params: SamplingParams, outcome: Generation,
                           extra_inputs: dict[str, Any] | None = None,
-                          adapter: str | None = None) -> AsyncIterator[str]:
+                          adapter: str | None = None) -> AsyncGenerator[str, None]:
         """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
         if self._admitted >= self._capacity:
             raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "

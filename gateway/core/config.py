@@ -22,11 +22,11 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
+import yaml  # type: ignore[import-untyped]  # types-PyYAML is not installed
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from gateway.images import ImagePolicy
+from gateway.core.images import ImagePolicy
 
 EMBEDDED_MODEL_NAME = "smollm2-135m"
 EMBEDDED_MODEL_ALIASES = ("SmolLM2-135M-Instruct", "HuggingFaceTB/SmolLM2-135M-Instruct")

@@ -18,12 +18,13 @@ import binascii
 import io
 import ipaddress
 import socket
+from typing import cast
 from urllib.parse import SplitResult, urljoin, urlsplit, urlunsplit
 
 import httpx
 from pydantic import BaseModel, ConfigDict, Field
 
-from gateway.errors import InvalidRequestError
+from gateway.core.errors import InvalidRequestError
 
 ALLOWED_TYPES = frozenset({"image/png", "image/jpeg", "image/jpg", "image/webp", "image/gif", "image/bmp"})
 
@@ -104,7 +105,8 @@ async def _resolve(host: str, port: int, policy: ImagePolicy) -> str:
         infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
     except OSError:
         raise _refuse(f"image URL host '{host}' does not resolve") from None
-    addresses = [ipaddress.ip_address(info[4][0].split("%")[0]) for info in infos]
+    # An AF_INET/AF_INET6 sockaddr starts with the host string (typeshed's union also covers other families).
+    addresses = [ipaddress.ip_address(cast(str, info[4][0]).split("%")[0]) for info in infos]
     if not policy.allow_private_hosts:
         for address in addresses:
             reason = check_address(address)

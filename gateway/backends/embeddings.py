@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends.base import NotAChatModel
-from gateway.config import ModelConfig
-from gateway.errors import InvalidRequestError, UpstreamUnavailableError
-from gateway.protocol import EmbeddingRequest, embedding_response
-from gateway.routing import MicroBatcher
+from gateway.core.batching import MicroBatcher
+from gateway.core.config import ModelConfig
+from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.wire.openai import EmbeddingRequest, embedding_response
 from routers.encoders import TextEncoder, build_encoder
 
 DEFAULT_EMBEDDING_ENCODER = "minilm"

@@ -6,8 +6,8 @@ import asyncio
 from pathlib import Path
 
 from gateway.backends import AdapterView, Backend, create_backend
-from gateway.config import GatewayConfig, ModelConfig
-from gateway.embeddings import LocalEmbeddingBackend
+from gateway.backends.embeddings import LocalEmbeddingBackend
+from gateway.core.config import GatewayConfig, ModelConfig
 
 # Entry fields that do not change how a local model is loaded or generates: entries equal in everything else
 # share one loaded model.

@@ -26,8 +26,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
 
-from gateway.auth import ApiKey
-from gateway.errors import RateLimitError, UpstreamUnavailableError
+from gateway.core.errors import RateLimitError, UpstreamUnavailableError
+from gateway.engine.auth import ApiKey
 
 logger = logging.getLogger(__name__)
 WINDOW_S = 60
