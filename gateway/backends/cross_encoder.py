@@ -7,8 +7,8 @@ import asyncio
 from typing import Any
 
 from gateway.backends.base import NotAChatModel
+from gateway.backends.in_process import LoadedModel
 from gateway.core.config import ModelConfig
-from gateway.core.errors import UpstreamUnavailableError
 from gateway.wire.rerank import RerankRequest, rerank_response
 
 BATCH_SIZE = 32
@@ -21,15 +21,17 @@ class CrossEncoderBackend(NotAChatModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self._model: Any = None
-        self._load_error: str | None = None
+        self._model: LoadedModel[Any] = LoadedModel("re-ranker", config.name, self._load)
         self._busy = asyncio.Semaphore(config.max_concurrency)
 
     async def start(self) -> None:
-        try:
-            self._model = await asyncio.to_thread(self._load)
-        except Exception as exc:  # reported by /ready and on every request, never a crash at start
-            self._load_error = f"{type(exc).__name__}: {exc}"
+        self._model.start()
+
+    async def wait_loaded(self) -> None:
+        await self._model.wait()
+
+    async def aclose(self) -> None:
+        self._model.cancel()
 
     def _load(self) -> Any:
         from sentence_transformers import CrossEncoder
@@ -38,24 +40,20 @@ class CrossEncoderBackend(NotAChatModel):
         return CrossEncoder(self.config.path, device=device)
 
     async def check_ready(self) -> tuple[bool, str]:
-        if self._load_error:
-            return False, f"failed to load cross-encoder '{self.config.path}': {self._load_error}"
-        return (True, "ok") if self._model is not None else (False, "loading")
+        return self._model.readiness()
 
     async def rerank(self, request: RerankRequest) -> dict[str, Any]:
-        if self._model is None:
-            raise UpstreamUnavailableError(f"re-ranker '{self.name}' is not loaded: "
-                                           f"{self._load_error or 'still loading'}")
+        model = self._model.model
         texts = request.texts()
         async with self._busy:
-            scores, tokens = await asyncio.to_thread(self._score, request.query, texts)
+            scores, tokens = await asyncio.to_thread(self._score, model, request.query, texts)
         return rerank_response(request, self.name, scores, tokens)
 
-    def _score(self, query: str, texts: list[str]) -> tuple[list[float], int]:
+    @staticmethod
+    def _score(model: Any, query: str, texts: list[str]) -> tuple[list[float], int]:
         pairs = [(query, text) for text in texts]
-        scores = self._model.predict(pairs, batch_size=BATCH_SIZE, show_progress_bar=False,
-                                     convert_to_numpy=True)
-        encoded = self._model.tokenizer([q for q, _ in pairs], [t for _, t in pairs], truncation=True,
-                                        max_length=self._model.max_length)
+        scores = model.predict(pairs, batch_size=BATCH_SIZE, show_progress_bar=False, convert_to_numpy=True)
+        encoded = model.tokenizer([q for q, _ in pairs], [t for _, t in pairs], truncation=True,
+                                  max_length=model.max_length)
         return [float(score) for score in scores.reshape(len(texts), -1)[:, -1]], sum(
             len(ids) for ids in encoded["input_ids"])

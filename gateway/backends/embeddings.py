@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from gateway.backends.base import NotAChatModel
+from gateway.backends.in_process import LoadedModel
 from gateway.core.batching import MicroBatcher
 from gateway.core.config import ModelConfig
-from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.core.errors import InvalidRequestError
 from gateway.wire.openai import EmbeddingRequest, embedding_response
 from routers.encoders import TextEncoder, build_encoder
 
@@ -31,39 +32,41 @@ class LocalEmbeddingBackend(NotAChatModel):
         super().__init__(config)
         self.spec = config.encoder or DEFAULT_EMBEDDING_ENCODER
         self._cache_dir = cache_dir
-        self._encoder: TextEncoder | None = None
-        self._batcher: MicroBatcher | None = None
-        self._load_error: str | None = None
+        self._loaded: LoadedModel[tuple[TextEncoder, MicroBatcher]] = LoadedModel("embedding model", config.name,
+                                                                                 self._load)
+
+    def _load(self) -> tuple[TextEncoder, MicroBatcher]:
+        encoder = build_encoder(self.spec)
+        return encoder, MicroBatcher(encoder.encode, BATCH_WINDOW_S, MAX_BATCH)
 
     async def start(self) -> None:
-        try:
-            self._encoder = await asyncio.to_thread(build_encoder, self.spec)
-        except Exception as exc:  # reported by /ready and on every request, never a crash at start
-            self._load_error = f"{type(exc).__name__}: {exc}"
-            return
-        self._batcher = MicroBatcher(self._encoder.encode, BATCH_WINDOW_S, MAX_BATCH)
+        self._loaded.start()
+
+    async def wait_loaded(self) -> None:
+        await self._loaded.wait()
 
     async def aclose(self) -> None:
-        if self._batcher is not None:
-            self._batcher.close()
+        self._loaded.cancel()
+        if self._loaded.loaded is not None:
+            self._loaded.loaded[1].close()
 
     async def check_ready(self) -> tuple[bool, str]:
-        if self._load_error:
-            return False, f"encoder '{self.spec}' failed to load: {self._load_error}"
-        return (True, "ok") if self._batcher is not None else (False, "loading")
+        return self._loaded.readiness()
+
+    @property
+    def _encoder(self) -> TextEncoder | None:
+        return self._loaded.loaded[0] if self._loaded.loaded is not None else None
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
-        if self._batcher is None or self._encoder is None:
-            raise UpstreamUnavailableError(f"embedding model '{self.name}' is not loaded: "
-                                           f"{self._load_error or 'still loading'}")
+        encoder, batcher = self._loaded.model
         inputs = request.texts_or_token_ids()
         texts = self._texts(inputs)
-        dimension = self._encoder.dim
+        dimension = encoder.dim
         if request.dimensions is not None and request.dimensions != dimension:
             raise InvalidRequestError(f"model '{self.name}' makes {dimension}-dimensional embeddings and cannot "
                                       f"shorten them to {request.dimensions}", param="dimensions")
         vectors, prompt_tokens = await asyncio.gather(
-            asyncio.gather(*(self._batcher.encode(text) for text in texts)), self._prompt_tokens(inputs, texts))
+            asyncio.gather(*(batcher.encode(text) for text in texts)), self._prompt_tokens(inputs, texts))
         return embedding_response(self.name, vectors, request.encoding_format, prompt_tokens)
 
     def _texts(self, inputs: Sequence[str] | Sequence[Sequence[int]]) -> list[str]:

@@ -18,8 +18,9 @@ from typing import Any
 import numpy as np
 
 from gateway.backends.base import NotAChatModel
+from gateway.backends.in_process import BoundedWork, LoadedModel
 from gateway.core.config import ModelConfig
-from gateway.core.errors import InvalidRequestError, OverloadedError, UpstreamError, UpstreamUnavailableError
+from gateway.core.errors import InvalidRequestError, UpstreamError, UpstreamUnavailableError
 from gateway.wire.audio import (
     SPEECH_FORMATS,
     Segment,
@@ -45,21 +46,19 @@ class WhisperBackend(NotAChatModel):
 
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
-        self._model: Any = None
-        self._load_error: str | None = None
+        self._model: LoadedModel[Any] = LoadedModel("speech model", config.name, self._load)
         self._executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"asr-{config.name}")
-        self._capacity = config.max_concurrency + config.max_queue
-        self._admitted = 0
+        self._work = BoundedWork(config.name, config.max_concurrency, config.max_queue, unit="clips")
 
     @property
     def english_only(self) -> bool:
-        return self._model is not None and not self._model.model.is_multilingual
+        return self._model.loaded is not None and not self._model.loaded.model.is_multilingual
 
     async def start(self) -> None:
-        try:
-            self._model = await asyncio.to_thread(self._load)
-        except Exception as exc:  # reported by /ready and to every request
-            self._load_error = f"{type(exc).__name__}: {exc}"
+        self._model.start()
+
+    async def wait_loaded(self) -> None:
+        await self._model.wait()
 
     def _load(self) -> Any:
         import ctranslate2  # type: ignore[import-untyped]
@@ -72,19 +71,14 @@ class WhisperBackend(NotAChatModel):
                             compute_type="int8" if device == "cpu" else "default", local_files_only=True)
 
     async def aclose(self) -> None:
+        self._model.cancel()
         self._executor.shutdown(wait=False, cancel_futures=True)
 
     async def check_ready(self) -> tuple[bool, str]:
-        if self._load_error:
-            return False, f"failed to load: {self._load_error}"
-        return (True, "loaded") if self._model is not None else (False, "loading")
+        return self._model.readiness()
 
     async def transcribe(self, request: TranscriptionRequest, task: str) -> Transcript:
-        if self._model is None:
-            raise UpstreamUnavailableError(f"speech model '{self.name}' is not loaded: "
-                                           f"{self._load_error or 'still loading'}")
-        if self._admitted >= self._capacity:
-            raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} clips running or queued; retry later")
+        model = self._model.model
         unsupported = {name: value for name, value in request.other_fields.items()
                        if not (name == "stream" and value.lower() == "false")}
         if unsupported:
@@ -94,23 +88,23 @@ class WhisperBackend(NotAChatModel):
         if self.english_only and request.language not in (None, "", "en"):
             raise InvalidRequestError(f"model '{self.name}' recognises English only; language "
                                       f"'{request.language}' needs a multilingual Whisper", param="language")
-        self._admitted += 1
+        self._work.admit()
         try:
             samples = await asyncio.to_thread(decode_audio, request.audio)
-            return await asyncio.get_running_loop().run_in_executor(self._executor, self._recognise, samples, request,
-                                                                    task)
+            return await asyncio.get_running_loop().run_in_executor(self._executor, self._recognise, model, samples,
+                                                                    request, task)
         finally:
-            self._admitted -= 1
+            self._work.release()
 
-    def _recognise(self, samples: np.ndarray, request: TranscriptionRequest, task: str) -> Transcript:
+    def _recognise(self, model: Any, samples: np.ndarray, request: TranscriptionRequest, task: str) -> Transcript:
         # An English-only model has no translate task; what it hears is English already.
         task = "transcribe" if self.english_only else task
         words = "word" in request.timestamp_granularities
         temperature: Any = request.temperature if request.temperature > 0 else [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
         try:
-            segments, info = self._model.transcribe(samples, language=request.language or None, task=task,
-                                                    initial_prompt=request.prompt or None, temperature=temperature,
-                                                    word_timestamps=words, beam_size=5)
+            segments, info = model.transcribe(samples, language=request.language or None, task=task,
+                                              initial_prompt=request.prompt or None, temperature=temperature,
+                                              word_timestamps=words, beam_size=5)
             found = list(segments)
         except Exception as exc:
             raise UpstreamError(f"speech model '{self.name}' failed: {type(exc).__name__}: {exc}") from exc

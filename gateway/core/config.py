@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml  # type: ignore[import-untyped]  # types-PyYAML is not installed
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.images import ImagePolicy
@@ -61,7 +61,7 @@ class ModelConfig(StrictModel):
 
     aliases: list[str] = Field(default_factory=list, description="other names clients may use")
     connect_timeout_s: float = Field(default=5.0, gt=0)
-    api_key: str | None = Field(default=None, description="openai: bearer key for the upstream")
+    api_key: SecretStr | None = Field(default=None, description="openai: bearer key for the upstream")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the upstream key")
     max_connections: int = Field(default=256, ge=1, description="openai: pooled connections to the upstream")
 
@@ -152,7 +152,7 @@ class ModelConfig(StrictModel):
     def upstream_api_key(self) -> str | None:
         if self.api_key_env:
             return os.environ.get(self.api_key_env)
-        return self.api_key
+        return self.api_key.get_secret_value() if self.api_key is not None else None
 
 
 class RouterConfig(StrictModel):
@@ -202,7 +202,7 @@ _PLACEHOLDER_KEYS = {"sk-…", "sk-...", "changeme", "change-me", "sk-changeme",
 
 
 class ApiKeyConfig(StrictModel):
-    key: str | None = Field(default=None, min_length=1, description="the key itself (prefer key_sha256)")
+    key: SecretStr | None = Field(default=None, min_length=1, description="the key itself (prefer key_sha256)")
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$",
                                    description="hex sha256 of the key (llm-gateway keys hash)")
     name: str = Field(min_length=1, description="shown in logs and metrics instead of the key")
@@ -213,13 +213,15 @@ class ApiKeyConfig(StrictModel):
     def _one_form(self) -> ApiKeyConfig:
         if (self.key is None) == (self.key_sha256 is None):
             raise ValueError(f"api key '{self.name}': give exactly one of 'key' or 'key_sha256'")
-        if self.key is not None and self.key.strip().lower() in _PLACEHOLDER_KEYS:
-            raise ValueError(f"api key '{self.name}': '{self.key}' is a placeholder; generate a real key "
-                             "(e.g. python -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))')")
+        if self.key is not None and self.key.get_secret_value().strip().lower() in _PLACEHOLDER_KEYS:
+            raise ValueError(f"api key '{self.name}': '{self.key.get_secret_value()}' is a placeholder; generate a "
+                             "real key (e.g. python -c 'import secrets; print(\"sk-\" + secrets.token_urlsafe(32))')")
         return self
 
     def digest(self) -> str:
-        return self.key_sha256.lower() if self.key_sha256 else hash_key(self.key or "")
+        if self.key_sha256:
+            return self.key_sha256.lower()
+        return hash_key(self.key.get_secret_value() if self.key is not None else "")
 
 
 def hash_key(key: str) -> str:

@@ -1,4 +1,5 @@
-"""The FastAPI app factory: wires endpoints, middleware, error handlers and the gateway's life cycle."""
+"""The FastAPI app factory: wires the routes (``http/routes/``, one module per endpoint family), middleware, error
+handlers and the gateway's life cycle."""
 
 from __future__ import annotations
 
@@ -19,9 +20,12 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.core.config import GatewayConfig, Settings
 from gateway.core.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
 from gateway.engine.runtime import Gateway
-from gateway.http.api import BODY_SCHEMAS, OPENAI_ENDPOINTS, openai_routes, router, v1
-from gateway.http.console import console_api, console_assets, pages
+from gateway.http.deps import BODY_SCHEMAS
 from gateway.http.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
+from gateway.http.routes import audio, ops, rerank
+from gateway.http.routes.console import console_api, console_assets, pages
+from gateway.http.routes.openai import OPENAI_ENDPOINTS, openai_routes
+from gateway.http.routes.openai import v1 as openai_v1
 from gateway.wire.audio import MAX_AUDIO_BYTES
 
 logger = logging.getLogger(__name__)
@@ -52,8 +56,8 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
                   description="OpenAI-compatible gateway with learned routing and safety stages")
     app.state.gateway = gateway
     app.router.routes.extend(openai_routes)
-    app.include_router(v1)
-    app.include_router(router)
+    for routes in (audio.v1, rerank.v1, openai_v1, rerank.router, ops.router):
+        app.include_router(routes)
     app.include_router(pages)
     app.include_router(console_api)
     app.mount("/ui/assets", console_assets(), name="console-assets")

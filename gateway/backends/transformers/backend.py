@@ -16,12 +16,13 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForImageTextToText, AutoProcessor, AutoTokenizer
 
 from gateway.backends.base import Backend, Request
+from gateway.backends.in_process import LoadedModel
 from gateway.backends.transformers.embedded import embedded_model_dir
 from gateway.backends.transformers.generation import Generation, LocalGenerator, SamplingParams, TokenLogprob
 from gateway.backends.transformers.mote import BASE, load_mote
 from gateway.backends.transformers.structured import OutputConstraint, output_constraint, tool_call_of, tools_prompt
 from gateway.core.config import ModelConfig
-from gateway.core.errors import InvalidRequestError, UpstreamUnavailableError
+from gateway.core.errors import InvalidRequestError
 from gateway.core.images import ImagePolicy, load_image
 from gateway.wire.openai import (
     ChatCompletionRequest,
@@ -180,25 +181,17 @@ class LocalBackend(Backend):
         super().__init__(config)
         self._cache_dir = cache_dir
         self._image_policy = image_policy or ImagePolicy()
-        self._processor: Any = None
-        self._generator: LocalGenerator | None = None
-        self._load_error: str | None = None
-        self._loading: asyncio.Task[None] | None = None
+        self._loaded: LoadedModel[tuple[LocalGenerator, Any]] = LoadedModel("local model", config.name, self._load)
 
     async def start(self) -> None:
-        self._loading = asyncio.create_task(self._load(), name=f"load-{self.name}")
+        self._loaded.start()
 
-    async def _load(self) -> None:
-        try:
-            model, tokenizer, self._processor = await asyncio.to_thread(self._load_blocking)
-        except Exception as exc:  # reported by /ready and to every request
-            logger.exception("loading local model '%s' failed", self.name)
-            self._load_error = f"{type(exc).__name__}: {exc}"
-            return
-        self._generator = LocalGenerator(model, tokenizer, name=self.name,
-                                         max_concurrency=self.config.max_concurrency,
-                                         max_queue=self.config.max_queue, exclusive=self.config.mote is not None)
+    def _load(self) -> tuple[LocalGenerator, Any]:
+        model, tokenizer, processor = self._load_blocking()
+        generator = LocalGenerator(model, tokenizer, name=self.name, max_concurrency=self.config.max_concurrency,
+                                   max_queue=self.config.max_queue, exclusive=self.config.mote is not None)
         logger.info("local model '%s' loaded on %s", self.name, model.device)
+        return generator, processor
 
     def _load_blocking(self) -> tuple[Any, Any, Any]:
         with _MODEL_LOADING:
@@ -220,33 +213,28 @@ class LocalBackend(Backend):
         return model, tokenizer, processor
 
     async def wait_loaded(self) -> None:
-        if self._loading is not None:
-            await asyncio.shield(self._loading)
+        await self._loaded.wait()
 
     async def aclose(self) -> None:
-        if self._loading is not None and not self._loading.done():
-            self._loading.cancel()
-        if self._generator is not None:
-            self._generator.shutdown()
+        self._loaded.cancel()
+        if self._loaded.loaded is not None:
+            self._loaded.loaded[0].shutdown()
 
     async def abort(self) -> None:
-        if self._generator is not None:
-            self._generator.abort()
+        if self._loaded.loaded is not None:
+            self._loaded.loaded[0].abort()
 
     async def check_ready(self) -> tuple[bool, str]:
-        if self._generator is not None:
-            return True, "loaded"
-        if self._load_error:
-            return False, f"failed to load: {self._load_error}"
-        return False, "loading"
+        return self._loaded.readiness()
 
     @property
     def generator(self) -> LocalGenerator:
-        if self._generator is None:
-            if self._load_error:
-                raise UpstreamUnavailableError(f"local model '{self.name}' failed to load: {self._load_error}")
-            raise UpstreamUnavailableError(f"local model '{self.name}' is still loading; retry shortly")
-        return self._generator
+        """The loaded model's generator; a 503 while it loads or after its load failed."""
+        return self._loaded.model[0]
+
+    @property
+    def _processor(self) -> Any:
+        return self._loaded.loaded[1] if self._loaded.loaded is not None else None
 
     # ---- requests ----------------------------------------------------------------------------------------
 

@@ -37,7 +37,8 @@ from transformers import (
 )
 from transformers.generation.streamers import BaseStreamer
 
-from gateway.core.errors import OverloadedError, UpstreamError, UpstreamUnavailableError
+from gateway.backends.in_process import BoundedWork
+from gateway.core.errors import UpstreamError, UpstreamUnavailableError
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -270,8 +271,7 @@ class LocalGenerator:
         generations run one at a time."""
         self.model, self.tokenizer, self.name, self._exclusive = model, tokenizer, name, exclusive
         self._executor = ThreadPoolExecutor(max_workers=max_concurrency, thread_name_prefix=f"generate-{name}")
-        self._capacity = max_concurrency + max_queue
-        self._admitted = 0
+        self._work = BoundedWork(name, max_concurrency, max_queue)
         self._running: set[threading.Event] = set()
         self._aborted = False
         self._adapter_lock = threading.Lock()
@@ -320,20 +320,17 @@ class LocalGenerator:
                           extra_inputs: dict[str, Any] | None = None,
                           adapter: str | None = None) -> AsyncGenerator[str, None]:
         """Text deltas of one completion of ``prompt_ids``; ``outcome`` is complete when this ends."""
-        if self._admitted >= self._capacity:
-            raise OverloadedError(f"model '{self.name}' is busy: {self._admitted} requests running or queued; "
-                                  "retry later")
         if self._aborted:
             raise UpstreamUnavailableError(f"model '{self.name}' is shutting down", code="shutting_down")
+        self._work.admit()
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
         self._running.add(cancel)
-        self._admitted += 1
         job = loop.run_in_executor(self._executor, self._run, prompt_ids, params, _TokenSink(loop, queue),
                                    cancel, extra_inputs or {}, adapter, outcome)
         # The slot is freed when the worker is really done, not when the consumer stops listening.
-        job.add_done_callback(lambda _: self._release())
+        job.add_done_callback(lambda _: self._work.release())
         job.add_done_callback(lambda future: queue.put_nowait(future))
         text = _IncrementalText(self.tokenizer, params.stop, params.skip_special_tokens)
         try:
@@ -360,9 +357,6 @@ class LocalGenerator:
         finally:
             cancel.set()
             self._running.discard(cancel)
-
-    def _release(self) -> None:
-        self._admitted -= 1
 
     def _finish_reason(self, outcome: Generation, params: SamplingParams, stopped: bool) -> str:
         if stopped or (outcome.token_ids and outcome.token_ids[-1] in self._eos_ids):

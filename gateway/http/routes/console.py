@@ -15,9 +15,9 @@ from starlette.staticfiles import StaticFiles
 
 from gateway.core.errors import HTTPStatusError
 from gateway.engine.runtime import Gateway
-from gateway.http.api import GatewayDep, _authenticate
+from gateway.http.deps import GatewayDep, authenticate
 
-CONSOLE_DIR = Path(__file__).resolve().parent / "static"
+CONSOLE_DIR = Path(__file__).resolve().parent.parent / "static"
 REPORTS_DIR = "reports"  # of a router checkpoint: `router eval` / `router front` JSON (and PNG) reports
 MASK = "•••"
 # Everything the console loads comes from this origin: nothing is fetched from the internet at run time.
@@ -27,7 +27,7 @@ SECURITY_HEADERS = {"content-security-policy": "default-src 'self'; img-src 'sel
                     "x-content-type-options": "nosniff", "referrer-policy": "no-referrer"}
 
 pages = APIRouter(include_in_schema=False)
-console_api = APIRouter(prefix="/ui/api", dependencies=[Depends(_authenticate)], include_in_schema=False)
+console_api = APIRouter(prefix="/ui/api", dependencies=[Depends(authenticate)], include_in_schema=False)
 
 
 def console_assets() -> StaticFiles:

@@ -1,0 +1,1 @@
+"""The routes, one module per endpoint family (independent of each other: import-linter)."""
