@@ -20,24 +20,13 @@ only when a command runs.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
-import math
-import os
-import socket
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any
 
-import uvicorn
-
-from gateway.core.config import ConfigError, GatewayConfig, Settings, hash_key, load_config
-from gateway.core.metrics import MULTIPROCESS_ENV
-
-if TYPE_CHECKING:
-    from fastapi import FastAPI
+from gateway.core.config import ConfigError, Settings, hash_key, load_config
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +38,7 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 
 def _serve(args: argparse.Namespace) -> int:
     from gateway.core.logs import configure_logging
+    from gateway.http.server import run_server, serve_workers  # the server's imports only when serving
 
     settings = Settings()
     config = load_config(args.config or settings.config)
@@ -60,85 +50,15 @@ def _serve(args: argparse.Namespace) -> int:
             "  or pass --allow-unauthenticated if something in front of the gateway already authenticates.")
     port = args.port or settings.port
     if args.workers == 1:
-        _run_worker(config, settings.cache_dir, host, port)
+        run_server(config, settings.cache_dir, host, port)
         return 0
     limited = [key.name for key in config.auth.api_keys if key.requests_per_minute or key.tokens_per_minute]
     if limited and not config.limits.redis_url:
         raise ConfigError(f"--workers {args.workers} with per-key limits ({', '.join(limited)}) needs "
                           "limits.redis_url: each worker would count alone and allow the limit once per worker")
     configure_logging(config.server.log_level)
-    _serve_workers(config, settings.cache_dir, host, port, args.workers)
+    serve_workers(config, settings.cache_dir, host, port, args.workers)
     return 0
-
-
-def _uvicorn_config(app: Any, host: str, port: int, shutdown_grace_s: float, **options: Any) -> uvicorn.Config:
-    # uvicorn takes whole seconds and reads 0 as "wait forever": round a fraction up, never down to 0.
-    grace = max(1, math.ceil(shutdown_grace_s))
-    return uvicorn.Config(app, host=host, port=port, log_config=None, access_log=False, backlog=4096,
-                          timeout_graceful_shutdown=grace, **options)
-
-
-def _run_worker(config: GatewayConfig, cache_dir: Path, host: str, port: int,
-                sockets: list[socket.socket] | None = None) -> None:
-    """One server process: the app and its event loop (``sockets`` come bound from the supervisor)."""
-    from gateway.core.logs import configure_logging
-    from gateway.http import create_app
-
-    configure_logging(config.server.log_level)
-    app = create_app(config, cache_dir=cache_dir)
-    DrainingServer(_uvicorn_config(app, host, port, config.server.shutdown_grace_s)).run(sockets=sockets)
-
-
-def _serve_workers(config: GatewayConfig, cache_dir: Path, host: str, port: int, workers: int) -> None:
-    """``workers`` processes on one listening socket, each a ``DrainingServer``; SIGTERM/SIGINT are passed on to
-    them, and a worker that dies while serving is replaced. Prometheus values are summed over the workers
-    through a shared directory. (uvicorn's own supervisor builds plain ``uvicorn.Server`` workers, without the
-    drain, so it is not used.)"""
-    import multiprocessing
-    import signal
-    import time
-
-    multiprocessing.allow_connection_pickling()  # the bound socket travels to the spawned workers
-    spawn = multiprocessing.get_context("spawn")
-    stopping: list[int] = []
-    with tempfile.TemporaryDirectory(prefix="llm-gateway-metrics-") as metrics_dir:
-        os.environ[MULTIPROCESS_ENV] = metrics_dir  # the workers inherit it: see gateway.metrics
-        listener = _uvicorn_config(None, host, port, config.server.shutdown_grace_s).bind_socket()
-
-        def start_worker() -> multiprocessing.process.BaseProcess:
-            process = spawn.Process(target=_run_worker, args=(config, cache_dir, host, port, [listener]))
-            process.start()
-            return process
-
-        processes = [start_worker() for _ in range(workers)]
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, lambda number, frame: stopping.append(number))
-        while not stopping:
-            time.sleep(0.2)
-            for i, process in enumerate(processes):
-                if not process.is_alive() and not stopping:
-                    logger.error("worker %s exited with %s; starting another", process.pid, process.exitcode)
-                    processes[i] = start_worker()
-        for process in processes:
-            if process.pid is not None and process.is_alive():
-                os.kill(process.pid, signal.SIGTERM)
-        for process in processes:
-            process.join()
-        listener.close()
-
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn's server with a drain: on SIGTERM /ready goes 503 while requests are still served for
-    ``drain_delay_s`` (the load balancer takes the replica out), then the listener closes and in-flight
-    requests and streams get ``shutdown_grace_s`` to finish, then end with an error rather than a cut."""
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        gateway = cast("FastAPI", self.config.app).state.gateway  # the app is create_app's (see _run_worker)
-        gateway.begin_drain()
-        if gateway.config.server.drain_delay_s:
-            await asyncio.sleep(gateway.config.server.drain_delay_s)
-        gateway.begin_stop()
-        await super().shutdown(sockets)
 
 
 def _hash_key(args: argparse.Namespace) -> int:

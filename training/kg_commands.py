@@ -10,7 +10,7 @@ from typing import Any
 
 
 def add_kg_commands(commands: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from training.kg.link_predict import PROMPTS_FILE
+    from training.kg import PROMPTS_FILE
     from training.kg.wordnet import WORDNET_DIR
 
     kg = commands.add_parser("kg", help="knowledge-graph completion with LLM re-ranking (KICGPT)")

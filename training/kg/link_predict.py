@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from training.kg import PROMPTS_FILE
 from training.kg.graph import KnowledgeGraph, Query, Triple, interleave
 from training.kg.retriever import (
     RetrieverSettings,
@@ -35,7 +36,6 @@ from training.kg.wordnet import WORDNET_DIR, entity_labels, read_synsets, resolv
 
 logger = logging.getLogger(__name__)
 
-PROMPTS_FILE = Path(__file__).parent / "prompts" / "wn18rr.yaml"
 HITS_AT = (1, 3, 10)
 CHARACTERS_PER_TOKEN = 4
 
