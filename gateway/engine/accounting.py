@@ -28,7 +28,7 @@ from gateway.backends import RelayedChunks
 from gateway.core.config import GatewayConfig
 from gateway.core.errors import GatewayError, RateLimitError, UpstreamError, UpstreamUnavailableError
 from gateway.core.metrics import GatewayMetrics
-from gateway.engine.answers import KEEPALIVE, StreamAnswer
+from gateway.engine.answers import KEEPALIVE, PrimedStream, StreamAnswer
 from gateway.engine.auth import ApiKey
 from gateway.engine.limits import LimiterUnavailable, RateLimiter, Reservation, limiter_unavailable_error
 from gateway.engine.routing import CHARACTERS_PER_TOKEN, prompt_characters
@@ -200,23 +200,30 @@ async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], re
     usage, the final usage chunk, or with ``responses`` the final Responses event), and the status at the end.
     A stream that breaks raises ``GatewayError`` (anything else becomes a 502 ``UpstreamError``) after its
     record is finished; the caller reports it in the stream."""
-    status, code, first = 200, None, True
+    status, code = 200, None
+    source: AsyncIterator[Any] = chunks
     try:
-        async for chunk in chunks:
+        if isinstance(chunks, PrimedStream):  # its first chunk, then its source itself: one layer less per chunk
+            if chunks.first is None:
+                return
+            record.first_chunk()
+            _count(record, chunks.first, responses)
+            yield chunks.first
+            source, first = chunks.rest, False
+        else:
+            first = True
+        async for chunk in source:
             if chunk is KEEPALIVE:
                 yield chunk
                 continue
             if first:
                 record.first_chunk()
                 first = False
-            if type(chunk) is RelayedChunks:
+            if type(chunk) is RelayedChunks:  # the relay's hot path, inline
                 if chunk.usage is not None:
                     record.add_usage(chunk.usage)
-            elif responses:
-                if chunk.get("type") in FINAL_RESPONSE_EVENTS:
-                    record.add_usage(chat_usage(chunk["response"].get("usage")))
-            elif is_usage_chunk(chunk):
-                record.add_usage(chunk["usage"])
+            else:
+                _count(record, chunk, responses)
             yield chunk
     except GatewayError as exc:
         status, code = exc.status_code, exc.code
@@ -231,6 +238,18 @@ async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], re
     finally:
         record.finish(status, code)
         await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _count(record: RequestRecord, chunk: Any, responses: bool) -> None:
+    """The usage a chunk reports, once: a relayed batch's, the final usage chunk's, the final Responses event's."""
+    if type(chunk) is RelayedChunks:
+        if chunk.usage is not None:
+            record.add_usage(chunk.usage)
+    elif responses:
+        if chunk.get("type") in FINAL_RESPONSE_EVENTS:
+            record.add_usage(chat_usage(chunk["response"].get("usage")))
+    elif is_usage_chunk(chunk):
+        record.add_usage(chunk["usage"])
 
 
 def accounted_answer(record: RequestRecord, answer: StreamAnswer, responses: bool = False) -> StreamAnswer:

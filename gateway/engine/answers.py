@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 
 from gateway.backends import RelayedChunks
 
@@ -63,8 +63,33 @@ async def with_keepalive(chunks: AsyncIterator[dict[str, Any]], interval_s: floa
                     await pending
 
 
-async def primed(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    """Wait for the first chunk (so start-up failures raise here), then replay the whole stream."""
+class PrimedStream(Generic[Chunk]):
+    """A stream whose first chunk has arrived (``None``: the stream was empty), iterated as the whole stream.
+
+    The outermost consumer, ``engine/accounting.py:accounted_stream``, reads ``first`` and then ``rest`` itself:
+    one iterator layer less for every chunk of a relayed stream."""
+
+    def __init__(self, first: Chunk | None, rest: AsyncIterator[Chunk]) -> None:
+        self.first, self.rest = first, rest
+        self._first_taken = first is None
+
+    def __aiter__(self) -> PrimedStream[Chunk]:
+        return self
+
+    async def __anext__(self) -> Chunk:
+        if not self._first_taken:
+            self._first_taken = True
+            return self.first  # type: ignore[return-value]
+        if self.first is None:
+            raise StopAsyncIteration
+        return await anext(self.rest)
+
+    async def aclose(self) -> None:
+        await self.rest.aclose()  # type: ignore[attr-defined]
+
+
+async def primed(chunks: AsyncIterator[Chunk]) -> PrimedStream[Chunk]:
+    """Wait for the first chunk (so start-up failures raise here), then the whole stream."""
     try:
         first = await anext(chunks)
     except StopAsyncIteration:
@@ -72,14 +97,4 @@ async def primed(chunks: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
     except BaseException:
         await chunks.aclose()  # type: ignore[attr-defined]
         raise
-    return replay(first, chunks)
-
-
-async def replay(first: Chunk | None, rest: AsyncIterator[Chunk]) -> AsyncIterator[Chunk]:
-    try:
-        if first is not None:
-            yield first
-            async for chunk in rest:
-                yield chunk
-    finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+    return PrimedStream(first, chunks)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Any
 
 import orjson
 
@@ -22,11 +23,12 @@ async def sse_lines(answer: StreamAnswer, include_usage: bool, responses: bool =
     ``responses``: the stream is Responses API events, each sent under its ``event:`` name, no ``[DONE]`` (that
     API has none).
     """
+    chunks: AsyncIterator[Any] = answer.chunks  # chunk dicts, or RelayedChunks (checked by type: the hot path)
     try:
-        async for chunk in answer.chunks:
+        async for chunk in chunks:
             if chunk is KEEPALIVE:
                 yield ": keep-alive\n\n"
-            elif isinstance(chunk, RelayedChunks):
+            elif type(chunk) is RelayedChunks:
                 if chunk.frames:
                     yield chunk.frames
             elif responses:
