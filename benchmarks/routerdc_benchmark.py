@@ -43,8 +43,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "  + ensemble of 3 seeds": {**PAPER, "ensemble": 3},
     "  λ=0 (no sample-sample loss)": {**PAPER, "lam": 0.0},
     "  temperature 0.2": {**PAPER, "temperature": 0.2},
-    "cluster prior, no fallback": {"fallback": "off"},
-    "cluster prior + calibrated fallback (default)": {},
+    "task prior (soft task classifier), no fallback": {"fallback": "off"},
+    "task prior + calibrated fallback (default)": {},
 }
 
 
@@ -121,7 +121,7 @@ def unseen_tasks(train: list[RoutingDataset], tests: list[RoutingDataset], overr
 
 def baselines(train: list[RoutingDataset], tests: list[RoutingDataset], cache_dir: Path, encoder: str) -> list[Row]:
     rows = []
-    for name in ("best-single", "random", "knn"):
+    for name in ("best-single", "task-best", "task-classifier", "random", "knn"):
         row = Row(f"baseline: {name}")
         started = time.monotonic()
         row.add(evaluate(build_router(name, train, RouterOptions(cache_dir=cache_dir, encoder=encoder)), tests,

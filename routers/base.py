@@ -49,6 +49,11 @@ class Router(ABC):
     def score(self, queries: Sequence[str]) -> np.ndarray:
         """[len(queries), len(llm_names)] scores."""
 
+    def score_known_task(self, queries: Sequence[str], task: str) -> np.ndarray:
+        """Scores of queries whose task is known (evaluation on a task's file). A router reads the query alone
+        unless it is an oracle on the task (``routers.baselines.TaskBestRouter``)."""
+        return self.score(queries)
+
     def rank(self, queries: Sequence[str], cost_penalty: np.ndarray | None = None) -> list[list[Candidate]]:
         """Candidates per query, best first; ``cost_penalty`` ([n_llms]) is subtracted before ranking. The order
         is ``routers.decision.rank``'s, every candidate eligible (what the gateway adds: prices, eligibility)."""

@@ -1,4 +1,6 @@
-"""Baseline routers: random, fixed, best-single and k-nearest-neighbours."""
+"""Baseline routers: random, fixed, best-single, k-nearest-neighbours, and the two that route by task alone
+(``task-best``, the task known; ``task-classifier``, the task predicted): what a learned router must beat to show
+that it routes per query rather than per task."""
 
 from __future__ import annotations
 
@@ -19,6 +21,52 @@ def task_averaged_outcome(datasets: Sequence[RoutingDataset]) -> np.ndarray:
 def best_single_llm(datasets: Sequence[RoutingDataset]) -> str:
     """The LLM with the best task-averaged accuracy."""
     return datasets[0].llm_names[int(np.argmax(task_averaged_outcome(datasets)))]
+
+
+def task_profiles(datasets: Sequence[RoutingDataset]) -> dict[str, np.ndarray]:
+    """Task -> [n_llms] accuracy of every LLM on that task's questions (the LLM order of ``datasets[0]``)."""
+    names = datasets[0].llm_names
+    return {d.task: d.outcome().mean(axis=0)[[d.llm_names.index(name) for name in names]] for d in datasets}
+
+
+class TaskBestRouter(Router):
+    """Each question to the best LLM of its task on the training data, the task known: an oracle on task
+    identity, so the ceiling of routing by task alone. A task the training data lacks gets the best single LLM
+    (its task-averaged accuracy order); so does a query scored without its task."""
+
+    def __init__(self, train: Sequence[RoutingDataset]) -> None:
+        super().__init__(train[0].llm_names)
+        self.profiles = task_profiles(train)
+        self.fallback = task_averaged_outcome(train)
+
+    def score(self, queries: Sequence[str]) -> np.ndarray:
+        return np.tile(self.fallback, (len(queries), 1))
+
+    def score_known_task(self, queries: Sequence[str], task: str) -> np.ndarray:
+        return np.tile(self.profiles.get(task, self.fallback), (len(queries), 1))
+
+
+class TaskClassifierRouter(Router):
+    """The task predicted from the query, then that task's best LLM: routing by task without the oracle. The
+    classifier is a logistic regression on the encoder's vectors of the training questions, labelled by task."""
+
+    def __init__(self, encoder: TextEncoder, train: Sequence[RoutingDataset], seed: int = 0) -> None:
+        from sklearn.linear_model import LogisticRegression
+
+        super().__init__(train[0].llm_names)
+        self.encoder = encoder
+        profiles = task_profiles(train)
+        self.tasks = list(profiles)
+        self._profiles = np.stack([profiles[task] for task in self.tasks])  # [n_tasks, n_llms]
+        vectors = np.concatenate([encoder.encode(d.questions) for d in train])
+        labels = np.concatenate([np.full(len(d), self.tasks.index(d.task)) for d in train])
+        self.classifier = LogisticRegression(max_iter=2000, random_state=seed).fit(vectors, labels)
+
+    def predict_tasks(self, queries: Sequence[str]) -> list[str]:
+        return [self.tasks[i] for i in self.classifier.predict(self.encoder.encode(queries))]
+
+    def score(self, queries: Sequence[str]) -> np.ndarray:
+        return self._profiles[self.classifier.predict(self.encoder.encode(queries))]  # type: ignore[no-any-return]
 
 
 class RandomRouter(Router):

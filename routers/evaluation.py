@@ -61,7 +61,8 @@ def evaluate(router: Router, datasets: Sequence[RoutingDataset], best_single: st
             raise ValueError(f"{dataset.path}: its LLMs ({', '.join(dataset.llm_names)}) are not the router's "
                              f"({', '.join(router.llm_names)})")
         columns = [router.llm_names.index(name) for name in dataset.llm_names]  # the file's column order
-        choices = np.argmax(np.asarray(router.score(dataset.questions))[:, columns], axis=1)
+        scores = np.asarray(router.score_known_task(dataset.questions, dataset.task))
+        choices = np.argmax(scores[:, columns], axis=1)
         tasks[dataset.task] = task_accuracy(choices, dataset, best_single)
         counts = np.bincount(choices, minlength=len(dataset.llm_names)) / max(len(choices), 1)
         shares[dataset.task] = {name: round(float(share), 4) for name, share in zip(dataset.llm_names, counts,

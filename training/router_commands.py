@@ -57,16 +57,17 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or a baseline on test files")
     source = evaluate.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", type=Path, help="a router checkpoint directory")
-    source.add_argument("--baseline", help="a registered router name (random, fixed, best-single, knn, "
-                                           "cosine-classifier, routerdc-paper, routerdc), built from --data")
+    source.add_argument("--baseline", help="a registered router name (random, fixed, best-single, knn, task-best, "
+                                           "task-classifier, cosine-classifier, routerdc-paper, routerdc), built "
+                                           "from --data")
     evaluate.add_argument("--data", nargs="+", metavar="FILE", help="training files for --baseline")
     evaluate.add_argument("--test", nargs="+", required=True, metavar="FILE:SCORING",
                           help="test files, SCORING = probability or multi_attempt (inferred when left out)")
     evaluate.add_argument("--json", type=Path, help="write the report here, and a PNG chart next to it")
     evaluate.add_argument("--model", help="fixed: the LLM to always pick")
     evaluate.add_argument("--k", type=int, default=10, help="knn: neighbours")
-    evaluate.add_argument("--encoder", default=None, help="knn / trained baselines: encoder spec (default: "
-                          "static:minilm)")
+    evaluate.add_argument("--encoder", default=None, help="knn / task-classifier / trained baselines: encoder spec "
+                          "(default: static:minilm)")
     evaluate.add_argument("--seed", type=int, default=0)
     evaluate.add_argument("--steps", type=int, default=None, help="trained baselines: optimiser steps")
     evaluate.set_defaults(handler=_eval)

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from routers.base import Router
-from routers.baselines import FixedRouter, KNNRouter, RandomRouter, best_single_llm
+from routers.baselines import (
+    FixedRouter,
+    KNNRouter,
+    RandomRouter,
+    TaskBestRouter,
+    TaskClassifierRouter,
+    best_single_llm,
+)
 from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, TextEncoder, build_encoder, with_cache
 from training.routerdc import RouterTrainingConfig, train_router
@@ -55,6 +62,14 @@ def _knn(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
     return KNNRouter(encoder, embeddings, outcomes, train[0].llm_names, k=options.k)
 
 
+def _task_best(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
+    return TaskBestRouter(train)
+
+
+def _task_classifier(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
+    return TaskClassifierRouter(options.make_encoder(), train, seed=options.seed)
+
+
 def _trained(**overrides: object) -> RouterBuilder:
     def build(train: Sequence[RoutingDataset], options: RouterOptions) -> Router:
 
@@ -73,6 +88,9 @@ ROUTERS: dict[str, RouterBuilder] = {
     "fixed": _fixed,
     "best-single": _best_single,
     "knn": _knn,
+    # Routing by task alone: the task known (an oracle on task identity), or predicted from the query.
+    "task-best": _task_best,
+    "task-classifier": _task_classifier,
     # The paper's CosineClassifier baseline: RouterDC with top-k = 1, last-k = all others, no sample-sample loss.
     "cosine-classifier": _trained(top_k=1, last_k="all-others", lam=0.0, cluster_prior=False),
     # The paper's router alone (heads only), and ours (cluster prior, heads' weight chosen on validation,
