@@ -51,7 +51,7 @@ class TaskClassifierRouter(Router):
     classifier is a logistic regression on the encoder's vectors of the training questions, labelled by task."""
 
     def __init__(self, encoder: TextEncoder, train: Sequence[RoutingDataset], seed: int = 0) -> None:
-        from sklearn.linear_model import LogisticRegression
+        from sklearn.linear_model import LogisticRegression  # type: ignore[import-untyped]
 
         super().__init__(train[0].llm_names)
         self.encoder = encoder
