@@ -26,4 +26,8 @@ def create_backend(config: ModelConfig, cache_dir: Path, image_policy: ImagePoli
         from gateway.backends.transformers.backend import LocalBackend  # torch and transformers load only when needed
 
         return LocalBackend(config, cache_dir, image_policy)
+    if config.endpoints:
+        from gateway.backends.replicas import ReplicaSet
+
+        return ReplicaSet(config)
     return OpenAIHTTPBackend(config)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar, cast
 
@@ -16,6 +17,10 @@ from gateway.wire.rerank import RerankRequest
 from gateway.wire.responses import ResponsesRequest
 
 Request = ChatCompletionRequest | CompletionRequest
+
+# The replica that answered the current request, by name: set by a backend over several replicas
+# (``backends/replicas.py``), read by the engine for ``x-gateway-endpoint``; None for a single-endpoint model.
+ANSWERED_BY_ENDPOINT: ContextVar[str | None] = ContextVar("answered_by_endpoint", default=None)
 
 
 @dataclass(frozen=True, slots=True)

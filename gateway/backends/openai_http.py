@@ -62,7 +62,8 @@ class OpenAIHTTPBackend(Backend):
         root = (self.config.base_url or "").rstrip("/")
         self._urls = {endpoint: f"{root}/{path}" for endpoint, path in _PATHS.items()}
         self._models_url = f"{root}/models"
-        self._health_url = (root[: -len("/v1")] if root.endswith("/v1") else root) + "/health"
+        server_root = root[: -len("/v1")] if root.endswith("/v1") else root
+        self._health_url, self._metrics_url = f"{server_root}/health", f"{server_root}/metrics"
         # ``total`` is the whole request's deadline, streamed bodies included: aiohttp checks it on every read
         # (a read under way is interrupted; a deadline that passed while a chunk was with the client fails the
         # next read), with no timeout object per event. A wait for a free pooled connection counts towards it.
@@ -96,6 +97,16 @@ class OpenAIHTTPBackend(Backend):
         if status != 200:
             return False, f"upstream answered {status}"
         return True, "ok"
+
+    async def read_metrics(self, timeout_s: float) -> str | None:
+        """The server's Prometheus ``/metrics`` text (vLLM's, next to ``/v1``), or ``None`` when it cannot be read."""
+        try:
+            async with asyncio.timeout(timeout_s), self._session.get(self._metrics_url) as response:
+                if response.status != 200:
+                    return None
+                return await response.text()
+        except (aiohttp.ClientError, TimeoutError, UnicodeDecodeError):
+            return None
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         """vLLM (``--task embed``) and OpenAI serve ``/v1/embeddings``: the request goes as sent, model renamed."""

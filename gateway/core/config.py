@@ -52,6 +52,19 @@ class PriceConfig(StrictModel):
     output_per_1m: float = Field(ge=0)
 
 
+class EndpointConfig(StrictModel):
+    """One replica of a model (``endpoints:``): the same model served at another address."""
+
+    base_url: str = Field(min_length=1, description="the replica's /v1 URL")
+    weight: int = Field(default=1, ge=1, description="its share of traffic against the others' (round-robin, "
+                                                     "prefix-affinity)")
+    name: str | None = Field(default=None, min_length=1, description="what x-gateway-endpoint and the metrics "
+                                                                     "call it (default: its position, 0, 1, ...)")
+
+
+Balance = Literal["least-loaded", "round-robin", "prefix-affinity"]
+
+
 class ModelConfig(StrictModel):
     name: str = Field(min_length=1, description="public model name clients send")
     backend: Literal["local", "openai"]
@@ -64,6 +77,13 @@ class ModelConfig(StrictModel):
     api_key: SecretStr | None = Field(default=None, description="openai: bearer key for the upstream")
     api_key_env: str | None = Field(default=None, description="openai: env var holding the upstream key")
     max_connections: int = Field(default=256, ge=1, description="openai: pooled connections to the upstream")
+    endpoints: list[EndpointConfig] | None = Field(default=None, description="openai: replicas of this model, "
+                                                   "instead of base_url; every other field applies to each")
+    balance: Balance = Field(default="prefix-affinity", description="endpoints: how a request picks a replica")
+    affinity_max_load: int = Field(default=8, ge=1, description="prefix-affinity: a replica with this many "
+                                   "requests outstanding or queued passes the conversation to the next one")
+    metrics_scrape_s: float | None = Field(default=5.0, gt=0, description="endpoints: how often each replica's "
+                                           "vLLM /metrics is read for its load (null: the gateway's counts only)")
 
     path: str | None = Field(default=None, description="local: a transformers model dir (default: embedded)")
     adapters: dict[str, str] = Field(default_factory=dict, description="local: public name -> PEFT LoRA adapter "
@@ -100,8 +120,21 @@ class ModelConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_backend_fields(self) -> ModelConfig:
-        if self.backend == "openai" and not self.base_url:
-            raise ValueError(f"model '{self.name}': backend 'openai' needs 'base_url'")
+        if self.endpoints is not None:
+            if self.backend != "openai":
+                raise ValueError(f"model '{self.name}': 'endpoints' is only for backend 'openai'")
+            if self.base_url:
+                raise ValueError(f"model '{self.name}': give either 'base_url' or 'endpoints', not both")
+            if not self.endpoints:
+                raise ValueError(f"model '{self.name}': 'endpoints' is empty; list at least one replica")
+            urls = [e.base_url.rstrip("/") for e in self.endpoints]
+            if len(set(urls)) != len(urls):
+                raise ValueError(f"model '{self.name}': an endpoint is listed twice")
+            names = self.endpoint_names
+            if len(set(names)) != len(names):
+                raise ValueError(f"model '{self.name}': endpoint names must be unique")
+        elif self.backend == "openai" and not self.base_url:
+            raise ValueError(f"model '{self.name}': backend 'openai' needs 'base_url' (or 'endpoints')")
         if self.backend == "local" and self.base_url:
             raise ValueError(f"model '{self.name}': 'base_url' is only for backend 'openai'")
         if self.price is not None and self.cost_per_1k_tokens is not None:
@@ -144,6 +177,11 @@ class ModelConfig(StrictModel):
     @property
     def is_embedded(self) -> bool:
         return self.backend == "local" and self.task == "generate" and self.path is None
+
+    @property
+    def endpoint_names(self) -> list[str]:
+        """What x-gateway-endpoint and the metrics call each replica (empty without ``endpoints``)."""
+        return [e.name or str(i) for i, e in enumerate(self.endpoints or [])]
 
     @property
     def served_model(self) -> str:

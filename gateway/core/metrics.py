@@ -39,6 +39,8 @@ class GatewayMetrics:
                               ["router_model", "model"], registry=r)
         self.failovers = Counter("gateway_failovers", "Attempts abandoned for the next candidate",
                                  ["from_model", "reason"], registry=r)
+        self.endpoint_requests = Counter("gateway_endpoint_requests", "Requests answered, by model and replica "
+                                         "(endpoints:)", ["model", "endpoint"], registry=r)
         self.routing_seconds = Histogram("gateway_routing_decision_seconds", "Time to rank candidates",
                                          buckets=FAST_BUCKETS, registry=r)
         self.circuit_open = Gauge("gateway_circuit_open", "1 while a model's circuit breaker is open, 0.5 "

@@ -12,20 +12,17 @@ from collections.abc import AsyncIterator
 from typing import Any, cast
 
 from gateway.backends import Backend, Request
+from gateway.backends.base import ANSWERED_BY_ENDPOINT
+from gateway.core.circuit import FAILOVER_ERRORS, STATE_GAUGE, CircuitBreaker, State, is_backend_fault
 from gateway.core.errors import (
-    GatewayError,
     InvalidRequestError,
     ModelNotFoundError,
-    OverloadedError,
-    RateLimitError,
-    UpstreamError,
     UpstreamTimeoutError,
 )
 from gateway.core.metrics import GatewayMetrics
 from gateway.engine.accounting import RequestRecord
 from gateway.engine.answers import KEEPALIVE, KEEPALIVE_S, Answer, StreamAnswer, primed, with_keepalive
 from gateway.engine.audio_chat import AudioChat, AudioOutput
-from gateway.engine.circuit import STATE_GAUGE, CircuitBreaker, State
 from gateway.engine.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.engine.pool import ModelPool
 from gateway.engine.routing import (
@@ -39,10 +36,10 @@ from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, 
 from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest, Endpoint
 from gateway.wire.responses import ResponsesRequest, chat_usage, response_events, response_from_chat
 
-# Failures before any byte reached the client that the next-ranked candidate may fix.
-FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
-
 UNKNOWN_MODEL_LABEL = "unknown"
+
+
+ENDPOINT_HEADER = "x-gateway-endpoint"  # which replica of the model answered (models with endpoints:)
 
 
 class CompletionService:
@@ -167,6 +164,7 @@ class CompletionService:
         failures: list[str] = []
         for attempt, backend in enumerate(backends):
             record.answered_by(backend.name)
+            ANSWERED_BY_ENDPOINT.set(None)  # a replica set names the replica that answers
             try:
                 # The deadline bounds the whole failover (up to the first chunk of a stream), not each try.
                 async with asyncio.timeout_at(deadline):
@@ -181,7 +179,7 @@ class CompletionService:
                                                                       f"{backend.name})" if failures else ""))
                 raise error from None
             except FAILOVER_ERRORS as exc:
-                if backend.name in self.breakers and _is_backend_fault(exc, request):
+                if backend.name in self.breakers and is_backend_fault(exc, bool(request.stream)):
                     self.breakers[backend.name].record_failure()
                 if attempt + 1 == len(backends) or (deadline is not None and loop.time() >= deadline):
                     if failures:
@@ -193,6 +191,11 @@ class CompletionService:
             if backend.name in self.breakers:
                 self.breakers[backend.name].record_success()
             answer.headers[ROUTED_MODEL_HEADER] = backend.name
+            replica = ANSWERED_BY_ENDPOINT.get()
+            if replica is not None:
+                answer.headers[ENDPOINT_HEADER] = replica
+                self.metrics.endpoint_requests.labels(backend.name, replica).inc()
+                record.log_fields["endpoint"] = replica
             if decision is not None and self.routed is not None:
                 top = self.routed.config.top_scores_in_header
                 answer.headers[ROUTE_SCORES_HEADER] = route_scores_header(decision, top)
@@ -250,15 +253,3 @@ def _check_cap(backend: Backend, request: Request) -> None:
     if not _within_cap(backend, request):
         raise InvalidRequestError(f"max_tokens {request.completion_token_limit} is above the limit of "
                                   f"{backend.config.max_tokens_cap} for model '{backend.name}'", param="max_tokens")
-
-
-def _is_backend_fault(exc: GatewayError, request: Request) -> bool:
-    """Whether a failure says something about the backend's health (what circuit breakers count): refused or
-    broken connections and 5xx do; a full queue or an upstream 429 is load, not a fault; a timeout counts only
-    while waiting for a stream's first chunk (a whole long generation that outlives timeout_s is the
-    request's size, not the server's health)."""
-    if isinstance(exc, OverloadedError | RateLimitError):
-        return False
-    if isinstance(exc, UpstreamTimeoutError):
-        return bool(request.stream)
-    return isinstance(exc, UpstreamError)

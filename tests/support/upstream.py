@@ -69,6 +69,9 @@ class ScriptedUpstream:
         self.calls: list[Call] = []
         self.responder: Callable[[dict[str, Any]], Reply] = self.echo
         self.healthy = True
+        # GET /metrics: None answers 404 (not a vLLM); set vLLM's gauges as Prometheus text, or delay it
+        self.metrics_text: str | None = None
+        self.metrics_delay_s = 0.0
         self._lock = threading.Lock()
         self.app = self._build_app()
         self.server = ServerThread(self.app)
@@ -96,6 +99,13 @@ class ScriptedUpstream:
         call = Call("", body, {}, 0)
         return Reply(text=f"{self.name}: {call.last_user_text}")
 
+    def set_vllm_load(self, running: float, waiting: float, kv_cache: float = 0.0) -> None:
+        """Answer GET /metrics as vLLM does, with these gauges."""
+        self.metrics_text = "".join(
+            f"# TYPE vllm:{name} gauge\nvllm:{name}{{model_name=\"{self.name}\"}} {value}\n"
+            for name, value in (("num_requests_running", running), ("num_requests_waiting", waiting),
+                                ("kv_cache_usage_perc", kv_cache)))
+
     def wait_for_calls(self, count: int, timeout_s: float = 10.0) -> list[Call]:
         deadline = time.monotonic() + timeout_s
         while len(self.calls) < count and time.monotonic() < deadline:
@@ -115,6 +125,13 @@ class ScriptedUpstream:
         @app.get("/health")
         async def health() -> Response:
             return Response(status_code=200 if self.healthy else 503)
+
+        @app.get("/metrics")
+        async def metrics() -> Response:
+            await asyncio.sleep(self.metrics_delay_s)
+            if self.metrics_text is None:
+                return Response(status_code=404)
+            return Response(self.metrics_text, media_type="text/plain; version=0.0.4")
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Response:

@@ -15,6 +15,11 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Literal
 
+from gateway.core.errors import GatewayError, OverloadedError, RateLimitError, UpstreamError, UpstreamTimeoutError
+
+# Failures before any byte reached the client that the next candidate (another replica, another model) may fix.
+FAILOVER_ERRORS = (UpstreamError, OverloadedError, RateLimitError)
+
 logger = logging.getLogger(__name__)
 State = Literal["closed", "open", "half_open"]
 STATE_GAUGE = {"closed": 0.0, "half_open": 0.5, "open": 1.0}
@@ -74,3 +79,15 @@ class CircuitBreaker:
     def close(self) -> None:
         if self._prober is not None:
             self._prober.cancel()
+
+
+def is_backend_fault(exc: GatewayError, streamed: bool) -> bool:
+    """Whether a failure says something about the backend's health (what circuit breakers count): refused or
+    broken connections and 5xx do; a full queue or an upstream 429 is load, not a fault; a timeout counts only
+    while waiting for a stream's first chunk (a whole long generation that outlives timeout_s is the
+    request's size, not the server's health)."""
+    if isinstance(exc, OverloadedError | RateLimitError):
+        return False
+    if isinstance(exc, UpstreamTimeoutError):
+        return streamed
+    return isinstance(exc, UpstreamError)
