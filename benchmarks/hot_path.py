@@ -4,7 +4,7 @@ LiteLLM proxy in front of the same upstream. Each server is pinned to core 0 wit
 and ``wrk`` share the other core. Prints added latency at concurrency 1 and requests/s at concurrency 32.
 
     .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm] [--granian]
-        [--workers-row] [--soak 100000]
+        [--workers-row] [--replicas-row] [--soak 100000]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM, ``--granian`` the granian server,
 each into its own venv under ``~/.cache/llm-gateway/bench`` on first use (never a project dependency).
@@ -182,7 +182,10 @@ def ensure_granian() -> Path:
 def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None) -> dict:
     model = {"backend": "openai", "base_url": upstream, "upstream_model": "fake"}
     config: dict = {
-        "models": [{"name": "bench", **model}, {"name": "bench-stream", **model, "base_url": stream_upstream}],
+        "models": [{"name": "bench", **model}, {"name": "bench-stream", **model, "base_url": stream_upstream},
+                   # the same upstream under two addresses: two replicas, for the cost of choosing one
+                   {"name": "bench-replicas", **{k: v for k, v in model.items() if k != "base_url"},
+                    "endpoints": [{"base_url": upstream}, {"base_url": upstream.replace("127.0.0.1", "localhost")}]}],
         "auth": {"api_keys": [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "name": "bench",
                                "requests_per_minute": 10**9, "tokens_per_minute": 10**12}]},
         "server": {"log_level": "info"},  # the JSON access log stays on
@@ -210,6 +213,8 @@ def main() -> None:
     parser.add_argument("--granian", action="store_true",
                         help="add the gateway served by granian instead of uvicorn (granian in its own venv)")
     parser.add_argument("--workers-row", action="store_true", help="add the gateway with --workers 2")
+    parser.add_argument("--replicas-row", action="store_true",
+                        help="add a model with two endpoints (prefix-affinity) in front of the same upstream")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="then send about N more requests (c=32) and print the gateway's RSS before and after")
     args = parser.parse_args()
@@ -227,6 +232,7 @@ def main() -> None:
     config_file.write_text(yaml.safe_dump(gateway_config(upstream, stream_upstream, args.router_checkpoint)))
     scripts = {name: wrk_script(work, name, model, stream) for name, model, stream in
                [("fake", "fake", False), ("bench", "bench", False), ("auto", "auto", False),
+                ("replicas", "bench-replicas", False),
                 ("fake-stream", "fake", True), ("bench-stream", "bench-stream", True)]}
     fake_upstream = [sys.executable, str(HERE / "fake_upstream.py")]
     d = args.duration
@@ -250,6 +256,9 @@ def main() -> None:
         with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log") as gateway_pid:
             named = measure(f"{gateway_url}/v1/chat/completions", "bench")
             row("llm-gateway, model named", *named, direct[0])
+            if args.replicas_row:
+                replicated = measure(f"{gateway_url}/v1/chat/completions", "replicas")
+                row("llm-gateway, two endpoints", *replicated, direct[0], "prefix-affinity")
             # What two workers on two free cores would do, measured where the cores are not free: requests per
             # CPU-second, one worker against two (equal figures: no shared bottleneck, scaling with the cores).
             _, one_per_cpu = wrk_per_cpu(gateway_pid, f"{gateway_url}/v1/chat/completions", scripts["bench"], d)

@@ -2,7 +2,7 @@
 (fast path, middleware, parsing, accounting, rendering) with the backend answering at once. Prints microseconds
 of CPU per request, whole answers and 20-chunk relayed streams, median of ``--repeats`` runs.
 
-    .venv/bin/python benchmarks/request_cost.py [--requests 5000] [--repeats 3]
+    .venv/bin/python benchmarks/request_cost.py [--requests 5000] [--repeats 3] [--endpoints 2 --balance B]
     PYTHONPATH=/tmp/before .venv/bin/python benchmarks/request_cost.py   # another source tree (git worktree)
 
 Steadier than a wrk run on a shared machine (no scheduler, no network), so it is the one to compare two trees
@@ -47,11 +47,19 @@ async def _relay(endpoint: str, request: Any) -> AsyncIterator[RelayedChunks]:
     yield RelayedChunks(b'data: {"choices":[],"usage":' + json.dumps(usage).encode() + b"}\n\n", usage)
 
 
-def _app() -> Any:
-    app = create_app(parse_config({"models": [{"name": "bench", "backend": "openai",
-                                               "base_url": "http://127.0.0.1:9/v1"}]}))
+def _app(endpoints: int, balance: str) -> Any:
+    """The app with one model ``bench``; with ``endpoints`` > 1 it is a replica set (``balance``) whose replicas
+    answer at once, so the figure includes the replica choice."""
+    model: dict[str, Any] = {"name": "bench", "backend": "openai"}
+    if endpoints > 1:
+        model |= {"endpoints": [{"base_url": f"http://127.0.0.{i + 1}:9/v1"} for i in range(endpoints)],
+                  "balance": balance, "metrics_scrape_s": None}
+    else:
+        model["base_url"] = "http://127.0.0.1:9/v1"
+    app = create_app(parse_config({"models": [model]}))
     backend = app.state.gateway.pool.backends["bench"]
-    backend.complete, backend.relay = _complete, _relay
+    for answering in getattr(backend, "replicas", [backend]):
+        answering.complete, answering.relay = _complete, _relay
     return app
 
 
@@ -97,9 +105,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--requests", type=int, default=5000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--endpoints", type=int, default=1, help="replicas of the model (endpoints:)")
+    parser.add_argument("--balance", default="prefix-affinity", choices=["prefix-affinity", "least-loaded",
+                                                                          "round-robin"])
     args = parser.parse_args()
     logging.disable(logging.CRITICAL)  # the access log is written by a background thread: not this path's CPU
-    app = _app()
+    app = _app(args.endpoints, args.balance)
     stack = app.build_middleware_stack()
 
     async def measure() -> tuple[list[float], list[float]]:
@@ -108,7 +119,8 @@ def main() -> None:
         return whole, streamed
 
     whole, streamed = asyncio.run(measure())
-    print(f"CPU per request, median of {args.repeats}: whole answer {statistics.median(whole):.1f} us, "
+    setup = f"{args.endpoints} endpoints, {args.balance}" if args.endpoints > 1 else "one endpoint"
+    print(f"CPU per request ({setup}), median of {args.repeats}: whole answer {statistics.median(whole):.1f} us, "
           f"{STREAM_CHUNKS}-chunk relayed stream {statistics.median(streamed):.1f} us")
 
 
