@@ -91,10 +91,12 @@ def test_baselines_route_through_the_same_interface(name, train_sets, test_sets,
 
 
 def test_unknown_router_names_list_the_known_ones(train_sets):
-    known = "known routers: random, fixed, best-single, knn, cosine-classifier, routerdc-paper, routerdc"
+    known = ("known routers: random, fixed, best-single, knn, task-best, task-classifier, cosine-classifier, "
+             "routerdc-paper, routerdc")
     with pytest.raises(ValueError, match=known):
         build_router("magic", train_sets)
-    assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "cosine-classifier", "routerdc-paper", "routerdc"}
+    assert set(ROUTERS) == {"random", "fixed", "best-single", "knn", "task-best", "task-classifier",
+                            "cosine-classifier", "routerdc-paper", "routerdc"}
 
 
 def test_cli_train_and_eval_write_checkpoint_table_json_and_png(tmp_path):
