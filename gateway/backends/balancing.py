@@ -5,8 +5,10 @@ first; the replica set tries them in that order, past open circuits.
 - **least-loaded**: by estimated load, the larger of two counts: the requests this process has outstanding on the
   replica, and what the replica's vLLM reported at its last ``/metrics`` scrape (``num_requests_running`` +
   ``num_requests_waiting``: every gateway process's traffic, a few seconds old). A replica whose scrape failed is
-  *unknown*, not idle: it is estimated at the median of the known loads (or its own count, if higher). Ties go
-  to the lower KV-cache use, then to the configured order.
+  *unknown*, not idle: it is estimated as busy as the busiest known replica (or its own count, if higher), and
+  goes after a known replica as busy. (A replica too busy to answer its /metrics in time is the usual unknown one:
+  measured, estimating it at the median of the known loads sent short requests to a busy vLLM.) Ties go to the
+  lower KV-cache use, then to the configured order.
 - **prefix-affinity**: requests whose conversations share a prefix (the system prompt and first user turn, at
   most ``PREFIX_CHARS`` of them; or a prompt's start) go to the same replica, so vLLM's prefix cache serves the
   later turns. Replicas sit on a consistent-hash ring (``VIRTUAL_NODES`` points per unit of weight, blake2b:
@@ -23,7 +25,6 @@ from __future__ import annotations
 import bisect
 import hashlib
 import itertools
-import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -44,14 +45,15 @@ class EndpointLoad:
 def estimated_loads(loads: Sequence[EndpointLoad]) -> list[float]:
     """Each replica's load as least-loaded ranks it (see the module docstring)."""
     known = [max(load.outstanding, load.scraped) for load in loads if load.scraped is not None]
-    typical = statistics.median(known) if known else 0.0
+    busiest = max(known) if known else 0.0
     return [float(max(load.outstanding, load.scraped)) if load.scraped is not None
-            else max(float(load.outstanding), typical) for load in loads]
+            else max(float(load.outstanding), busiest) for load in loads]
 
 
 def least_loaded_order(loads: Sequence[EndpointLoad]) -> list[int]:
     estimates = estimated_loads(loads)
-    return sorted(range(len(loads)), key=lambda i: (estimates[i], loads[i].kv_cache or 0.0, i))
+    return sorted(range(len(loads)),
+                  key=lambda i: (estimates[i], loads[i].scraped is None, loads[i].kv_cache or 0.0, i))
 
 
 class RoundRobin:

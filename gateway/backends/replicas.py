@@ -11,9 +11,10 @@ open one; its ``/health`` is probed every ``OPEN_SECONDS`` and the next request 
 
 Load: this process counts its outstanding requests per replica; with ``metrics_scrape_s`` a background task reads
 each replica's vLLM ``/metrics`` at that interval (``num_requests_running`` + ``num_requests_waiting``,
-``kv_cache_usage_perc``), with a timeout of at most ``SCRAPE_TIMEOUT_S``. A scrape that fails makes the replica's
-load unknown until the next one succeeds. With ``serve --workers N`` each worker keeps its own counts; the scraped
-figures are the replica's own and so cover every worker and gateway replica, a few seconds late.
+``kv_cache_usage_perc``), each read given ``SCRAPE_TIMEOUT_S`` (the next waits for it: scrapes never pile up). A
+scrape that fails makes the replica's load unknown until the next one succeeds. With ``serve --workers N`` each
+worker keeps its own counts; the scraped figures are the replica's own and so cover every worker and gateway
+replica, a few seconds late.
 
 The replica that answered is reported through ``ANSWERED_BY_ENDPOINT`` (a context variable the engine reads for
 the ``x-gateway-endpoint`` header and its metric).
@@ -102,10 +103,11 @@ class ReplicaSet(Backend):
 
     async def scrape(self) -> None:
         """Read every replica's vLLM ``/metrics`` once; one that cannot be read becomes unknown."""
-        timeout = min(SCRAPE_TIMEOUT_S, self.config.metrics_scrape_s or SCRAPE_TIMEOUT_S)
-        texts = await asyncio.gather(*(replica.read_metrics(timeout) for replica in self.replicas))
-        for load, text in zip(self.loads, texts, strict=True):
-            load.scraped, load.kv_cache = _vllm_load(text) if text is not None else (None, None)
+        await asyncio.gather(*(self._scrape_one(index) for index in range(len(self.replicas))))
+
+    async def _scrape_one(self, index: int) -> None:
+        text = await self.replicas[index].read_metrics(SCRAPE_TIMEOUT_S)  # a slow replica delays only itself
+        self.loads[index].scraped, self.loads[index].kv_cache = _vllm_load(text) if text is not None else (None, None)
 
     # ---- requests ------------------------------------------------------------------------------------------
 

@@ -21,10 +21,13 @@ def test_round_robin_follows_the_weights_and_tries_every_replica() -> None:
     assert all(sorted(order) == [0, 1] for order in orders)
 
 
-def test_least_loaded_counts_an_unscraped_replica_as_typical_not_idle() -> None:
-    loads = [EndpointLoad(outstanding=1, scraped=5), EndpointLoad(outstanding=0, scraped=1),
-             EndpointLoad(outstanding=0, scraped=None)]
-    assert LeastLoaded().order(None, loads) == [1, 2, 0]  # the unknown one counts as the median, 3
+def test_least_loaded_counts_an_unscraped_replica_as_busy_not_idle() -> None:
+    loads = [EndpointLoad(outstanding=0, scraped=None), EndpointLoad(outstanding=1, scraped=5),
+             EndpointLoad(outstanding=0, scraped=1)]
+    # the unknown one counts as the busiest known (5), after the known one as busy
+    assert LeastLoaded().order(None, loads) == [2, 1, 0]
+    # one known idle replica and one whose scrape timed out (usually: too busy to answer it): the known one
+    assert LeastLoaded().order(None, [EndpointLoad(scraped=None), EndpointLoad(scraped=0)]) == [1, 0]
     # The gateway's own count wins when vLLM's scrape is older than the requests just sent.
     assert LeastLoaded().order(None, [EndpointLoad(outstanding=4, scraped=0), EndpointLoad(scraped=2)]) == [1, 0]
     # Equal loads: the emptier KV cache first.
