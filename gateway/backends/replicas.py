@@ -117,15 +117,14 @@ class ReplicaSet(Backend):
         closed = [i for i in order if not self.breakers[i].is_open]
         return closed or order  # every circuit open: still try, a success closes one again
 
-    async def _call(self, request: Any, call: Callable[[OpenAIHTTPBackend], Awaitable[Result]],
-                    streamed: bool = False) -> Result:
+    async def _call(self, request: Any, call: Callable[[OpenAIHTTPBackend], Awaitable[Result]]) -> Result:
         order = self._order(request)
         for attempt, index in enumerate(order):
             self.loads[index].outstanding += 1
             try:
                 result = await call(self.replicas[index])
             except FAILOVER_ERRORS as exc:
-                self._failed(index, exc, streamed)
+                self._failed(index, exc, streamed=False)
                 if attempt + 1 == len(order):
                     raise
                 continue
@@ -167,7 +166,7 @@ class ReplicaSet(Backend):
     def _failed(self, index: int, exc: GatewayError, streamed: bool) -> None:
         if is_backend_fault(exc, streamed):
             self.breakers[index].record_failure()
-        logger.warning("replica failed; trying the next", extra={"fields": {
+        logger.warning("replica failed", extra={"fields": {
             "model": self.name, "endpoint": self.endpoint_names[index], "code": exc.code}})
 
     def _answered(self, index: int) -> None:

@@ -255,3 +255,16 @@ def _count(record: RequestRecord, chunk: Any, responses: bool) -> None:
 def accounted_answer(record: RequestRecord, answer: StreamAnswer, responses: bool = False) -> StreamAnswer:
     """A stream answer whose chunks finish ``record`` (see ``accounted_stream``)."""
     return StreamAnswer(accounted_stream(record, answer.chunks, responses), answer.headers)
+
+
+async def accounted_audio(record: RequestRecord, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """Streamed audio's pieces, finishing ``record`` with the last one (or with the error that broke it off)."""
+    status: tuple[int, str | None] = (CLIENT_CLOSED_REQUEST, "client_closed_request")
+    try:
+        async for piece in pieces:
+            yield piece
+        status = (200, None)
+    except GatewayError as exc:  # the audio broke off after it started: the client sees a short file
+        status = (exc.status_code, exc.code)
+    finally:
+        record.finish(*status)

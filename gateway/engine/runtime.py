@@ -13,15 +13,15 @@ from pathlib import Path
 
 from gateway.backends import Request
 from gateway.core.config import ConfigError, GatewayConfig
-from gateway.core.errors import GatewayError, InvalidRequestError
+from gateway.core.errors import InvalidRequestError
 from gateway.core.metrics import GatewayMetrics
 from gateway.engine.accounting import (
-    CLIENT_CLOSED_REQUEST,
     Accounting,
     RequestContext,
     RequestRecord,
     accounted,
     accounted_answer,
+    accounted_audio,
 )
 from gateway.engine.answers import Answer, StreamAnswer
 from gateway.engine.auth import ApiKeyStore
@@ -122,7 +122,7 @@ class Gateway:
         """The audio's pieces (the record finishes with the last one) and its media type."""
         record = await self.accounting.admit(ctx, "speech", request.model, request)
         pieces, media_type = await accounted(record, self.service.speak(request, record))
-        return _accounted_audio(record, pieces), media_type
+        return accounted_audio(record, pieces), media_type
 
     async def rerank(self, ctx: RequestContext, request: RerankRequest) -> Reranked:
         record = await self.accounting.admit(ctx, "rerank", request.model, request)
@@ -151,15 +151,3 @@ def _finished(record: RequestRecord, answer: Answer | StreamAnswer, responses: b
         return accounted_answer(record, answer, responses)
     record.finish(200)
     return answer
-
-
-async def _accounted_audio(record: RequestRecord, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
-    status: tuple[int, str | None] = (CLIENT_CLOSED_REQUEST, "client_closed_request")
-    try:
-        async for piece in pieces:
-            yield piece
-        status = (200, None)
-    except GatewayError as exc:  # the audio broke off after it started: the client sees a short file
-        status = (exc.status_code, exc.code)
-    finally:
-        record.finish(*status)

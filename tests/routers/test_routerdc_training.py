@@ -11,7 +11,6 @@ import torch
 
 from routers import load_router
 from routers.baselines import best_single_llm
-from routers.data import load_routing_files
 from routers.encoders import build_encoder
 from routers.evaluation import evaluate
 from tests.routers.conftest import TEST_FILES, TRAIN_FILES
@@ -20,16 +19,6 @@ from training.router_registry import ROUTERS, RouterOptions, build_router
 from training.routerdc import RouterTrainingConfig, save_trained_router, train_router
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def train_sets():
-    return load_routing_files(TRAIN_FILES)
-
-
-@pytest.fixture(scope="module")
-def test_sets():
-    return load_routing_files(TEST_FILES)
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from training.soup.mehl import SoupSettings, affine_soup, block_of, train_soup
 from training.soup.members import Member, MemberStore, lora_delta
 from training.soup.objective import Example
 
-DATA = Path(__file__).resolve().parents[1] / "data" / "hh_rlhf_sample.jsonl.gz"  # committed: no ../shared needed
+DATA = Path(__file__).resolve().parents[1] / "data" / "hh_rlhf_sample.jsonl.gz"  # committed with the tests
 
 
 def test_the_affine_combination_spans_centre_members_and_beyond():
