@@ -65,6 +65,25 @@ def test_required_tool_call_validates_against_its_schema(embedded_gateway):
     jsonschema.validate(json.loads(call.function.arguments), schema)
 
 
+def test_open_parameter_objects_are_closed_so_the_call_finishes_within_60_tokens(embedded_gateway):
+    # No additionalProperties: JSON Schema would let any key through, and SmolLM2 then invents keys
+    # ("properties", "temperature", ...) until max_tokens runs out (3 of 4 calls before objects were closed).
+    open_tool = {"type": "function", "function": {"name": "get_weather", "parameters": {
+        "type": "object", "properties": {"city": {"type": "string"}}}}}
+    client = embedded_gateway.client()
+    for seed in range(4):
+        reply = _ask(client, "Weather in Paris?", tools=[open_tool], tool_choice="required", max_tokens=60,
+                     seed=seed)
+        choice = reply.choices[0]
+        assert choice.finish_reason == "tool_calls", choice
+        assert set(json.loads(choice.message.tool_calls[0].function.arguments)) <= {"city"}
+    reply = _ask(client, "Describe Paris as JSON.", max_tokens=60, seed=0, response_format={
+        "type": "json_schema", "json_schema": {"name": "city", "schema": {
+            "type": "object", "properties": {"city": {"type": "string", "maxLength": 20}}, "required": ["city"]}}})
+    assert reply.choices[0].finish_reason == "stop"
+    assert set(json.loads(reply.choices[0].message.content)) == {"city"}
+
+
 def test_named_tool_call_streams_as_tool_call_deltas(embedded_gateway):
     chunks = list(_ask(embedded_gateway.client(), "Weather in Rome, in fahrenheit?", tools=[WEATHER, CLOCK],
                        tool_choice={"type": "function", "function": {"name": "get_weather"}}, max_tokens=60,

@@ -5,6 +5,11 @@ A request's ``response_format`` (``json_object``, ``json_schema``) or a ``tool_c
 then makes every sampled token keep the output inside it, so the answer parses and validates every time (as
 long as ``max_tokens`` leaves room to finish it). JSON is generated compact (no free whitespace): a small model
 left free to indent can wander in whitespace until it runs out of tokens.
+
+Objects are closed to their declared properties (``closed_objects``): JSON Schema lets any other key through
+unless ``additionalProperties`` says otherwise, and a small model given that freedom invents keys until
+``max_tokens`` runs out. A schema that sets ``additionalProperties`` (or ``unevaluatedProperties``) keeps its own
+choice. This is the default of vLLM's grammar backend (xgrammar's strict mode) too.
 """
 
 from __future__ import annotations
@@ -104,11 +109,44 @@ def _tool_constraint(tool_choice: Any, functions: dict[str, dict[str, Any]]) -> 
     return OutputConstraint("tool_call", _json_grammar(functions[name], "tools"), "tools", function=name)
 
 
+# Keywords whose value is one subschema, or a list of subschemas, or a map of names to subschemas.
+_ONE_SCHEMA = ("items", "additionalItems", "contains", "not", "if", "then", "else", "propertyNames")
+_SCHEMA_LISTS = ("anyOf", "oneOf", "prefixItems", "items")
+_SCHEMA_MAPS = ("properties", "patternProperties", "$defs", "definitions", "dependentSchemas")
+
+
+def closed_objects(schema: Any, in_all_of: bool = False) -> Any:
+    """``schema`` with every object that declares ``properties`` (and says nothing of ``additionalProperties``
+    or ``unevaluatedProperties``) closed to them: ``additionalProperties: false``. A bare ``{"type": "object"}``
+    stays open (it asks for any object), and so do the members of an ``allOf``, where closing each to its own
+    properties would reject the properties of the others."""
+    if not isinstance(schema, dict):
+        return schema
+    closed = dict(schema)
+    for keyword in _SCHEMA_MAPS:
+        if isinstance(closed.get(keyword), dict):
+            closed[keyword] = {name: closed_objects(sub) for name, sub in closed[keyword].items()}
+    for keyword in _SCHEMA_LISTS:
+        if isinstance(closed.get(keyword), list):
+            closed[keyword] = [closed_objects(sub) for sub in closed[keyword]]
+    for keyword in _ONE_SCHEMA:
+        if isinstance(closed.get(keyword), dict):
+            closed[keyword] = closed_objects(closed[keyword])
+    if isinstance(closed.get("allOf"), list):
+        closed["allOf"] = [closed_objects(sub, in_all_of=True) for sub in closed["allOf"]]
+    if isinstance(closed.get("additionalProperties"), dict):
+        closed["additionalProperties"] = closed_objects(closed["additionalProperties"])
+    if ("properties" in closed and not in_all_of and "additionalProperties" not in closed
+            and "unevaluatedProperties" not in closed):
+        closed["additionalProperties"] = False
+    return closed
+
+
 def _json_grammar(schema: dict[str, Any], param: str) -> str:
     import llguidance
 
     try:
-        return llguidance.LLMatcher.grammar_from_json_schema(schema, defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
+        return llguidance.LLMatcher.grammar_from_json_schema(closed_objects(schema), defaults=_JSON_OPTIONS)  # type: ignore[arg-type]
     except ValueError as exc:
         raise InvalidRequestError(f"the JSON schema cannot be used: {exc}", param=param) from None
 
