@@ -126,9 +126,12 @@ def _add_input_item(messages: list[dict[str, Any]], item: dict[str, Any], param:
             raise InvalidRequestError("a function_call_output item needs 'call_id' and a string 'output'",
                                       param=param)
         messages.append({"role": "tool", "tool_call_id": item["call_id"], "content": output})
+    elif kind == "reasoning":
+        pass  # an earlier turn's thinking, sent back by stateless agents: chat templates leave it out of the prompt
     else:
-        raise InvalidRequestError(f"input items of type '{kind}' are not supported (message, function_call and "
-                                  "function_call_output are)", param=f"{param}.type", code="unsupported_parameter")
+        raise InvalidRequestError(f"input items of type '{kind}' are not supported (message, function_call, "
+                                  "function_call_output and reasoning are)", param=f"{param}.type",
+                                  code="unsupported_parameter")
 
 
 def _chat_content(content: Any, param: str) -> str | list[dict[str, Any]]:
@@ -197,9 +200,10 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     if not usage:
         return None
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
+    reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     return {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0),
             "total_tokens": usage.get("total_tokens", 0), "input_tokens_details": {"cached_tokens": cached},
-            "output_tokens_details": {"reasoning_tokens": 0}}
+            "output_tokens_details": {"reasoning_tokens": reasoning}}
 
 
 def chat_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
@@ -240,12 +244,25 @@ def _function_call_item(call: dict[str, Any], status: str = "completed") -> dict
             "name": function.get("name", ""), "arguments": function.get("arguments") or "", "status": status}
 
 
+def reasoning_of(message_or_delta: dict[str, Any]) -> str | None:
+    """The thinking a chat message (or a stream delta) carries: vLLM's ``reasoning`` (older releases, DeepSeek
+    and most peers: ``reasoning_content``)."""
+    return message_or_delta.get("reasoning") or message_or_delta.get("reasoning_content") or None
+
+
+def _reasoning_item(text: str, status: str = "completed") -> dict[str, Any]:
+    return {"type": "reasoning", "id": _item_id("rs"), "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}]}
+
+
 def response_from_chat(request: ResponsesRequest, chat: dict[str, Any]) -> dict[str, Any]:
-    """The Response object for a whole chat answer (its first choice)."""
+    """The Response object for a whole chat answer (its first choice): its reasoning item first, if any."""
     choice = chat["choices"][0] if chat.get("choices") else {}
     message = choice.get("message") or {}
     finish_reason = choice.get("finish_reason")
     output: list[dict[str, Any]] = []
+    if reasoning := reasoning_of(message):
+        output.append(_reasoning_item(reasoning))
     content: list[dict[str, Any]] = []
     if message.get("content"):
         content.append(_text_part(message["content"], (choice.get("logprobs") or {}).get("content")))
@@ -274,8 +291,8 @@ class _EventWriter:
 async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[str, Any]],
                           keepalive: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
     """Chat stream chunks (first choice) as the Responses stream: ``response.created``, the output items with
-    their text or argument deltas, and ``response.completed`` (or ``response.incomplete``) with usage last.
-    ``keepalive`` chunks pass through unchanged."""
+    their reasoning, text or argument deltas, and ``response.completed`` (or ``response.incomplete``) with usage
+    last. ``keepalive`` chunks pass through unchanged."""
     event = _EventWriter()
     response_id, model = new_response_id(), request.model
     yield event("response.created", response=response_object(request, response_id, model, [], "in_progress"))
@@ -287,6 +304,23 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
     calls: dict[int, dict[str, Any]] = {}  # tool-call index -> its function_call item
     call_positions: dict[int, int] = {}
     finish_reason, usage = None, None
+    thinking: dict[str, Any] | None = None  # the reasoning item being streamed
+    thought: list[str] = []
+
+    def close_reasoning() -> list[dict[str, Any]]:
+        nonlocal thinking
+        if thinking is None:
+            return []
+        position = output.index(thinking)
+        part = {"type": "reasoning_text", "text": "".join(thought)}
+        thinking.update(status="completed", content=[part])
+        done = [event("response.reasoning_text.done", item_id=thinking["id"], output_index=position,
+                      content_index=0, text=part["text"]),
+                event("response.content_part.done", item_id=thinking["id"], output_index=position,
+                      content_index=0, part=part),
+                event("response.output_item.done", output_index=position, item=thinking)]
+        thinking = None
+        return done
 
     def close_message() -> list[dict[str, Any]]:
         nonlocal message
@@ -315,7 +349,19 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
             if choice.get("index", 0) != 0:
                 continue
             delta = choice.get("delta") or {}
+            if (reasoning := reasoning_of(delta)) and message is None and not calls:
+                if thinking is None:
+                    thinking = _reasoning_item("", status="in_progress")
+                    output.append(thinking)
+                    yield event("response.output_item.added", output_index=len(output) - 1, item=dict(thinking))
+                    yield event("response.content_part.added", item_id=thinking["id"], output_index=len(output) - 1,
+                                content_index=0, part={"type": "reasoning_text", "text": ""})
+                thought.append(reasoning)
+                yield event("response.reasoning_text.delta", item_id=thinking["id"],
+                            output_index=output.index(thinking), content_index=0, delta=reasoning)
             if delta.get("content"):
+                for closing in close_reasoning():
+                    yield closing
                 if message is None:
                     message = {"type": "message", "id": _item_id("msg"), "status": "in_progress",
                                "role": "assistant", "content": []}
@@ -332,7 +378,7 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
                 index = call.get("index", 0)
                 function = call.get("function") or {}
                 if index not in calls:
-                    for closing in close_message():
+                    for closing in [*close_reasoning(), *close_message()]:
                         yield closing
                     item = _function_call_item({"id": call.get("id"), "function": {"name": function.get("name")}},
                                                status="in_progress")
@@ -346,7 +392,7 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
                                 output_index=call_positions[index], delta=function["arguments"])
             if choice.get("finish_reason"):
                 finish_reason = choice["finish_reason"]
-    for closing in close_message():
+    for closing in [*close_reasoning(), *close_message()]:
         yield closing
     for index, item in calls.items():
         item["status"] = "completed"

@@ -72,6 +72,59 @@ def test_an_upstream_tool_call_is_a_function_call_item(upstream, translated):
                                                                                   "get_weather", {"city": "Rome"})
 
 
+def _reasoning_stream(field: str) -> str:
+    """A vLLM-style chat stream that thinks (in ``field``) before it answers."""
+    def chunk(delta: dict) -> str:
+        return "data: " + json.dumps({"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+                                      "choices": [{"index": 0, "delta": delta, "finish_reason": None}]}) + "\n\n"
+    final = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m",
+             "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    return (chunk({"role": "assistant", field: "Paris is "}) + chunk({field: "in France."})
+            + chunk({"content": "Paris."}) + f"data: {json.dumps(final)}\n\ndata: [DONE]\n\n")
+
+
+@pytest.mark.parametrize("field", ["reasoning", "reasoning_content"])
+def test_upstream_reasoning_is_relayed_in_chat_and_becomes_a_reasoning_item(upstream, translated, field):
+    from tests.support.upstream import Reply
+
+    upstream.responder = lambda body: Reply(raw_sse=_reasoning_stream(field)) if body.get("stream") else Reply(
+        extra={"choices": [{"index": 0, "finish_reason": "stop", "message": {
+            "role": "assistant", "content": "Paris.", field: "Paris is in France."}}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 9, "total_tokens": 14,
+                      "completion_tokens_details": {"reasoning_tokens": 6}}})
+    client = translated.client()
+    chat = client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "Capital?"}])
+    assert chat.choices[0].message.model_extra[field] == "Paris is in France."  # relayed as the upstream sent it
+    streamed = list(client.chat.completions.create(model="alpha", messages=[{"role": "user", "content": "Capital?"}],
+                                                   stream=True))
+    assert "".join(c.choices[0].delta.model_extra.get(field) or "" for c in streamed if c.choices) \
+        == "Paris is in France."
+
+    response = client.responses.create(model="alpha", input="Capital?")
+    thought, answer = response.output
+    assert thought.type == "reasoning" and thought.content[0].text == "Paris is in France."
+    assert answer.type == "message" and response.output_text == "Paris."
+    assert response.usage.output_tokens_details.reasoning_tokens == 6
+
+    events = list(client.responses.create(model="alpha", input="Capital?", stream=True))
+    kinds = [event.type for event in events]
+    assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Paris is in France."
+    assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
+    final = events[-1].response
+    assert [item.type for item in final.output] == ["reasoning", "message"]
+    assert final.output[0].content[0].text == "Paris is in France." and final.output_text == "Paris."
+
+
+def test_reasoning_items_sent_back_by_a_stateless_agent_stay_out_of_the_prompt(upstream, translated):
+    history = [{"role": "user", "content": "Capital of France?"},
+               {"type": "reasoning", "id": "rs_1", "summary": [],
+                "content": [{"type": "reasoning_text", "text": "It is Paris."}]},
+               {"role": "assistant", "content": [{"type": "output_text", "text": "Paris."}]},
+               {"role": "user", "content": "And of Italy?"}]
+    translated.client().responses.create(model="alpha", input=history)
+    assert [m["role"] for m in upstream.calls[-1].body["messages"]] == ["user", "assistant", "user"]
+
+
 def test_native_upstreams_get_the_responses_body_as_sent(upstream, make_gateway):
     gateway = make_gateway({"models": [{"name": "alpha", "backend": "openai", "base_url": upstream.base_url,
                                         "upstream_model": "org/alpha-7b", "responses_api": "native"}]})
