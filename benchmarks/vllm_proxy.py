@@ -77,10 +77,10 @@ async def load(url: str, model: str, concurrency: int, requests: int, max_tokens
             "tokens_per_s": sum(r[2] for r in results) / elapsed}
 
 
-def start(command: list[str], log: Path) -> subprocess.Popen[bytes]:
+def start(command: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     """``command`` in a process group of its own, so ``stop`` ends vLLM's engine process with it."""
     with log.open("w") as out:
-        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        return subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True, env=env)
 
 
 def stop(process: subprocess.Popen[bytes]) -> None:

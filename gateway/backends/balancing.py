@@ -8,7 +8,8 @@ first; the replica set tries them in that order, past open circuits.
   *unknown*, not idle: it is estimated as busy as the busiest known replica (or its own count, if higher), and
   goes after a known replica as busy. (A replica too busy to answer its /metrics in time is the usual unknown one:
   measured, estimating it at the median of the known loads sent short requests to a busy vLLM.) Ties go to the
-  lower KV-cache use, then to the configured order.
+  lower KV-cache use, then round the replicas in turn: with ``serve --workers N`` each worker counts only its
+  own requests, and workers that all broke ties by the configured order would all send to the first replica.
 - **prefix-affinity**: requests whose conversations share a prefix (the system prompt and first user turn, at
   most ``PREFIX_CHARS`` of them; or a prompt's start) go to the same replica, so vLLM's prefix cache serves the
   later turns. Replicas sit on a consistent-hash ring (``VIRTUAL_NODES`` points per unit of weight, blake2b:
@@ -50,10 +51,12 @@ def estimated_loads(loads: Sequence[EndpointLoad]) -> list[float]:
             else max(float(load.outstanding), busiest) for load in loads]
 
 
-def least_loaded_order(loads: Sequence[EndpointLoad]) -> list[int]:
+def least_loaded_order(loads: Sequence[EndpointLoad], turn: int = 0) -> list[int]:
+    """Replicas by estimated load; equal ones by KV-cache use, then starting at replica ``turn`` (mod count)."""
     estimates = estimated_loads(loads)
-    return sorted(range(len(loads)),
-                  key=lambda i: (estimates[i], loads[i].scraped is None, loads[i].kv_cache or 0.0, i))
+    count = len(loads)
+    return sorted(range(count), key=lambda i: (estimates[i], loads[i].scraped is None, loads[i].kv_cache or 0.0,
+                                               (i - turn) % count))
 
 
 class RoundRobin:
@@ -67,8 +70,11 @@ class RoundRobin:
 
 
 class LeastLoaded:
+    def __init__(self) -> None:
+        self._turns = itertools.count()
+
     def order(self, key: str | None, loads: Sequence[EndpointLoad]) -> list[int]:
-        return least_loaded_order(loads)
+        return least_loaded_order(loads, next(self._turns))
 
 
 class PrefixAffinity:
@@ -79,6 +85,7 @@ class PrefixAffinity:
         self._positions = [position for position, _ in points]
         self._owners = [owner for _, owner in points]
         self._count, self.max_load = len(names), max_load
+        self._turns = itertools.count()
 
     def ring_order(self, key: str) -> list[int]:
         """The replicas clockwise from ``key``'s place on the ring, each once."""
@@ -94,13 +101,13 @@ class PrefixAffinity:
 
     def order(self, key: str | None, loads: Sequence[EndpointLoad]) -> list[int]:
         if key is None:
-            return least_loaded_order(loads)
+            return least_loaded_order(loads, next(self._turns))
         ring = self.ring_order(key)
         estimates = estimated_loads(loads)
         for position, index in enumerate(ring):
             if estimates[index] < self.max_load:
                 return [index, *ring[:position], *ring[position + 1:]]
-        return least_loaded_order(loads)
+        return least_loaded_order(loads, next(self._turns))
 
 
 Balancer = RoundRobin | LeastLoaded | PrefixAffinity

@@ -35,6 +35,16 @@ def test_least_loaded_counts_an_unscraped_replica_as_busy_not_idle() -> None:
                                ) == [1, 0]
 
 
+def test_least_loaded_takes_equal_replicas_in_turn() -> None:
+    # Each gateway worker counts only its own requests: were ties broken by the configured order, every worker
+    # with nothing outstanding would send its next request to the first replica.
+    balancer = LeastLoaded()
+    firsts = Counter(balancer.order(None, _idle())[0] for _ in range(300))
+    assert firsts == {0: 100, 1: 100, 2: 100}
+    busy_first = [EndpointLoad(outstanding=1), EndpointLoad(), EndpointLoad()]
+    assert {balancer.order(None, busy_first)[-1] for _ in range(10)} == {0}  # load still comes before turn
+
+
 def test_prefix_affinity_keeps_a_conversation_and_spreads_conversations() -> None:
     balancer = PrefixAffinity(NAMES, [1, 1, 1], max_load=4)
     firsts = [balancer.order(f"system\x1fuser {n}", _idle())[0] for n in range(600)]
