@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import anthropic
 import openai
 import pytest
 
@@ -36,6 +37,11 @@ class LiveGateway:
     def client(self, **kwargs: Any) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "unused"), max_retries=0,
                              **kwargs)
+
+    def anthropic_client(self, **kwargs: Any) -> anthropic.Anthropic:
+        """Anthropic's SDK pointed at the gateway (it adds /v1/messages itself)."""
+        return anthropic.Anthropic(base_url=self.url, api_key=kwargs.pop("api_key", "unused"), max_retries=0,
+                                   **kwargs)
 
     def async_client(self, **kwargs: Any) -> openai.AsyncOpenAI:
         return openai.AsyncOpenAI(base_url=self.base_url, api_key=kwargs.pop("api_key", "unused"), max_retries=0,

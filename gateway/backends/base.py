@@ -11,6 +11,7 @@ from typing import Any, ClassVar, cast
 
 from gateway.core.config import ModelConfig
 from gateway.core.errors import InvalidRequestError
+from gateway.wire.anthropic import MessagesRequest
 from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, Endpoint
 from gateway.wire.rerank import RerankRequest
@@ -112,6 +113,14 @@ class Backend(ABC):
     def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
         """The Responses stream events of an upstream's own ``/v1/responses``."""
         raise InvalidRequestError(f"model '{self.name}' does not serve the Responses API natively", param="model")
+
+    async def messages(self, request: MessagesRequest) -> dict[str, Any]:
+        """A Message from an upstream's own ``/v1/messages`` (``messages_api: native``)."""
+        raise InvalidRequestError(f"model '{self.name}' does not serve the Messages API natively", param="model")
+
+    def stream_messages(self, request: MessagesRequest) -> AsyncIterator[dict[str, Any]]:
+        """Anthropic's stream events from an upstream's own ``/v1/messages``."""
+        raise InvalidRequestError(f"model '{self.name}' does not serve the Messages API natively", param="model")
 
 
 class NotAChatModel(Backend):

@@ -25,6 +25,7 @@ from gateway.core.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
+from gateway.wire.anthropic import MessagesRequest
 from gateway.wire.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
 from gateway.wire.openai import EmbeddingRequest, Endpoint, is_usage_chunk
 from gateway.wire.rerank import RerankRequest
@@ -33,7 +34,7 @@ from gateway.wire.responses import ResponsesRequest
 logger = logging.getLogger(__name__)
 
 _PATHS: dict[str, str] = {"chat": "chat/completions", "completions": "completions", "embeddings": "embeddings",
-                          "responses": "responses", "transcribe": "audio/transcriptions",
+                          "responses": "responses", "messages": "messages", "transcribe": "audio/transcriptions",
                           "translate": "audio/translations", "speech": "audio/speech", "rerank": "rerank"}
 _JSON_HEADERS = {"content-type": "application/json"}
 
@@ -173,7 +174,14 @@ class OpenAIHTTPBackend(Backend):
     def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
         return self._stream("responses", request.upstream_body(self.config.served_model))
 
-    async def _post(self, endpoint: Endpoint | Literal["responses", "rerank"], body: bytes) -> dict[str, Any]:
+    async def messages(self, request: MessagesRequest) -> dict[str, Any]:
+        return await self._post("messages", orjson.dumps(request.upstream_body(self.config.served_model)))
+
+    def stream_messages(self, request: MessagesRequest) -> AsyncIterator[dict[str, Any]]:
+        return self._stream("messages", request.upstream_body(self.config.served_model))
+
+    async def _post(self, endpoint: Endpoint | Literal["responses", "messages", "rerank"],
+                    body: bytes) -> dict[str, Any]:
         try:
             async with self._session.post(self._urls[endpoint], data=body, headers=_JSON_HEADERS) as response:
                 self._open.add(response)
@@ -215,7 +223,7 @@ class OpenAIHTTPBackend(Backend):
         body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
         return body
 
-    async def _stream(self, endpoint: Endpoint | Literal["responses"],
+    async def _stream(self, endpoint: Endpoint | Literal["responses", "messages"],
                       body: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
         """The upstream's SSE events as dicts (chat chunks or Responses events), model renamed."""
         async with aclosing(self._chunk_batches(endpoint, body)) as batches:
@@ -223,7 +231,7 @@ class OpenAIHTTPBackend(Backend):
                 for chunk in chunks:
                     yield chunk
 
-    async def _chunk_batches(self, endpoint: Endpoint | Literal["responses"],
+    async def _chunk_batches(self, endpoint: Endpoint | Literal["responses", "messages"],
                              body: dict[str, Any]) -> AsyncGenerator[list[dict[str, Any]], None]:
         """``_stream``'s events in the lists that each read of the upstream completed."""
         try:
@@ -285,7 +293,9 @@ class OpenAIHTTPBackend(Backend):
             raise UpstreamError(f"upstream '{self.name}' failed mid-stream: {_message_of(chunk)}")
         if isinstance(chunk.get("response"), dict):  # a Responses event carrying the response
             chunk["response"]["model"] = self.name
-        else:
+        elif isinstance(chunk.get("message"), dict):  # Anthropic's message_start
+            chunk["message"]["model"] = self.name
+        elif "type" not in chunk:  # a chat chunk (Responses and Anthropic events have a type, and no model)
             chunk["model"] = self.name
         return chunk
 

@@ -36,6 +36,7 @@ from gateway.backends.openai_http import OpenAIHTTPBackend
 from gateway.core.circuit import FAILOVER_ERRORS, CircuitBreaker, is_backend_fault
 from gateway.core.config import ModelConfig
 from gateway.core.errors import GatewayError
+from gateway.wire.anthropic import MessagesRequest
 from gateway.wire.audio import SpeechRequest, TranscriptionRequest, UpstreamAudioReply
 from gateway.wire.openai import EmbeddingRequest, Endpoint
 from gateway.wire.rerank import RerankRequest
@@ -199,6 +200,12 @@ class ReplicaSet(Backend):
 
     def stream_responses(self, request: ResponsesRequest) -> AsyncIterator[dict[str, Any]]:
         return self._stream(request, lambda replica: replica.stream_responses(request))
+
+    async def messages(self, request: MessagesRequest) -> dict[str, Any]:
+        return await self._call(request, lambda replica: replica.messages(request))
+
+    def stream_messages(self, request: MessagesRequest) -> AsyncIterator[dict[str, Any]]:
+        return self._stream(request, lambda replica: replica.stream_messages(request))
 
 
 def _vllm_load(text: str) -> tuple[float | None, float | None]:

@@ -104,6 +104,9 @@ class ModelConfig(StrictModel):
     responses_api: Literal["translate", "native"] = Field(
         default="translate", description="/v1/responses: translate to chat (any backend), or native: pass the "
                                          "request to the upstream's own /v1/responses (vLLM, OpenAI)")
+    messages_api: Literal["translate", "native"] = Field(
+        default="translate", description="/v1/messages (Anthropic): translate to chat (any backend), or native: "
+                                         "pass the request to the upstream's own /v1/messages (vLLM)")
     task: Literal["generate", "embed", "rerank", "transcribe", "speech"] = Field(
         default="generate", description="generate: chat and completions; embed: /v1/embeddings; rerank: "
                                         "/v1/rerank (a local cross-encoder at 'path', or an upstream's /v1/rerank); "
@@ -155,6 +158,9 @@ class ModelConfig(StrictModel):
                              "'openai'); local models get audio through the speech models")
         if self.responses_api == "native" and (self.backend != "openai" or self.stages):
             raise ValueError(f"model '{self.name}': responses_api 'native' is for backend 'openai' without stages "
+                             "(stages work on chat: leave it at 'translate')")
+        if self.messages_api == "native" and (self.backend != "openai" or self.stages):
+            raise ValueError(f"model '{self.name}': messages_api 'native' is for backend 'openai' without stages "
                              "(stages work on chat: leave it at 'translate')")
         if self.mote is not None and (self.backend != "local" or self.task != "generate" or self.adapters
                                       or self.vision):

@@ -28,14 +28,15 @@ from gateway.backends import RelayedChunks
 from gateway.core.config import GatewayConfig
 from gateway.core.errors import GatewayError, RateLimitError, UpstreamError, UpstreamUnavailableError
 from gateway.core.metrics import GatewayMetrics
-from gateway.engine.answers import KEEPALIVE, PrimedStream, StreamAnswer
+from gateway.engine.answers import KEEPALIVE, PrimedStream, StreamAnswer, StreamDialect
 from gateway.engine.auth import ApiKey
 from gateway.engine.limits import LimiterUnavailable, RateLimiter, Reservation, limiter_unavailable_error
 from gateway.engine.routing import CHARACTERS_PER_TOKEN, prompt_characters
+from gateway.wire.anthropic import chat_usage as messages_chat_usage
 from gateway.wire.audio import SpeechRequest, TranscriptionRequest
 from gateway.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, is_usage_chunk
 from gateway.wire.rerank import RerankRequest
-from gateway.wire.responses import chat_usage
+from gateway.wire.responses import chat_usage as responses_chat_usage
 
 # What per-key limits admit: every request the API takes (the estimate reads its text and completion limit).
 AdmittedRequest = ChatCompletionRequest | CompletionRequest | EmbeddingRequest | SpeechRequest | TranscriptionRequest \
@@ -194,10 +195,11 @@ async def accounted(record: RequestRecord, work: Awaitable[Result]) -> Result:
         raise
 
 
-async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], responses: bool = False
+async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], dialect: StreamDialect = "chat"
                            ) -> AsyncIterator[Any]:
     """``chunks`` as they come, counted into ``record``: the first chunk's time, the usage (from relayed frames'
-    usage, the final usage chunk, or with ``responses`` the final Responses event), and the status at the end.
+    usage, the final usage chunk, the final Responses event or Anthropic's ``message_delta``: see ``_count``),
+    and the status at the end.
     A stream that breaks raises ``GatewayError`` (anything else becomes a 502 ``UpstreamError``) after its
     record is finished; the caller reports it in the stream."""
     status, code = 200, None
@@ -207,7 +209,7 @@ async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], re
             if chunks.first is None:
                 return
             record.first_chunk()
-            _count(record, chunks.first, responses)
+            _count(record, chunks.first, dialect)
             yield chunks.first
             source, first = chunks.rest, False
         else:
@@ -223,7 +225,7 @@ async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], re
                 if chunk.usage is not None:
                     record.add_usage(chunk.usage)
             else:
-                _count(record, chunk, responses)
+                _count(record, chunk, dialect)
             yield chunk
     except GatewayError as exc:
         status, code = exc.status_code, exc.code
@@ -240,21 +242,25 @@ async def accounted_stream(record: RequestRecord, chunks: AsyncIterator[Any], re
         await chunks.aclose()  # type: ignore[attr-defined]
 
 
-def _count(record: RequestRecord, chunk: Any, responses: bool) -> None:
-    """The usage a chunk reports, once: a relayed batch's, the final usage chunk's, the final Responses event's."""
+def _count(record: RequestRecord, chunk: Any, dialect: StreamDialect) -> None:
+    """The usage a chunk reports, once: a relayed batch's, the final usage chunk's, the final Responses event's, or
+    Anthropic's ``message_delta`` (its usage is the whole request's: ``message_start``'s is not counted too)."""
     if type(chunk) is RelayedChunks:
         if chunk.usage is not None:
             record.add_usage(chunk.usage)
-    elif responses:
+    elif dialect == "responses":
         if chunk.get("type") in FINAL_RESPONSE_EVENTS:
-            record.add_usage(chat_usage(chunk["response"].get("usage")))
+            record.add_usage(responses_chat_usage(chunk["response"].get("usage")))
+    elif dialect == "messages":
+        if chunk.get("type") == "message_delta":
+            record.add_usage(messages_chat_usage(chunk.get("usage")))
     elif is_usage_chunk(chunk):
         record.add_usage(chunk["usage"])
 
 
-def accounted_answer(record: RequestRecord, answer: StreamAnswer, responses: bool = False) -> StreamAnswer:
+def accounted_answer(record: RequestRecord, answer: StreamAnswer) -> StreamAnswer:
     """A stream answer whose chunks finish ``record`` (see ``accounted_stream``)."""
-    return StreamAnswer(accounted_stream(record, answer.chunks, responses), answer.headers)
+    return StreamAnswer(accounted_stream(record, answer.chunks, answer.dialect), answer.headers, answer.dialect)
 
 
 async def accounted_audio(record: RequestRecord, pieces: AsyncIterator[bytes]) -> AsyncIterator[bytes]:

@@ -9,7 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import aclosing
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from gateway.backends import RelayedChunks
 
@@ -20,6 +20,11 @@ class Answer:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+# What a stream's chunks are: chat completion chunks (``data:`` lines, ``[DONE]`` last), Responses API events or
+# Anthropic Messages events (each sent under its ``event:`` name, no ``[DONE]``).
+StreamDialect = Literal["chat", "responses", "messages"]
+
+
 @dataclass
 class StreamAnswer:
     """Chunks of a streamed answer; ``KEEPALIVE`` among them means "still working" (no data yet).
@@ -27,6 +32,7 @@ class StreamAnswer:
 
     chunks: AsyncIterator[dict[str, Any] | RelayedChunks]
     headers: dict[str, str] = field(default_factory=dict)
+    dialect: StreamDialect = "chat"
 
 
 # Yielded by a stream that is held (a stage checking the whole answer first) every KEEPALIVE_S without a chunk,

@@ -32,7 +32,7 @@ class ApiKeyStore:
             return None
         scheme, _, token = (authorization or "").partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>'")
+            raise AuthenticationError("missing API key: send 'Authorization: Bearer <key>' (or 'x-api-key: <key>')")
         digest = hash_key(token.strip())
         found = None
         for stored, key in self._keys:

@@ -32,9 +32,12 @@ from gateway.engine.routing import (
     RoutedModel,
     route_scores_header,
 )
+from gateway.wire.anthropic import MessagesRequest, message_events, message_from_chat
+from gateway.wire.anthropic import chat_usage as messages_chat_usage
 from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest, Endpoint
-from gateway.wire.responses import ResponsesRequest, chat_usage, response_events, response_from_chat
+from gateway.wire.responses import ResponsesRequest, response_events, response_from_chat
+from gateway.wire.responses import chat_usage as responses_chat_usage
 
 UNKNOWN_MODEL_LABEL = "unknown"
 
@@ -118,14 +121,33 @@ class CompletionService:
             record.answered_by(backend.name)
             headers = {ROUTED_MODEL_HEADER: backend.name}
             if request.stream:
-                return StreamAnswer(await primed(backend.stream_responses(request)), headers)
+                return StreamAnswer(await primed(backend.stream_responses(request)), headers, "responses")
             body = await backend.respond(request)
-            record.add_usage(chat_usage(body.get("usage")))
+            record.add_usage(responses_chat_usage(body.get("usage")))
             return Answer(body, headers)
         answer = await self.serve("chat", chat, record)
         if isinstance(answer, StreamAnswer):
-            return StreamAnswer(response_events(request, _not_relayed(answer), KEEPALIVE), answer.headers)
+            return StreamAnswer(response_events(request, _not_relayed(answer), KEEPALIVE), answer.headers, "responses")
         return Answer(response_from_chat(request, answer.body), answer.headers)
+
+    async def serve_messages(self, request: MessagesRequest, chat: ChatCompletionRequest,
+                             record: RequestRecord) -> Answer | StreamAnswer:
+        """``/v1/messages`` (Anthropic): passed as sent to a named upstream that serves it (``messages_api:
+        native``), otherwise served as ``chat`` (routing, stages and failover included) and answered in
+        Anthropic's shapes."""
+        backend = self.pool.get(request.model)
+        if backend is not None and backend.config.messages_api == "native":
+            record.answered_by(backend.name)
+            headers = {ROUTED_MODEL_HEADER: backend.name}
+            if request.stream:
+                return StreamAnswer(await primed(backend.stream_messages(request)), headers, "messages")
+            body = await backend.messages(request)
+            record.add_usage(messages_chat_usage(body.get("usage")))
+            return Answer(body, headers)
+        answer = await self.serve("chat", chat, record)
+        if isinstance(answer, StreamAnswer):
+            return StreamAnswer(message_events(request, _not_relayed(answer), KEEPALIVE), answer.headers, "messages")
+        return Answer(message_from_chat(request, answer.body), answer.headers)
 
     async def transcribe(self, request: TranscriptionRequest, task: str, record: RequestRecord
                          ) -> Transcript | UpstreamAudioReply:

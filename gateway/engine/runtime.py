@@ -30,6 +30,8 @@ from gateway.engine.limits import build_rate_limiter
 from gateway.engine.pool import ModelPool
 from gateway.engine.rerank import Reranked, Reranker
 from gateway.engine.routing import RoutedModel
+from gateway.wire.anthropic import MessagesRequest, admission_view
+from gateway.wire.anthropic import to_chat as messages_to_chat
 from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
 from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest, Endpoint
 from gateway.wire.rerank import RerankRequest
@@ -101,7 +103,18 @@ class Gateway:
         self._check_messages(chat)
         record = await self.accounting.admit(ctx, "responses", request.model, chat)
         answer = await accounted(record, self.service.serve_responses(request, chat, record))
-        return _finished(record, answer, responses=True)
+        return _finished(record, answer)
+
+    async def messages(self, ctx: RequestContext, request: MessagesRequest) -> Answer | StreamAnswer:
+        """``/v1/messages`` (Anthropic): admitted, checked and routed as the chat request that answers it (a
+        model with ``messages_api: native`` gets the body as sent, so it is not translated)."""
+        backend = self.service.pool.get(request.model)
+        chat = admission_view(request) if backend is not None and backend.config.messages_api == "native" \
+            else messages_to_chat(request)
+        self._check_messages(chat)
+        record = await self.accounting.admit(ctx, "messages", request.model, chat)
+        answer = await accounted(record, self.service.serve_messages(request, chat, record))
+        return _finished(record, answer)
 
     async def embed(self, ctx: RequestContext, request: EmbeddingRequest) -> Answer:
         record = await self.accounting.admit(ctx, "embeddings", request.model, request)
@@ -145,9 +158,9 @@ class Gateway:
         self.metrics.close()
 
 
-def _finished(record: RequestRecord, answer: Answer | StreamAnswer, responses: bool = False) -> Answer | StreamAnswer:
+def _finished(record: RequestRecord, answer: Answer | StreamAnswer) -> Answer | StreamAnswer:
     """A whole answer's record finishes now; a stream's when its last chunk has been read."""
     if isinstance(answer, StreamAnswer):
-        return accounted_answer(record, answer, responses)
+        return accounted_answer(record, answer)
     record.finish(200)
     return answer

@@ -15,16 +15,18 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.core.config import GatewayConfig, Settings
 from gateway.core.errors import GatewayError, HTTPStatusError, InternalError, InvalidRequestError, error_response
 from gateway.engine.runtime import Gateway
-from gateway.http.deps import BODY_SCHEMAS
+from gateway.http.deps import BODY_SCHEMAS, PostEndpoint
 from gateway.http.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
 from gateway.http.routes import audio, ops, rerank
+from gateway.http.routes.anthropic import ANTHROPIC_ENDPOINTS
 from gateway.http.routes.console import console_api, console_assets, pages
-from gateway.http.routes.openai import OPENAI_ENDPOINTS, openai_routes
+from gateway.http.routes.openai import OPENAI_ENDPOINTS
 from gateway.http.routes.openai import v1 as openai_v1
 from gateway.wire.audio import MAX_AUDIO_BYTES
 
@@ -32,6 +34,8 @@ logger = logging.getLogger(__name__)
 
 
 MAX_AUDIO_UPLOAD_BYTES = MAX_AUDIO_BYTES + 1024 * 1024  # a 25 MB file plus its multipart framing
+# The POST endpoints that are plain ASGI apps (the hot path, see ``GatewayApp``), each with its OpenAPI operation.
+POST_ENDPOINTS: dict[str, PostEndpoint] = {**OPENAI_ENDPOINTS, **ANTHROPIC_ENDPOINTS}
 
 
 def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = None) -> FastAPI:
@@ -55,7 +59,7 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
                   telemetry={"tracing": False, "metrics": False, "logs": False},
                   description="OpenAI-compatible gateway with learned routing and safety stages")
     app.state.gateway = gateway
-    app.router.routes.extend(openai_routes)
+    app.router.routes.extend(Route(path, endpoint, methods=["POST"]) for path, endpoint in POST_ENDPOINTS.items())
     for routes in (audio.v1, rerank.v1, openai_v1, rerank.router, ops.router):
         app.include_router(routes)
     app.include_router(pages)
@@ -70,7 +74,7 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
         if app.openapi_schema is None:
             document = get_openapi(title=app.title, version=app.version, description=app.description,
                                    routes=app.routes)
-            for path, endpoint in OPENAI_ENDPOINTS.items():
+            for path, endpoint in POST_ENDPOINTS.items():
                 document.setdefault("paths", {})[path] = {"post": endpoint.openapi_operation()}
             document.setdefault("components", {}).setdefault("schemas", {}).update(BODY_SCHEMAS)
             app.openapi_schema = document
@@ -125,7 +129,7 @@ class GatewayApp(FastAPI):
 
     def build_middleware_stack(self) -> ASGIApp:
         handlers: dict[str, ASGIApp] = {}
-        for path, endpoint in OPENAI_ENDPOINTS.items():
+        for path, endpoint in POST_ENDPOINTS.items():
             handler: ASGIApp = endpoint
             for cls, args, kwargs in reversed(self.user_middleware):
                 handler = cls(handler, *args, **kwargs)

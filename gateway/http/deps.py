@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Awaitable
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Protocol, TypeVar
 
 import orjson
 from fastapi import APIRouter, Depends, Request
@@ -43,14 +43,24 @@ GatewayDep = Annotated[Gateway, Depends(_gateway)]
 
 
 async def authenticate(request: Request, gateway: GatewayDep) -> ApiKey | None:
-    """Every /v1 request: the caller's API key (401 when keys are configured and it is missing or wrong)."""
-    key = gateway.keys.authenticate(request.headers.get("authorization"))
+    """Every /v1 request: the caller's API key (401 when keys are configured and it is missing or wrong), from
+    ``Authorization: Bearer`` (OpenAI's clients) or ``x-api-key`` (Anthropic's)."""
+    authorization = request.headers.get("authorization")
+    if authorization is None and (api_key := request.headers.get("x-api-key")):
+        authorization = f"Bearer {api_key}"
+    key = gateway.keys.authenticate(authorization)
     request.state.api_key = key
     if key is not None:
         request.state.log["key"] = key.name
     return key
 
 
+class PostEndpoint(Protocol):
+    """A POST endpoint served as a plain ASGI app (the hot path: ``GatewayApp``), with its OpenAPI operation."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None: ...
+
+    def openapi_operation(self) -> dict[str, Any]: ...
 
 
 def v1_router() -> APIRouter:

@@ -220,6 +220,35 @@ class ScriptedUpstream:
 
             return StreamingResponse(events(), media_type="text/event-stream")
 
+        @app.post("/v1/messages")
+        async def messages(request: Request) -> Response:
+            """A native Anthropic Messages API (as vLLM serves it): answers "<name> native: <last user text>"."""
+            body = json.loads(await request.body())
+            with self._lock:
+                self.calls.append(Call(request.url.path, body, dict(request.headers), time.monotonic()))
+            last = body["messages"][-1]["content"]
+            text = f"{self.name} native: {last if isinstance(last, str) else '...'}"
+            usage = {"input_tokens": 7, "output_tokens": len(text.split())}
+            message = {"id": "msg_up", "type": "message", "role": "assistant", "model": body["model"],
+                       "content": [{"type": "text", "text": text}], "stop_reason": "end_turn",
+                       "stop_sequence": None, "usage": usage}
+            if not body.get("stream"):
+                return JSONResponse(message)
+
+            def events() -> Iterator[str]:
+                def event(kind: str, **fields: Any) -> str:
+                    return f"event: {kind}\ndata: {json.dumps({'type': kind, **fields})}\n\n"
+                yield event("message_start", message={**message, "content": [], "stop_reason": None,
+                                                      "usage": {"input_tokens": 7, "output_tokens": 0}})
+                yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+                for word in text.split(" "):
+                    yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": word + " "})
+                yield event("content_block_stop", index=0)
+                yield event("message_delta", delta={"stop_reason": "end_turn", "stop_sequence": None}, usage=usage)
+                yield event("message_stop")
+
+            return StreamingResponse(events(), media_type="text/event-stream")
+
         return app
 
     async def _handle(self, request: Request, endpoint: str) -> Response:

@@ -30,7 +30,7 @@ MESSAGES = [{"role": "user", "content": "Name three colours of the rainbow."}]
 def gateway(smollm2: VLLMServer, gemma: VLLMServer, minilm: VLLMServer) -> Iterator[LiveGateway]:
     config = {"models": [
         upstream_model("smollm2", smollm2),
-        upstream_model("smollm2-native", smollm2, responses_api="native"),
+        upstream_model("smollm2-native", smollm2, responses_api="native", messages_api="native"),
         upstream_model("gemma-3-270m", gemma),
         upstream_model("all-minilm-l6-v2", minilm, task="embed"),
     ]}
@@ -224,6 +224,31 @@ def test_translated_responses_answer_as_vllm_does(direct: openai.OpenAI, through
     assert from_vllm.status == "incomplete"
     assert streamed[-1].type == "response.incomplete" and streamed[-1].response.status == "incomplete"
     assert "".join(e.delta for e in streamed if e.type == "response.output_text.delta") == from_vllm.output_text
+
+
+def test_messages_native_and_translated_answer_as_vllm_does(smollm2: VLLMServer, gateway: LiveGateway) -> None:
+    """/v1/messages with Anthropic's SDK: ``messages_api: native`` hands it to vLLM's own endpoint (the same
+    Message), and the default translation over vLLM's chat gives the same text and token counts as vLLM's own
+    /v1/messages; streamed, the SDK's accumulated message has that text too."""
+    import anthropic
+
+    request = {"max_tokens": 16, "system": "Answer briefly.",
+               "messages": [{"role": "user", "content": "Say hello in French."}], "extra_body": {"temperature": 0}}
+    direct = anthropic.Anthropic(base_url=smollm2.url, api_key="unused", max_retries=0)
+    from_vllm = direct.messages.create(model="smollm2", **request)
+    through = gateway.anthropic_client()
+    native = through.messages.create(model="smollm2-native", **request)
+    translated = through.messages.create(model="smollm2", **request)
+    for answer, model in ((native, "smollm2-native"), (translated, "smollm2")):
+        assert [block.type for block in answer.content] == [block.type for block in from_vllm.content]
+        assert answer.content[0].text == from_vllm.content[0].text, model
+        assert (answer.usage.input_tokens, answer.usage.output_tokens) == (
+            from_vllm.usage.input_tokens, from_vllm.usage.output_tokens), model
+        assert answer.stop_reason == from_vllm.stop_reason == "max_tokens" and answer.model == model
+    for model in ("smollm2-native", "smollm2"):
+        with through.messages.stream(model=model, **request) as stream:
+            final = stream.get_final_message()
+        assert final.content[0].text == from_vllm.content[0].text and final.stop_reason == "max_tokens", model
 
 
 ERROR_CASES = {

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 from fastapi import Request
 from starlette.responses import Response
-from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.core.errors import GatewayError, ModelNotFoundError, error_response
@@ -51,8 +50,7 @@ async def _respond(request: Request, gateway: Gateway, endpoint: Endpoint | Lite
     except ClientDisconnected:
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     if isinstance(answer, StreamAnswer):
-        return EventStreamResponse(sse_lines(answer, parsed.include_usage,
-                                             responses=isinstance(parsed, ResponsesRequest)),
+        return EventStreamResponse(sse_lines(answer, parsed.include_usage),
                                    headers={"cache-control": "no-cache", "x-accel-buffering": "no", **answer.headers})
     return FastJSONResponse(answer.body, headers=answer.headers)
 
@@ -97,7 +95,6 @@ OPENAI_ENDPOINTS = {
     "/v1/responses": OpenAIEndpoint("responses", ResponsesRequest, "OpenAI Responses API, stateless subset "
                                                                    "(stream for Responses events)"),
 }
-openai_routes = [Route(path, endpoint, methods=["POST"]) for path, endpoint in OPENAI_ENDPOINTS.items()]
 
 
 def _model_card(name: str, created: int) -> dict[str, Any]:
