@@ -260,7 +260,7 @@ def response_choice(endpoint: Endpoint, index: int, text: str | None, finish_rea
                     logprobs: dict[str, Any] | None = None,
                     tool_calls: list[dict[str, Any]] | None = None) -> dict[str, Any]:
     if endpoint == "chat":
-        message: dict[str, Any] = {"role": "assistant", "content": text}
+        message: dict[str, Any] = {"role": "assistant", "content": text, "refusal": None}  # refusal: required
         if tool_calls:
             message["tool_calls"] = tool_calls
         return {"index": index, "message": message, "logprobs": logprobs, "finish_reason": finish_reason}
@@ -284,8 +284,11 @@ def chunk_dict(endpoint: Endpoint, completion_id: str, model: str, *, index: int
         choices = [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]
     else:
         choices = [{"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish_reason}]
-    return {"id": completion_id, "object": "chat.completion.chunk" if endpoint == "chat" else "text_completion",
-            "created": int(time.time()), "model": model, "choices": choices, "usage": usage}
+        # A completion chunk has the whole completion's shape, whose usage is an object when present
+        return {"id": completion_id, "object": "text_completion", "created": int(time.time()), "model": model,
+                "choices": choices, **({"usage": usage} if usage is not None else {})}
+    return {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model,
+            "choices": choices, "usage": usage}
 
 
 TokenText = Callable[[int], bytes]  # a token id's bytes

@@ -202,7 +202,8 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
     cached = (usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0
     reasoning = (usage.get("completion_tokens_details") or {}).get("reasoning_tokens") or 0
     return {"input_tokens": usage.get("prompt_tokens", 0), "output_tokens": usage.get("completion_tokens", 0),
-            "total_tokens": usage.get("total_tokens", 0), "input_tokens_details": {"cached_tokens": cached},
+            "total_tokens": usage.get("total_tokens", 0),
+            "input_tokens_details": {"cached_tokens": cached, "cache_write_tokens": 0},
             "output_tokens_details": {"reasoning_tokens": reasoning}}
 
 
@@ -227,7 +228,14 @@ def response_object(request: ResponsesRequest, response_id: str, model: str, out
             "parallel_tool_calls": extra.get("parallel_tool_calls", True), "previous_response_id": None,
             "temperature": request.temperature, "top_p": request.top_p, "store": False,
             "text": request.text or {"format": {"type": "text"}}, "tool_choice": request.tool_choice or "auto",
-            "tools": request.tools or [], "metadata": extra.get("metadata") or {}, "usage": responses_usage(usage)}
+            "tools": [_echoed_tool(tool) for tool in request.tools or []], "metadata": extra.get("metadata") or {},
+            **({"usage": responses_usage(usage)} if usage else {})}  # the schema's usage is an object when present
+
+
+def _echoed_tool(tool: dict[str, Any]) -> dict[str, Any]:
+    """A request's function tool as a Response repeats it: ``strict`` and ``parameters`` always there (null when
+    the request left them out), as OpenAI's schema requires."""
+    return {**tool, "strict": tool.get("strict"), "parameters": tool.get("parameters")}
 
 
 def _status_of(finish_reason: str | None) -> str:
@@ -397,7 +405,7 @@ async def response_events(request: ResponsesRequest, chunks: AsyncIterator[dict[
     for index, item in calls.items():
         item["status"] = "completed"
         yield event("response.function_call_arguments.done", item_id=item["id"], output_index=call_positions[index],
-                    arguments=item["arguments"])
+                    name=item["name"], arguments=item["arguments"])
         yield event("response.output_item.done", output_index=call_positions[index], item=item)
     status = _status_of(finish_reason)
     final = response_object(request, response_id, model, output, status, finish_reason, usage)

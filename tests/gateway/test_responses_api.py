@@ -9,6 +9,8 @@ import httpx
 import openai
 import pytest
 
+from tests.support.openapi import assert_conforms, assert_event_conforms, sse_events
+
 WEATHER = {"type": "function", "name": "get_weather", "description": "The weather in a city",
            "parameters": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30}},
                           "required": ["city"], "additionalProperties": False}}
@@ -109,6 +111,12 @@ def test_upstream_reasoning_is_relayed_in_chat_and_becomes_a_reasoning_item(upst
     events = list(client.responses.create(model="alpha", input="Capital?", stream=True))
     kinds = [event.type for event in events]
     assert "".join(e.delta for e in events if e.type == "response.reasoning_text.delta") == "Paris is in France."
+    raw = sse_events(httpx.post(f"{translated.base_url}/responses", json={"model": "alpha", "input": "Capital?",
+                                                                          "stream": True}))
+    for event in raw:  # the reasoning events and item as OpenAI's schemas define them
+        assert_event_conforms(event)
+    assert_conforms(httpx.post(f"{translated.base_url}/responses", json={"model": "alpha", "input": "Capital?"}
+                               ).json(), "Response")
     assert kinds.index("response.reasoning_text.done") < kinds.index("response.output_text.delta")
     final = events[-1].response
     assert [item.type for item in final.output] == ["reasoning", "message"]

@@ -282,10 +282,11 @@ class ScriptedUpstream:
 
     def _response(self, endpoint: str, body: dict[str, Any], reply: Reply) -> dict[str, Any]:
         choice: dict[str, Any]
-        if endpoint == "chat":
-            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text}, "finish_reason": "stop"}
+        if endpoint == "chat":  # the fields OpenAI's schema requires, as vLLM sends them
+            choice = {"index": 0, "message": {"role": "assistant", "content": reply.text, "refusal": None},
+                      "logprobs": None, "finish_reason": "stop"}
         else:
-            choice = {"index": 0, "text": reply.text, "finish_reason": "stop"}
+            choice = {"index": 0, "text": reply.text, "logprobs": None, "finish_reason": "stop"}
         return {"id": f"up-{uuid.uuid4().hex[:8]}", "object": "chat.completion" if endpoint == "chat" else
                 "text_completion", "created": int(time.time()), "model": body.get("model"), "choices": [choice],
                 "usage": self._usage(body, reply.text), **reply.extra}
