@@ -60,6 +60,9 @@ class VLLMServer:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen | None = None  # type: ignore[type-arg]
     started_in_s: float | None = None
+    # The core its engine's threads are bound to. vLLM's automatic binding keeps one CPU in reserve, which on a
+    # 2-core machine puts every engine on core 0: the tier's servers are spread over the cores instead.
+    core: int | None = None
 
     @property
     def url(self) -> str:
@@ -74,6 +77,8 @@ class VLLMServer:
         log = self.log_path.open("ab")
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
                "DO_NOT_TRACK": "1"}
+        if self.core is not None:
+            env["VLLM_CPU_OMP_THREADS_BIND"] = str(self.core % (os.cpu_count() or 1))
         self.process = subprocess.Popen(
             [str(VLLM_SCRIPT), "serve", str(self.model_dir), "--port", str(self.port),
              "--served-model-name", self.name, *self.args],

@@ -56,11 +56,11 @@ def vllm_pool(tmp_path_factory) -> Iterator[VLLMPool]:
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         smollm2_path, gemma_path = pool.submit(smollm2_dir, cache), pool.submit(gemma3_dir, cache / "vllm-tier")
         servers = VLLMPool(
-            smollm2=VLLMServer("smollm2", smollm2_path.result(), TOOL_ARGS, logs / "smollm2.log"),
+            smollm2=VLLMServer("smollm2", smollm2_path.result(), TOOL_ARGS, logs / "smollm2.log", core=0),
             gemma=VLLMServer("gemma-3-270m", gemma_path.result(), ["--chat-template", str(GEMMA_CHAT_TEMPLATE)],
-                             logs / "gemma.log"),
+                             logs / "gemma.log", core=1),
             minilm=VLLMServer("all-minilm-l6-v2", minilm_dir(), ["--runner", "pooling", "--max-model-len", "256"],
-                              logs / "minilm.log"))
+                              logs / "minilm.log", core=1))
     reuse = os.environ.get("VLLM_TIER_REUSE_PORTS")  # "P1,P2,P3": servers already started by hand (development)
     if reuse:
         for server, port in zip(servers.servers, reuse.split(","), strict=True):
