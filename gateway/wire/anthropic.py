@@ -138,7 +138,7 @@ def _system_text(system: str | list[dict[str, Any]]) -> str:
         return system
     texts = []
     for position, block in enumerate(system):
-        if block.get("type") != "text" or not isinstance(block.get("text"), str):
+        if not isinstance(block, dict) or block.get("type") != "text" or not isinstance(block.get("text"), str):
             raise InvalidRequestError("system blocks must be text blocks", param=f"system.{position}")
         texts.append(block["text"])
     return "\n\n".join(texts)
@@ -160,6 +160,13 @@ def _blocks(content: Any, param: str) -> list[dict[str, Any]]:
             if name != "type" and name not in _BLOCK_PARAMS[kind] and block[name] is not None:
                 raise InvalidRequestError(f"'{name}' is not supported in a {kind} block",
                                           param=f"{param}.{position}.{name}", code="unsupported_parameter")
+        if kind == "text" and not isinstance(block.get("text"), str):
+            raise InvalidRequestError("a text block needs a string 'text'", param=f"{param}.{position}.text")
+        if kind == "tool_use" and not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)):
+            raise InvalidRequestError("a tool_use block needs a string 'id' and 'name'", param=f"{param}.{position}")
+        if kind == "tool_result" and not isinstance(block.get("tool_use_id"), str):
+            raise InvalidRequestError("a tool_result block needs a string 'tool_use_id'",
+                                      param=f"{param}.{position}.tool_use_id")
     return content
 
 
@@ -228,6 +235,8 @@ def _chat_tool(tool: dict[str, Any], param: str) -> dict[str, Any]:
                                   "description, input_schema) are", param=f"{param}.type", code="unsupported_parameter")
     if not isinstance(tool.get("name"), str) or not isinstance(tool.get("input_schema"), dict):
         raise InvalidRequestError("a tool needs 'name' and 'input_schema'", param=param)
+    if not isinstance(tool.get("description") or "", str):
+        raise InvalidRequestError("a tool's description must be a string", param=f"{param}.description")
     function = {"name": tool["name"], "parameters": tool["input_schema"]}
     if tool.get("description"):
         function["description"] = tool["description"]

@@ -27,10 +27,15 @@ def gateway_url():
 
 @schemathesis.check
 def openai_error_shape(ctx, response, case):  # type: ignore[no-untyped-def]
-    """Every 4xx/5xx body is {"error": {"message", "type", "param", "code"}}."""
+    """Every 4xx/5xx body is {"error": {"message", "type", "param", "code"}}; on /v1/messages, Anthropic's
+    {"type": "error", "error": {"type", "message"}}."""
     if response.status_code < 400:
         return None
     body = json.loads(response.content)
+    if case.path == "/v1/messages":
+        assert body.get("type") == "error" and set(body["error"]) == {"type", "message"}, body
+        assert isinstance(body["error"]["message"], str) and "Traceback" not in body["error"]["message"]
+        return None
     assert set(body) == {"error"}, f"error body is not OpenAI-shaped: {body}"
     assert set(body["error"]) == {"message", "type", "param", "code"}, f"error fields: {body['error']}"
     assert isinstance(body["error"]["message"], str) and "Traceback" not in body["error"]["message"]
@@ -49,7 +54,8 @@ def test_fuzzed_requests_never_cause_server_errors(gateway_url):
     excluded = [schemathesis.checks.CHECKS.get_one(name) for name in EXCLUDED
                 if name in schemathesis.checks.CHECKS.get_all_names()]
     operations = [result.ok() for result in schema.get_all_operations()]
-    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/rerank"}
+    assert {op.path for op in operations} >= {"/v1/chat/completions", "/v1/completions", "/v1/models", "/v1/rerank",
+                                             "/v1/messages"}
     calls: dict[str, int] = {}
     # Negative cases (invalid on purpose) only where there is something to get wrong: a body.
     plans = [(op, schemathesis.GenerationMode.POSITIVE) for op in operations]
@@ -66,4 +72,5 @@ def test_fuzzed_requests_never_cause_server_errors(gateway_url):
 
         fuzz()
     assert calls["/v1/chat/completions"] >= 100 and calls["/v1/completions"] >= 100, calls
+    assert calls["/v1/messages"] >= 100, calls
     print(f"schemathesis cases per operation: {calls}")
