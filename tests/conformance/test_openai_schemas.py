@@ -94,7 +94,7 @@ RESPONSES_CASES: dict[str, dict[str, Any]] = {
     "tool calling": {"input": "Weather in Paris?", "tool_choice": "required", "max_output_tokens": 40,
                      "tools": [{"type": "function", **WEATHER["function"]}]},
     "multi-turn": {"input": [{"role": "user", "content": "My name is Ada."},
-                             {"role": "assistant", "content": [{"type": "output_text", "text": "Hello Ada."}]},
+                             {"role": "assistant", "content": "Hello Ada."},
                              {"role": "user", "content": "What is my name?"}], "max_output_tokens": 8},
 }
 

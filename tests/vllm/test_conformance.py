@@ -253,11 +253,13 @@ def test_messages_native_and_translated_answer_as_vllm_does(smollm2: VLLMServer,
 
 # Where vLLM 0.32's own answers leave OpenAI's schemas: optional fields sent as null where the schema wants them
 # absent (or a value), and a Response without its required ``error``. vLLM's shape, which the gateway relays
-# unchanged (the differential tests above hold it to vLLM's bytes); README lists them. Chat: these nulls.
+# unchanged (the differential tests above hold it to vLLM's bytes); README lists them. Chat: these nulls, and a
+# logprobs object without ``refusal``.
 VLLM_CHAT_NULLS = {"annotations", "function_call", "completion_tokens_details", "prompt_tokens_details"}
-# Its own /v1/responses (``responses_api: native``): these nulls, ``error`` missing, and an output_text's
-# ``logprobs`` null where the schema wants a list.
-VLLM_RESPONSES_NULLS = {"user", "text", "usage", "phase"}
+# Its own /v1/responses (``responses_api: native``): these nulls (on echoed tools and function calls too), ``error``
+# missing, and an output_text's ``logprobs`` null where the schema wants a list.
+VLLM_RESPONSES_NULLS = {"user", "text", "usage", "phase", "allowed_callers", "async", "defer_loading", "caller",
+                        "namespace"}
 
 
 def without_vllm_deviations(value: Any, nulls: set[str]) -> Any:
@@ -269,6 +271,10 @@ def without_vllm_deviations(value: Any, nulls: set[str]) -> Any:
             fixed.setdefault("error", None)
         if nulls is VLLM_RESPONSES_NULLS and fixed.get("type") == "output_text" and fixed.get("logprobs") is None:
             fixed["logprobs"] = []
+        tokens = fixed.get("content")
+        if nulls is VLLM_CHAT_NULLS and isinstance(tokens, list) and tokens and isinstance(tokens[0], dict) \
+                and "logprob" in tokens[0]:
+            fixed.setdefault("refusal", None)
         return fixed
     if isinstance(value, list):
         return [without_vllm_deviations(item, nulls) for item in value]
