@@ -27,7 +27,7 @@ import orjson
 from pydantic import Field, ValidationError
 
 from gateway.core.errors import GatewayError, InvalidRequestError
-from gateway.wire.openai import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions, is_usage_chunk
+from gateway.wire.openai import ChatCompletionRequest, PassThroughRequest, RoutingOptions, is_usage_chunk
 
 # Top-level fields with the values that ask for nothing this translation cannot do.
 _NEUTRAL: dict[str, tuple[Any, ...]] = {
@@ -48,7 +48,7 @@ ERROR_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "
 STOP_REASONS = {"stop": "end_turn", "length": "max_tokens", "tool_calls": "tool_use", "content_filter": "refusal"}
 
 
-class MessagesRequest(OpenAIBaseModel):
+class MessagesRequest(PassThroughRequest):
     model: str = Field(min_length=1, max_length=256)
     max_tokens: int = Field(ge=1)
     messages: list[dict[str, Any]] = Field(min_length=1)
@@ -63,20 +63,9 @@ class MessagesRequest(OpenAIBaseModel):
     tool_choice: dict[str, Any] | None = None
     routing: RoutingOptions | None = None
 
-    # What the request path reads of any request (streams, usage, token reservations).
-    @property
-    def include_usage(self) -> bool:
-        return False
-
     @property
     def completion_token_limit(self) -> int | None:
         return self.max_tokens
-
-    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
-        """The client's body for an upstream that serves ``/v1/messages`` itself, model renamed."""
-        body = self.model_dump(exclude_unset=True, exclude={"routing"})
-        body["model"] = upstream_model
-        return body
 
 
 def to_chat(request: MessagesRequest) -> ChatCompletionRequest:

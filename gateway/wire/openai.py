@@ -26,6 +26,22 @@ class OpenAIBaseModel(BaseModel):
     model_config = ConfigDict(extra="allow", populate_by_name=True)
 
 
+class PassThroughRequest(OpenAIBaseModel):
+    """A request of another API (Responses, Anthropic Messages) that is served through chat, or passed as sent to
+    an upstream that serves that API itself."""
+
+    # What the request path reads of any request: these APIs have no stream_options.include_usage.
+    @property
+    def include_usage(self) -> bool:
+        return False
+
+    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
+        """The client's body for an upstream that serves this API itself, model renamed (``routing`` is ours)."""
+        body = self.model_dump(exclude_unset=True, exclude={"routing"})
+        body["model"] = upstream_model
+        return body
+
+
 class ImageURL(OpenAIBaseModel):
     url: str
     detail: str | None = None

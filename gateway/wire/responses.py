@@ -19,7 +19,7 @@ from typing import Any
 from pydantic import Field, ValidationError
 
 from gateway.core.errors import InvalidRequestError
-from gateway.wire.openai import ChatCompletionRequest, OpenAIBaseModel, RoutingOptions, is_usage_chunk
+from gateway.wire.openai import ChatCompletionRequest, PassThroughRequest, RoutingOptions, is_usage_chunk
 
 # Fields of stateful or hosted features, with the values that ask for none of them.
 _NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
@@ -29,7 +29,7 @@ _NOT_SUPPORTED: dict[str, tuple[Any, ...]] = {
 _PASSED_TO_CHAT = ("parallel_tool_calls", "user", "metadata", "seed", "service_tier", "top_logprobs")
 
 
-class ResponsesRequest(OpenAIBaseModel):
+class ResponsesRequest(PassThroughRequest):
     model: str = Field(min_length=1, max_length=256)
     input: str | list[dict[str, Any]]
     instructions: str | None = None
@@ -42,20 +42,9 @@ class ResponsesRequest(OpenAIBaseModel):
     tool_choice: str | dict[str, Any] | None = None
     routing: RoutingOptions | None = None
 
-    # What the request path reads of any request (streams, usage, token reservations).
-    @property
-    def include_usage(self) -> bool:
-        return False
-
     @property
     def completion_token_limit(self) -> int | None:
         return self.max_output_tokens
-
-    def upstream_body(self, upstream_model: str) -> dict[str, Any]:
-        """The client's body for an upstream that serves ``/v1/responses`` itself, model renamed."""
-        body = self.model_dump(exclude_unset=True, exclude={"routing"})
-        body["model"] = upstream_model
-        return body
 
 
 def to_chat(request: ResponsesRequest) -> ChatCompletionRequest:
