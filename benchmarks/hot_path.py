@@ -1,10 +1,11 @@
 """The proxy hot path, side by side in one run: a canned upstream alone, this gateway with every feature on
-(API key, per-key limits, metrics, request ids, the JSON access log; `auto` routing for its row), and the
-LiteLLM proxy in front of the same upstream. Each server is pinned to core 0 with ``taskset``; the upstream
-and ``wrk`` share the other core. Prints added latency at concurrency 1 and requests/s at concurrency 32.
+(API key, per-key limits and dollar budget, the usage store, metrics, request ids, the JSON access log; `auto`
+routing for its row), and the LiteLLM proxy in front of the same upstream. Each server is pinned to core 0
+with ``taskset``; the upstream and ``wrk`` share the other core. Prints added latency at concurrency 1 and
+requests/s at concurrency 32.
 
     .venv/bin/python benchmarks/hot_path.py [--duration 8] [--router-checkpoint DIR] [--litellm] [--granian]
-        [--workers-row] [--replicas-row] [--soak 100000]
+        [--workers-row] [--replicas-row] [--usage-row] [--soak 100000]
 
 Needs ``wrk`` (Debian: ``apt-get install wrk``). ``--litellm`` installs LiteLLM, ``--granian`` the granian server,
 each into its own venv under ``~/.cache/llm-gateway/bench`` on first use (never a project dependency).
@@ -179,22 +180,32 @@ def ensure_granian() -> Path:
     return binary
 
 
-def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None) -> dict:
-    model = {"backend": "openai", "base_url": upstream, "upstream_model": "fake"}
+def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None, store: Path) -> dict:
+    model = {"backend": "openai", "base_url": upstream, "upstream_model": "fake",
+             "price": {"input_per_1m": 0.5, "output_per_1m": 1.5}}
     config: dict = {
         "models": [{"name": "bench", **model}, {"name": "bench-stream", **model, "base_url": stream_upstream},
                    # the same upstream under two addresses: two replicas, for the cost of choosing one
                    {"name": "bench-replicas", **{k: v for k, v in model.items() if k != "base_url"},
                     "endpoints": [{"base_url": upstream}, {"base_url": upstream.replace("127.0.0.1", "localhost")}]}],
         "auth": {"api_keys": [{"key_sha256": hashlib.sha256(KEY.encode()).hexdigest(), "name": "bench",
-                               "requests_per_minute": 10**9, "tokens_per_minute": 10**12}]},
+                               "requests_per_minute": 10**9, "tokens_per_minute": 10**12,
+                               "budget_usd": 10**6, "budget_period": "month"}]},
         "server": {"log_level": "info"},  # the JSON access log stays on
+        "usage_store": f"sqlite:///{store}",  # a row per request, and the key's dollar budget checked
     }
     if checkpoint is not None:
         names = json.loads((checkpoint / "router.json").read_text())["llm_names"]
         config["models"] += [{"name": name, **model} for name in names]
         config["router"] = {"checkpoint": str(checkpoint)}
     return config
+
+
+def _store_rows(path: Path) -> Iterator[tuple]:
+    import sqlite3
+
+    with sqlite3.connect(path) as connection:
+        yield from connection.execute("SELECT id FROM requests")
 
 
 def row(name: str, c1: WrkResult | None, c32: WrkResult | None, base: WrkResult | None, note: str = "") -> None:
@@ -215,6 +226,8 @@ def main() -> None:
     parser.add_argument("--workers-row", action="store_true", help="add the gateway with --workers 2")
     parser.add_argument("--replicas-row", action="store_true",
                         help="add a model with two endpoints (prefix-affinity) in front of the same upstream")
+    parser.add_argument("--usage-row", action="store_true",
+                        help="add the gateway without its usage store and budget (what they cost)")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="then send about N more requests (c=32) and print the gateway's RSS before and after")
     args = parser.parse_args()
@@ -229,7 +242,8 @@ def main() -> None:
     upstream = f"http://127.0.0.1:{ports['upstream']}/v1"
     stream_upstream = f"http://127.0.0.1:{ports['stream']}/v1"
     config_file = work / "gateway.yaml"
-    config_file.write_text(yaml.safe_dump(gateway_config(upstream, stream_upstream, args.router_checkpoint)))
+    config_file.write_text(yaml.safe_dump(gateway_config(upstream, stream_upstream, args.router_checkpoint,
+                                                         work / "usage.sqlite3")))
     scripts = {name: wrk_script(work, name, model, stream) for name, model, stream in
                [("fake", "fake", False), ("bench", "bench", False), ("auto", "auto", False),
                 ("replicas", "bench-replicas", False),
@@ -255,7 +269,7 @@ def main() -> None:
         gateway_url = f"http://127.0.0.1:{ports['gateway']}"
         with process(gateway_command, f"{gateway_url}/ready", work / "gateway.log") as gateway_pid:
             named = measure(f"{gateway_url}/v1/chat/completions", "bench")
-            row("llm-gateway, model named", *named, direct[0])
+            row("llm-gateway, model named", *named, direct[0], "usage store + budget")
             if args.replicas_row:
                 replicated = measure(f"{gateway_url}/v1/chat/completions", "replicas")
                 row("llm-gateway, two endpoints", *replicated, direct[0], "prefix-affinity")
@@ -274,6 +288,19 @@ def main() -> None:
                                        "gateway": f"{gateway_url}/v1/chat/completions"},
                                       {"upstream": "fake", "gateway": "bench-stream"})
             ttfb_direct, ttfb_gateway = ttfb["upstream"], ttfb["gateway"]
+        if args.usage_row:  # the same, without the usage store (and so without the budget, which needs it)
+            bare = yaml.safe_load(config_file.read_text())
+            bare["usage_store"] = False
+            for key in bare["auth"]["api_keys"]:
+                key.pop("budget_usd")
+            bare_file = work / "gateway-no-store.yaml"
+            bare_file.write_text(yaml.safe_dump(bare))
+            with process(pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(bare_file), "--port",
+                                    str(ports["gateway"])]), f"{gateway_url}/ready", work / "gateway-bare.log"):
+                without_store = measure(f"{gateway_url}/v1/chat/completions", "bench")
+                row("llm-gateway, model named", *without_store, direct[0], "no usage store, no budget")
+            rows = sum(1 for _ in _store_rows(work / "usage.sqlite3"))
+            print(f"{'':<34}(the store kept {rows:,} rows of the first gateway's requests)")
         if args.granian:  # the same app under granian instead of uvicorn
             command = pinned(0, [str(ensure_granian()), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
                                  "--port", str(ports["granian"]), "--workers", "1", "--runtime-threads", "1",

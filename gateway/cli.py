@@ -2,6 +2,7 @@
 
     llm-gateway serve [--config FILE] [--host H] [--port P] [--workers N] [--allow-unauthenticated]
     llm-gateway keys hash [KEY]
+    llm-gateway usage [--config FILE | --store URL] [--since YYYY-MM-DD]
     llm-gateway router train --data FILE [FILE ...] --out DIR [--mode frozen|finetune] [--steps N] [--seed S]
     llm-gateway router eval (--checkpoint DIR | --baseline NAME --data FILE ...) --test FILE:SCORING ... [--json OUT]
     llm-gateway router calibrate --config GW.yaml --data FILE:SCORING ...
@@ -52,9 +53,10 @@ def _serve(args: argparse.Namespace) -> int:
     if args.workers == 1:
         run_server(config, settings.cache_dir, host, port)
         return 0
-    limited = [key.name for key in config.auth.api_keys if key.requests_per_minute or key.tokens_per_minute]
+    limited = [key.name for key in config.auth.api_keys
+               if key.requests_per_minute or key.tokens_per_minute or key.budget_usd is not None]
     if limited and not config.limits.redis_url:
-        raise ConfigError(f"--workers {args.workers} with per-key limits ({', '.join(limited)}) needs "
+        raise ConfigError(f"--workers {args.workers} with per-key limits or budgets ({', '.join(limited)}) needs "
                           "limits.redis_url: each worker would count alone and allow the limit once per worker")
     configure_logging(config.server.log_level)
     serve_workers(config, settings.cache_dir, host, port, args.workers)
@@ -66,6 +68,37 @@ def _hash_key(args: argparse.Namespace) -> int:
     if not key:
         raise ConfigError("no key given: llm-gateway keys hash KEY (or the key on stdin)")
     print(hash_key(key))
+    return 0
+
+
+def _usage(args: argparse.Namespace) -> int:
+    from datetime import datetime
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.engine.usage import UsageStore, store_url
+    from gateway.engine.usage.report import format_spend, spend_by_day
+
+    settings = Settings()
+    if args.store:
+        configured: str | None = args.store
+    else:
+        config = load_config(args.config or settings.config)
+        if config.usage_store is False:
+            raise ConfigError("this configuration keeps no usage (usage_store: false)")
+        configured = config.usage_store
+    try:
+        since = datetime.strptime(args.since, "%Y-%m-%d") if args.since else None
+    except ValueError:
+        raise ConfigError(f"--since {args.since!r}: expected a date, YYYY-MM-DD") from None
+    store = UsageStore(store_url(configured, settings.cache_dir))
+    try:
+        lines = spend_by_day(store, since)
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"cannot read the usage store: {str(exc).splitlines()[0][:300]}") from None
+    finally:
+        store.close()
+    print(format_spend(lines) if lines else "no requests recorded")
     return 0
 
 
@@ -90,6 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     hash_parser = keys_commands.add_parser("hash", help="print the sha256 form of a key for auth.api_keys")
     hash_parser.add_argument("key", nargs="?", help="the key (read from stdin when left out)")
     hash_parser.set_defaults(handler=_hash_key)
+
+    usage = commands.add_parser("usage", help="spend by day, API key and model, from the usage store (USD)")
+    usage_source = usage.add_mutually_exclusive_group()
+    usage_source.add_argument("--config", type=Path, help="read the store this config names (default: "
+                                                          "$LLM_GATEWAY_CONFIG, else the default store)")
+    usage_source.add_argument("--store", help="the store's URL: sqlite:///PATH or postgresql://...")
+    usage.add_argument("--since", help="only requests from this UTC day on (YYYY-MM-DD)")
+    usage.set_defaults(handler=_usage)
 
     for add_commands in registered_command_groups():
         add_commands(commands)

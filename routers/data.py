@@ -90,7 +90,8 @@ def parse_file_spec(spec: str) -> tuple[Path, Scoring | None]:
 
 def infer_scoring(scores: np.ndarray) -> Scoring:
     """multi_attempt scores are fractions of 10 attempts; probability scores are free floats."""
-    tenths = np.abs(scores * 10 - np.round(scores * 10)) < 1e-6
+    known = scores[~np.isnan(scores)]  # unscored cells say nothing
+    tenths = np.abs(known * 10 - np.round(known * 10)) < 1e-6
     return "multi_attempt" if bool(tenths.all()) else "probability"
 
 
@@ -157,9 +158,15 @@ def load_routing_file(path: Path | str, scoring: Scoring | None = None,
         row = []
         for name in llm_names:
             value = scores[name]
+            if value is None:  # not scored on this question (collected feedback: only the model that answered)
+                row.append(math.nan)
+                continue
             if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-                raise RoutingDataError(f"{where}: score of '{name}' is {value!r}; expected a finite number")
+                raise RoutingDataError(f"{where}: score of '{name}' is {value!r}; expected a finite number or "
+                                       "null (not scored)")
             row.append(float(value))
+        if all(math.isnan(value) for value in row):
+            raise RoutingDataError(f"{where}: no LLM is scored (every score is null)")
         questions.append(question)
         rows.append(row)
         clusters.append(record.get("cluster_id"))

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Create or refresh the project's virtual environment in .venv/ (idempotent, fast when nothing changed).
 #   scripts/setup.sh          runtime dependencies (and espeak-ng, the embedded text-to-speech)
-#   scripts/setup.sh --dev    runtime + trainers + test/lint dependencies (and redis-server for the limit tests, kubectl for
+#   scripts/setup.sh --dev    runtime + trainers + test/lint dependencies (and redis-server for the limit tests, postgresql for
+#                             the usage store's tests, kubectl for
 #                             rendering the Kubernetes manifests, podman/buildah/debootstrap for the container smoke test,
 #                             wordnet-base for `kg link-predict` on WN18RR, chromium for the console's browser tests)
 set -euo pipefail
@@ -38,6 +39,13 @@ if [ -n "$extras" ] && ! command -v redis-server >/dev/null 2>&1; then
   # The rate-limit tests run a real Redis (two gateway processes sharing one counter store).
   if command -v apt-get >/dev/null 2>&1; then
     (apt-get install -y -qq redis-server >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq redis-server; }) >/dev/null
+  fi
+fi
+
+if [ -n "$extras" ] && ! command -v initdb >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
+  # The usage-store tests run a real PostgreSQL (initdb + pg_ctl on 127.0.0.1, started by the test fixture).
+  if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+    (apt-get install -y -qq postgresql >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq postgresql; }) >/dev/null
   fi
 fi
 

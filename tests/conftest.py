@@ -20,6 +20,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 from gateway.core.config import parse_config  # noqa: E402
 from gateway.http import create_app  # noqa: E402
+from tests.support.postgres import PostgresServer  # noqa: E402
 from tests.support.servers import GatewayProcess, ServerThread, free_port, wait_for  # noqa: E402
 from tests.support.upstream import ScriptedUpstream  # noqa: E402
 
@@ -128,6 +129,21 @@ def redis_server() -> Iterator[RedisServer]:
 @pytest.fixture
 def redis_url(redis_server: RedisServer) -> str:
     return redis_server.url
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    """A real PostgreSQL server on 127.0.0.1 for the session (scripts/setup.sh --dev installs it); tests get
+    their own database from ``postgres_url``."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+    server.remove()
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    return postgres_server.create_database()
 
 
 @pytest.fixture(scope="session")

@@ -79,12 +79,18 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     calibrate.add_argument("--json", type=Path, help="also write the rows as JSON")
     calibrate.set_defaults(handler=_calibrate)
 
-    collect = sub.add_parser("collect", help="build routing data from your own models: ask, grade, write")
-    collect.add_argument("--config", required=True, type=Path, help="the gateway config with the models")
-    collect.add_argument("--questions", required=True, type=Path,
+    collect = sub.add_parser("collect", help="build routing data from your own models (ask, grade, write) or from "
+                                             "the feedback on routed traffic (--from-store)")
+    collect.add_argument("--config", type=Path, help="the gateway config with the models (with --from-store: its "
+                                                     "router.model_map names the columns as the checkpoint's LLMs)")
+    collect.add_argument("--questions", type=Path,
                          help='JSONL of {"question", "answer", "grader": exact|number|choice|python-tests, "task"?}')
-    collect.add_argument("--models", nargs="+", required=True, help="configured models to ask")
-    collect.add_argument("--out", required=True, type=Path, help="RouterDC-format JSON to write")
+    collect.add_argument("--models", nargs="+", help="configured models to ask (with --from-store: the columns to "
+                                                     "write; default every model that answered)")
+    collect.add_argument("--from-store", metavar="URL", help="the usage store (sqlite:///PATH, postgresql://...): "
+                         "routed requests with feedback become a RouterBench CSV with partial labels (--out .csv)")
+    collect.add_argument("--out", required=True, type=Path, help="RouterDC-format JSON to write (--from-store: a "
+                                                                 "RouterBench .csv or .csv.gz)")
     collect.add_argument("--samples", type=int, default=1, help="answers per pair (N > 1: sampled, score = share "
                                                                 "correct, like multi_attempt)")
     collect.add_argument("--concurrency", type=int, default=4)
@@ -248,8 +254,42 @@ def _calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _collect_from_store(args: argparse.Namespace) -> int:
+    from gateway.core.config import load_config
+    from gateway.engine.usage import UsageStore, store_url
+    from training.traffic import scored_answers, write_routerbench_csv
+
+    if not args.out.name.endswith((".csv", ".csv.gz")):
+        raise ValueError(f"--out {args.out}: --from-store writes a RouterBench CSV (.csv or .csv.gz)")
+    names: dict[str, str] = {}
+    if args.config is not None:
+        config = load_config(args.config)
+        if config.router is not None:  # configured model -> the checkpoint LLM it stands for
+            names = {model: llm for llm, model in config.router.model_map.items()}
+    store = UsageStore(store_url(args.from_store, Settings().cache_dir))
+    try:
+        answers = scored_answers(store)
+    finally:
+        store.close()
+    if not answers:
+        print(f"llm-gateway: no routed request with feedback in {args.from_store}", file=sys.stderr)
+        return 1
+    counts = write_routerbench_csv(answers, args.out, models=args.models, names=names)
+    print(f"{counts['answers']} scored answers to {counts['questions']} questions written to {args.out}"
+          + (f" ({counts['skipped_models']} by models left out)" if counts["skipped_models"] else "")
+          + "; train on it with: llm-gateway router train --objective pareto --data ... " + str(args.out))
+    return 0
+
+
 def _collect(args: argparse.Namespace) -> int:
     import asyncio
+
+    if args.from_store:
+        return _collect_from_store(args)
+    missing = [flag for flag, value in (("--config", args.config), ("--questions", args.questions),
+                                        ("--models", args.models)) if not value]
+    if missing:
+        raise ValueError(f"router collect needs {', '.join(missing)} (or --from-store URL)")
 
     from gateway.core.config import load_config
     from gateway.core.logs import configure_logging

@@ -50,6 +50,9 @@ class PriceConfig(StrictModel):
 
     input_per_1m: float = Field(ge=0)
     output_per_1m: float = Field(ge=0)
+    cached_input_per_1m: float | None = Field(default=None, ge=0, description="prompt tokens the upstream reports "
+                                              "as cached (usage.prompt_tokens_details.cached_tokens); default: "
+                                              "input_per_1m")
 
 
 class EndpointConfig(StrictModel):
@@ -181,6 +184,14 @@ class ModelConfig(StrictModel):
         return None
 
     @property
+    def cached_token_price(self) -> float | None:
+        """USD per cached prompt token (the prompt price unless ``price.cached_input_per_1m`` says otherwise)."""
+        if self.price is not None and self.price.cached_input_per_1m is not None:
+            return self.price.cached_input_per_1m / 1e6
+        prices = self.token_prices
+        return prices[0] if prices is not None else None
+
+    @property
     def is_embedded(self) -> bool:
         return self.backend == "local" and self.task == "generate" and self.path is None
 
@@ -252,6 +263,10 @@ class ApiKeyConfig(StrictModel):
     name: str = Field(min_length=1, description="shown in logs and metrics instead of the key")
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
+    budget_usd: float | None = Field(default=None, gt=0, description="most US dollars the key may spend per "
+                                     "budget_period (from the models' prices); over it: 429 budget_exceeded")
+    budget_period: Literal["day", "month", "total"] = Field(default="month", description="budget_usd per UTC "
+                                                            "day, per UTC month, or in total")
 
     @model_validator(mode="after")
     def _one_form(self) -> ApiKeyConfig:
@@ -321,6 +336,24 @@ class GatewayConfig(StrictModel):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     rerank: RerankConfig = Field(default_factory=RerankConfig)
     server: ServerConfig = Field(default_factory=ServerConfig)
+    usage_store: str | Literal[False] | None = Field(
+        default=None, description="where one row per request is kept (spend, budgets, feedback): sqlite:///PATH or "
+                                  "postgresql://... (replicas share one); default: a SQLite file in the cache dir; "
+                                  "false: none")
+    usage_queries: Literal["routed", "none"] = Field(
+        default="routed", description="routed: keep the text the router read with a routed request's row (for "
+                                      "'router collect --from-store'); none: keep no request text")
+
+    @model_validator(mode="after")
+    def _check_store(self) -> GatewayConfig:
+        if isinstance(self.usage_store, str) and not self.usage_store.startswith(("sqlite:", "postgresql:",
+                                                                                   "postgresql+psycopg:")):
+            raise ValueError(f"usage_store '{self.usage_store}': expected sqlite:///PATH or postgresql://...")
+        budgeted = [key.name for key in self.auth.api_keys if key.budget_usd is not None]
+        if budgeted and self.usage_store is False:
+            raise ValueError(f"api keys with budget_usd ({', '.join(budgeted)}) need a usage_store: spend must "
+                             "outlive the process")
+        return self
 
     @model_validator(mode="after")
     def _check_names(self) -> GatewayConfig:

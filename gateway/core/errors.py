@@ -84,6 +84,14 @@ class ModelNotFoundError(GatewayError):
     code = "model_not_found"
 
 
+class NotFoundError(GatewayError):
+    """Something the request names (other than a model) does not exist or is not the caller's."""
+
+    status_code = 404
+    error_type = "invalid_request_error"
+    code = "not_found"
+
+
 class PayloadTooLargeError(GatewayError):
     status_code = 413
     error_type = "invalid_request_error"
@@ -97,6 +105,15 @@ class RateLimitError(GatewayError):
 
     def __init__(self, message: str, *, retry_after_s: float) -> None:
         super().__init__(message, retry_after_s=retry_after_s)
+
+
+class BudgetExceededError(GatewayError):
+    """A key's dollar budget for its period would be passed; ``Retry-After`` says when the period resets (none
+    for a ``total`` budget)."""
+
+    status_code = 429
+    error_type = "rate_limit_error"
+    code = "budget_exceeded"
 
 
 class OverloadedError(GatewayError):

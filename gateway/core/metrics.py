@@ -54,6 +54,17 @@ class GatewayMetrics:
         self.key_tokens = Counter("gateway_key_tokens", "Tokens used, by API key name", ["key"], registry=r)
         self.limiter_errors = Counter("gateway_rate_limiter_errors", "Calls to the rate limiter's store (Redis) "
                                       "that failed or timed out", registry=r)
+        # Labels are configured names only (API keys, models): bounded however much traffic comes.
+        self.spend = Counter("gateway_spend_usd", "US dollars spent, from real usage and the configured prices, by "
+                             "API key name ('-': none) and model", ["key", "model"], registry=r)
+        self.usage_rows_written = Counter("gateway_usage_rows_written", "Request rows written to the usage store",
+                                          registry=r)
+        self.usage_store_errors = Counter("gateway_usage_store_errors", "Batches the usage store failed to take "
+                                          "(the rows wait and are retried)", registry=r)
+        self.usage_rows_dropped = Counter("gateway_usage_rows_dropped", "Request rows dropped because the usage "
+                                          "store was down long enough to fill the buffer", registry=r)
+        self.usage_backlog = Gauge("gateway_usage_rows_buffered", "Request rows waiting for the usage store",
+                                   registry=r, multiprocess_mode="livesum")
 
     def render(self) -> bytes:
         return generate_latest(self._collected())

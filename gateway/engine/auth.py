@@ -19,11 +19,14 @@ class ApiKey:
     name: str
     requests_per_minute: int | None
     tokens_per_minute: int | None
+    budget_usd: float | None = None
+    budget_period: str = "month"  # day | month | total
 
 
 class ApiKeyStore:
     def __init__(self, config: AuthConfig) -> None:
-        self._keys = [(entry.digest(), ApiKey(entry.name, entry.requests_per_minute, entry.tokens_per_minute))
+        self._keys = [(entry.digest(), ApiKey(entry.name, entry.requests_per_minute, entry.tokens_per_minute,
+                                               entry.budget_usd, entry.budget_period))
                       for entry in config.api_keys]
 
     def authenticate(self, authorization: str | None) -> ApiKey | None:

@@ -30,6 +30,7 @@ from gateway.engine.routing import (
     ROUTED_MODEL_HEADER,
     RouteDecision,
     RoutedModel,
+    query_text,
     route_scores_header,
 )
 from gateway.wire.anthropic import MessagesRequest, message_events, message_from_chat
@@ -223,6 +224,8 @@ class CompletionService:
                 answer.headers[ROUTE_SCORES_HEADER] = route_scores_header(decision, top)
                 self.metrics.routed.labels(self.routed.name, backend.name).inc()
                 record.log_fields["route"] = decision.models[:top]
+                record.route = decision.top(top)
+                record.query = query_text(request, self.routed.config.query_turns)
             return answer
         raise AssertionError("unreachable: a plan has at least one backend")
 

@@ -7,13 +7,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from gateway.backends import Request
 from gateway.core.config import ConfigError, GatewayConfig
-from gateway.core.errors import InvalidRequestError
+from gateway.core.errors import InvalidRequestError, NotFoundError, UpstreamUnavailableError
 from gateway.core.metrics import GatewayMetrics
 from gateway.engine.accounting import (
     Accounting,
@@ -25,14 +27,18 @@ from gateway.engine.accounting import (
 )
 from gateway.engine.answers import Answer, StreamAnswer
 from gateway.engine.auth import ApiKeyStore
+from gateway.engine.budgets import build_budgets
 from gateway.engine.chat import CompletionService
 from gateway.engine.limits import build_rate_limiter
 from gateway.engine.pool import ModelPool
 from gateway.engine.rerank import Reranked, Reranker
 from gateway.engine.routing import RoutedModel
+from gateway.engine.usage import UsageStore, store_url
+from gateway.engine.usage.store import StoreUnavailable
 from gateway.wire.anthropic import MessagesRequest, admission_view
 from gateway.wire.anthropic import to_chat as messages_to_chat
 from gateway.wire.audio import SpeechRequest, Transcript, TranscriptionRequest, UpstreamAudioReply
+from gateway.wire.feedback import FeedbackRequest
 from gateway.wire.openai import ChatCompletionRequest, EmbeddingRequest, Endpoint
 from gateway.wire.rerank import RerankRequest
 from gateway.wire.responses import ResponsesRequest, to_chat
@@ -49,9 +55,15 @@ class Gateway:
         self.reranker = Reranker(self.service, config.rerank)
         self.started_at = int(time.time())
         self.keys = ApiKeyStore(config.auth)
+        self.store = _usage_store(config, cache_dir, self.metrics)
+        budgets = build_budgets(self.store, config.limits.redis_url, config.limits.redis_timeout_s) \
+            if self.store is not None and any(k.budget_usd is not None for k in config.auth.api_keys) else None
+        routed = self.service.routed
+        routed_models = {} if routed is None or config.router is None else \
+            {routed.name: list(config.router.candidates or routed.models)}
         self.accounting = Accounting(config, self.metrics, build_rate_limiter(config.limits.redis_url,
                                                                               config.limits.redis_timeout_s),
-                                     self.service.metric_label)
+                                     self.service.metric_label, self.store, budgets, routed_models)
         self.draining = False  # SIGTERM received: /ready says 503, requests are still served
 
     def _load_router(self) -> RoutedModel | None:
@@ -149,7 +161,30 @@ class Gateway:
                                       f"{self.config.limits.max_messages}", param="messages")
 
     async def start(self) -> None:
+        if self.store is not None:
+            self.store.start()
         await self.pool.start()
+
+    async def feedback(self, ctx: RequestContext, request: FeedbackRequest) -> dict[str, Any]:
+        """``/v1/feedback``: a score for an earlier request of the same key, kept with its row in the store."""
+        if self.store is None:
+            raise InvalidRequestError("feedback needs the usage store, and this gateway runs with 'usage_store: "
+                                      "false'", param="request_id", code="usage_store_disabled")
+        store = self.store
+        await asyncio.to_thread(store.flush, 5.0)  # the request may have ended a moment ago
+        try:
+            row = await asyncio.to_thread(store.request, request.request_id)
+            # Another key's request is "not found" too: ids do not tell whether they exist.
+            if row is None or (ctx.key is not None and row["key_name"] != ctx.key.name):
+                raise NotFoundError(f"no request '{request.request_id}' of this API key in the usage store",
+                                    param="request_id", code="request_not_found")
+            feedback_id = await asyncio.to_thread(store.add_feedback, request.request_id,
+                                                  ctx.key.name if ctx.key else None, request.score, request.comment)
+        except StoreUnavailable as exc:
+            raise UpstreamUnavailableError(f"the usage store is unavailable ({exc}); retry shortly",
+                                           code="usage_store_unavailable", retry_after_s=1.0) from None
+        return {"id": f"fb-{feedback_id}", "object": "feedback", "request_id": request.request_id,
+                "score": request.score, "comment": request.comment}
 
     async def aclose(self) -> None:
         self.service.close()
@@ -158,8 +193,34 @@ class Gateway:
         self.metrics.close()
 
 
+def _usage_store(config: GatewayConfig, cache_dir: Path, metrics: GatewayMetrics) -> UsageStore | None:
+    """The configured store; the default SQLite file only where the cache dir is writable (a read-only container
+    without a configured store runs without one, and says so), and never without one when a key has a budget."""
+    if config.usage_store is False:
+        return None
+    if config.usage_store is None and not _writable(cache_dir):
+        budgeted = [key.name for key in config.auth.api_keys if key.budget_usd is not None]
+        if budgeted:
+            raise ConfigError(f"api keys with budget_usd ({', '.join(budgeted)}) need a usage store, and the "
+                              f"default one cannot be written: {cache_dir} is not writable; set usage_store "
+                              "(postgresql://... or sqlite:///A_WRITABLE_PATH)")
+        logger.warning("no usage store: the cache dir is not writable and usage_store is not set", extra={
+            "fields": {"cache_dir": str(cache_dir)}})
+        return None
+    return UsageStore(store_url(config.usage_store, cache_dir), metrics)
+
+
+def _writable(directory: Path) -> bool:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return os.access(directory, os.W_OK)
+
+
 def _finished(record: RequestRecord, answer: Answer | StreamAnswer) -> Answer | StreamAnswer:
     """A whole answer's record finishes now; a stream's when its last chunk has been read."""
+    record.note_stages(answer.headers)
     if isinstance(answer, StreamAnswer):
         return accounted_answer(record, answer)
     record.finish(200)

@@ -23,7 +23,7 @@ from gateway.core.errors import GatewayError, HTTPStatusError, InternalError, In
 from gateway.engine.runtime import Gateway
 from gateway.http.deps import BODY_SCHEMAS, PostEndpoint
 from gateway.http.middleware import REQUEST_ID_HEADER, BodySizeLimitMiddleware, RequestContextMiddleware
-from gateway.http.routes import audio, ops, rerank
+from gateway.http.routes import audio, feedback, ops, rerank
 from gateway.http.routes.anthropic import ANTHROPIC_ENDPOINTS
 from gateway.http.routes.console import console_api, console_assets, pages
 from gateway.http.routes.openai import OPENAI_ENDPOINTS
@@ -60,7 +60,7 @@ def create_app(config: GatewayConfig | None = None, *, cache_dir: Path | None = 
                   description="OpenAI-compatible gateway with learned routing and safety stages")
     app.state.gateway = gateway
     app.router.routes.extend(Route(path, endpoint, methods=["POST"]) for path, endpoint in POST_ENDPOINTS.items())
-    for routes in (audio.v1, rerank.v1, openai_v1, rerank.router, ops.router):
+    for routes in (audio.v1, rerank.v1, feedback.v1, openai_v1, rerank.router, ops.router):
         app.include_router(routes)
     app.include_router(pages)
     app.include_router(console_api)

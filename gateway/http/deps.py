@@ -165,5 +165,5 @@ class FastJSONResponse(JSONResponse):
 
 
 def request_context(request: Request) -> RequestContext:
-    """The caller's key (set by ``authenticate``) and the access-log fields the engine adds to."""
-    return RequestContext(request.state.api_key, request.state.log)
+    """The caller's key (set by ``authenticate``), the access-log fields the engine adds to, and the request id."""
+    return RequestContext(request.state.api_key, request.state.log, getattr(request.state, "request_id", None))

@@ -288,13 +288,17 @@ def messages_usage(usage: dict[str, Any] | None) -> dict[str, int]:
             "cache_creation_input_tokens": 0}
 
 
-def chat_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
-    """An Anthropic ``usage`` in chat's terms (what the gateway's accounting reads)."""
+def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """An Anthropic ``usage`` in chat's terms (what the gateway's accounting reads): its cache reads are the
+    prompt's cached tokens."""
     if not usage:
         return None
     prompt = sum(int(usage.get(name) or 0) for name in ("input_tokens", "cache_read_input_tokens",
                                                         "cache_creation_input_tokens"))
-    return {"prompt_tokens": prompt, "completion_tokens": int(usage.get("output_tokens") or 0)}
+    chat: dict[str, Any] = {"prompt_tokens": prompt, "completion_tokens": int(usage.get("output_tokens") or 0)}
+    if usage.get("cache_read_input_tokens"):
+        chat["prompt_tokens_details"] = {"cached_tokens": int(usage["cache_read_input_tokens"])}
+    return chat
 
 
 def _stop(request: MessagesRequest, choice: dict[str, Any]) -> tuple[str | None, str | None]:

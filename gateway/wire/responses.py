@@ -196,12 +196,20 @@ def responses_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
             "output_tokens_details": {"reasoning_tokens": reasoning}}
 
 
-def chat_usage(usage: dict[str, Any] | None) -> dict[str, int] | None:
-    """A Responses ``usage`` in chat's terms (what the gateway's accounting reads)."""
+def chat_usage(usage: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A Responses ``usage`` in chat's terms (what the gateway's accounting reads), cached and reasoning tokens
+    included when reported."""
     if not usage:
         return None
-    return {"prompt_tokens": int(usage.get("input_tokens") or 0),
-            "completion_tokens": int(usage.get("output_tokens") or 0)}
+    chat: dict[str, Any] = {"prompt_tokens": int(usage.get("input_tokens") or 0),
+                            "completion_tokens": int(usage.get("output_tokens") or 0)}
+    cached = (usage.get("input_tokens_details") or {}).get("cached_tokens")
+    reasoning = (usage.get("output_tokens_details") or {}).get("reasoning_tokens")
+    if cached:
+        chat["prompt_tokens_details"] = {"cached_tokens": int(cached)}
+    if reasoning:
+        chat["completion_tokens_details"] = {"reasoning_tokens": int(reasoning)}
+    return chat
 
 
 def response_object(request: ResponsesRequest, response_id: str, model: str, output: list[dict[str, Any]],

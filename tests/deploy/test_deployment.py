@@ -94,6 +94,11 @@ def test_every_configured_upstream_is_a_compose_service(compose, gateway_config)
     assert any(m.vision and "ecso" in m.stages for m in gateway_config.models)
     redis_host = urlsplit(gateway_config.limits.redis_url).hostname
     assert redis_host in services
+    store = urlsplit(gateway_config.usage_store)  # every replica's usage in one PostgreSQL
+    postgres = services[store.hostname]["environment"]
+    assert (store.username, store.password, store.path) == \
+        (postgres["POSTGRES_USER"], postgres["POSTGRES_PASSWORD"], "/" + postgres["POSTGRES_DB"])
+    assert services["gateway"]["depends_on"][store.hostname] == {"condition": "service_healthy"}
 
 
 def test_health_checks_and_dependencies(compose):

@@ -3,18 +3,25 @@ read under ``/ui/api`` — behind the same API keys as ``/v1`` (the pages themse
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import time
+from dataclasses import asdict
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Depends
+from sqlalchemy.exc import SQLAlchemyError
 from starlette.responses import FileResponse, Response
 from starlette.staticfiles import StaticFiles
 
 from gateway.core.errors import HTTPStatusError
+from gateway.engine.budgets import current_period
 from gateway.engine.runtime import Gateway
+from gateway.engine.usage.report import spend_by_day
+from gateway.engine.usage.store import StoreUnavailable, utc_now
 from gateway.http.deps import GatewayDep, authenticate
 
 CONSOLE_DIR = Path(__file__).resolve().parent.parent / "static"
@@ -75,7 +82,38 @@ def masked_config(gateway: Gateway) -> dict[str, Any]:
             key["key_sha256"] = key["key_sha256"][:8] + "…"
     if settings["limits"].get("redis_url"):
         settings["limits"]["redis_url"] = re.sub(r"//([^@/]*)@", f"//{MASK}@", settings["limits"]["redis_url"])
+    if isinstance(settings.get("usage_store"), str):
+        settings["usage_store"] = re.sub(r"//([^@/]*)@", f"//{MASK}@", settings["usage_store"])
     return settings
+
+
+USAGE_DAYS = 31  # what the console's spend table shows
+
+
+@console_api.get("/usage")
+async def usage(gateway: GatewayDep) -> dict[str, Any]:
+    """Spend from the usage store: by day, key and model over the last month, and each budget's period so far."""
+    store = gateway.store
+    if store is None:
+        return {"store": None, "lines": [], "budgets": {}}
+
+    def read() -> dict[str, Any]:
+        since = utc_now() - timedelta(days=USAGE_DAYS)
+        lines = [asdict(line) for line in spend_by_day(store, since)]
+        budgets = {}
+        for key in gateway.config.auth.api_keys:
+            if key.budget_usd is not None:
+                period = current_period(key.budget_period)
+                budgets[key.name] = {"budget_usd": key.budget_usd, "period": key.budget_period,
+                                     "spent_usd": round(store.spent(key.name, period.start), 6),
+                                     "resets_at": None if period.end is None else f"{period.end:%Y-%m-%dT%H:%M:%SZ}"}
+        return {"store": store.engine.dialect.name, "lines": lines, "budgets": budgets}
+
+    try:
+        return await asyncio.to_thread(read)
+    except (StoreUnavailable, SQLAlchemyError, OSError) as exc:
+        raise HTTPStatusError(f"the usage store is unavailable: {str(exc).splitlines()[0][:200]}",
+                              status_code=503) from None
 
 
 @console_api.get("/router")

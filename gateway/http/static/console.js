@@ -359,6 +359,19 @@ async function refreshStats() {
       `${fmt(tokens)} / ${limits.tokens_per_minute ? fmt(limits.tokens_per_minute) : "∞"}`, stats.rate_limited[name] || 0];
   }));
   drawRate();
+  if (!state.usageAt || now - state.usageAt > 10) { state.usageAt = now; refreshUsage(); }
+}
+
+async function refreshUsage() {
+  let usage;
+  try { usage = await getJSON("/ui/api/usage"); } catch (error) { $("spend-note").textContent = String(error.message || error); return; }
+  if (!usage.store) { $("spend-note").textContent = "no usage store (usage_store: false)"; return; }
+  table($("budgets"), ["key", "budget", "period", "spent", "resets"], Object.entries(usage.budgets).map(([name, b]) =>
+    [name, b.budget_usd.toFixed(2), b.period, b.spent_usd.toFixed(2), b.resets_at || "never"]));
+  table($("spend"), ["day", "key", "model", "requests", "tokens", "USD"], usage.lines.slice(-50).reverse().map((line) =>
+    [line.day, line.key, line.model, fmt(line.requests), fmt(line.prompt_tokens + line.completion_tokens), line.cost_usd.toFixed(2)]));
+  const total = usage.lines.reduce((sum, line) => sum + line.cost_usd, 0);
+  $("spend-note").textContent = `${usage.store}: ${total.toFixed(2)} USD over the last 31 days`;
 }
 
 function drawRate() {
