@@ -60,7 +60,8 @@ def console_gateway(make_upstream, make_gateway, router_checkpoint, tmp_path):
     return make_gateway({"models": models,
                          "router": {"model_name": "auto", "checkpoint": str(checkpoint), "model_map": SHORT},
                          "auth": {"api_keys": [{"name": "console", "key": KEY, "requests_per_minute": 1000,
-                                                "tokens_per_minute": 100000}]}})
+                                                "tokens_per_minute": 100000, "budget_usd": 25}]},
+                         "usage_store": f"sqlite:///{tmp_path / 'usage.db'}"})
 
 
 def _until(condition, timeout_s=15.0):
@@ -141,6 +142,12 @@ def test_the_console_end_to_end(browser, console_gateway, tmp_path):
     assert page.locator("#keys tbody tr td").first.inner_text() == "console"
     assert "ecso" in page.locator("#stages").inner_text() and "rewritten" in page.locator("#stages").inner_text()
     assert page.locator("#circuits li").count() == len(SHORT) + 1 and "closed" in page.locator("#circuits").inner_text()
+    # Spend from the usage store: the key's budget this month, and a line per day, key and model.
+    _until(lambda: "console" in page.locator("#spend").inner_text(), 30)
+    budget_row = page.locator("#budgets tbody tr").first.inner_text().split()
+    assert budget_row[:3] == ["console", "25.00", "month"] and float(budget_row[3]) >= 0
+    assert budget_row[4].endswith("-01T00:00:00Z")  # it resets when the next month starts
+    assert "sqlite:" in page.locator("#spend-note").inner_text()
     page.screenshot(path=ARTIFACTS / "3-dashboard.png", full_page=True)
 
     # The router's report, and what each model is picked for.

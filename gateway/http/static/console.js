@@ -367,12 +367,15 @@ async function refreshUsage() {
   try { usage = await getJSON("/ui/api/usage"); } catch (error) { $("spend-note").textContent = String(error.message || error); return; }
   if (!usage.store) { $("spend-note").textContent = "no usage store (usage_store: false)"; return; }
   table($("budgets"), ["key", "budget", "period", "spent", "resets"], Object.entries(usage.budgets).map(([name, b]) =>
-    [name, b.budget_usd.toFixed(2), b.period, b.spent_usd.toFixed(2), b.resets_at || "never"]));
+    [name, b.budget_usd.toFixed(2), b.period, usd(b.spent_usd), b.resets_at || "never"]));
   table($("spend"), ["day", "key", "model", "requests", "tokens", "USD"], usage.lines.slice(-50).reverse().map((line) =>
-    [line.day, line.key, line.model, fmt(line.requests), fmt(line.prompt_tokens + line.completion_tokens), line.cost_usd.toFixed(2)]));
+    [line.day, line.key, line.model, fmt(line.requests), fmt(line.prompt_tokens + line.completion_tokens), usd(line.cost_usd)]));
   const total = usage.lines.reduce((sum, line) => sum + line.cost_usd, 0);
-  $("spend-note").textContent = `${usage.store}: ${total.toFixed(2)} USD over the last 31 days`;
+  $("spend-note").textContent = `${usage.store}: ${usd(total)} USD over the last 31 days`;
 }
+
+// Dollars to the cent; amounts under a dollar to a hundredth of a cent (cheap models cost fractions of one).
+function usd(value) { return value.toFixed(value < 1 ? 4 : 2); }
 
 function drawRate() {
   const svg = $("rate-chart");
