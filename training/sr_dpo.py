@@ -129,9 +129,11 @@ class SrDPOTrainer(DPOTrainer):
             return {"prompt_p_ids": _tokenize(processing_class, example["prompt_p"], **kwargs)["input_ids"]}
 
         dataset = dataset.map(tokenize_prompted)
-        if _LOSSES[args.sr_loss][1] and args.sr_lambda and args.max_length is not None:
+        if args.max_length is not None:
             # p ⊕ x is ~50 tokens longer than x: a pair whose prompted sequence would not fit whole would lose
-            # completion tokens in the Δ pass only (or all of them: Δ = 0). Such pairs are left out, and counted.
+            # completion tokens in the Δ pass only (or all of them: Δ = 0). Such pairs are left out, and counted,
+            # for every loss: DPO and IPO train and are scored on the same pairs as Sr-DPO and Sr-IPO, so the
+            # losses are compared on equal data.
             def fits(example: dict[str, Any]) -> bool:
                 completion = max(len(example["chosen_ids"]), len(example["rejected_ids"]))
                 return len(example["prompt_p_ids"]) + completion <= args.max_length

@@ -124,11 +124,11 @@ def _soup(args: argparse.Namespace) -> int:
     rows = [("soup", report["soup"]), ("uniform", report["uniform"]),
             (f"best single ({report['best_single']['name']})", report["best_single"])]
     rows += [(name, report[name]) for name in ("greedy", "peft_ties", "peft_dare_linear", "peft_svd", "new_lora")
-             if name in report and "val_nll" in report[name]]
+             if name in report and "fit_nll" in report[name]]
     rows += [(f"member {name}", value) for name, value in report["members"].items()] + [("base", report["base"])]
-    print(f"{'':<40}{'val NLL':>10}{'test NLL':>10}")
+    print(f"{'':<40}{'fit NLL':>10}{'test NLL':>10}")
     for name, value in rows:
-        print(f"{name:<40}{value['val_nll']:>10.4f}{value['test_nll']:>10.4f}")
+        print(f"{name:<40}{value['fit_nll']:>10.4f}{value['test_nll']:>10.4f}")
     print(f"peak RSS (MB): {report['peak_rss_mb']}; members held at once: {report['peak_members_held']}; "
           f"wrote {args.out / 'model'}, report.json, soup.png")
     return 0

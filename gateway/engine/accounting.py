@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -45,7 +44,7 @@ from gateway.engine.limits import LimiterUnavailable, RateLimiter, Reservation, 
 from gateway.engine.pipeline import STAGES_HEADER
 from gateway.engine.routing import CHARACTERS_PER_TOKEN, prompt_characters
 from gateway.engine.usage import UsageCounts, UsageStore, request_cost
-from gateway.engine.usage.store import utc_now
+from gateway.engine.usage.store import row_id, utc_now
 from gateway.wire.anthropic import chat_usage as messages_chat_usage
 from gateway.wire.audio import SpeechRequest, TranscriptionRequest
 from gateway.wire.openai import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, is_usage_chunk
@@ -275,7 +274,7 @@ class Accounting:
 
     def _row(self, record: RequestRecord, cost: float | None) -> dict[str, Any]:
         keep_query = self.config.usage_queries == "routed"
-        return {"id": f"{random.getrandbits(128):032x}", "request_id": record.request_id or "-",
+        return {"id": row_id(), "request_id": record.request_id or "-",
                 "created_at": record.created_at, "key_name": record.key_name, "endpoint": record.endpoint,
                 "model_asked": record.model_asked, "model": record.model,
                 "replica": record.log_fields.get("endpoint"), "status": record.status,

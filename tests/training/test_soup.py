@@ -120,11 +120,14 @@ def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path,
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())
     assert set(report["members"]) == {"member-0", "member-1", "member-2"}
-    for name in ("soup", "uniform", "greedy", "new_lora", *(f"peft_{m}" for m in ("ties", "dare_linear", "svd"))):
-        assert isinstance(report[name]["val_nll"], float), (name, report[name])
+    entries = {name: report[name] for name in ("soup", "uniform", "greedy", "best_single", "new_lora",
+                                               *(f"peft_{m}" for m in ("ties", "dare_linear", "svd")))}
+    for name, entry in {**entries, **report["members"]}.items():  # the fitting split's figure and the held-out one
+        assert isinstance(entry["fit_nll"], float) and isinstance(entry["test_nll"], float), (name, entry)
+        assert not any(key.startswith("val_") for key in entry), (name, entry)
     assert report["peak_members_held"] <= 2 and report["member_loads_during_soup"] == 3
     assert (out / "soup.png").stat().st_size > 10_000 and (out / "metrics.jsonl").read_text().count("\n") == 6
-    assert "val NLL" in result.stdout
+    assert "fit NLL" in result.stdout and "test NLL" in result.stdout
     gateway = make_gateway({"models": [{"name": "soup", "backend": "local", "path": str(out / "model"),
                                         "device": "cpu"}]}, wait_ready=True)
     answer = gateway.client().chat.completions.create(model="soup", max_tokens=5,

@@ -167,7 +167,9 @@ def test_no_pair_with_a_truncated_completion_reaches_the_loss(bos_model, tmp_pat
     assert batch["completion_mask"].sum(dim=1).tolist() == whole  # the plain pass: every completion token
     assert batch["p_completion_mask"].sum(dim=1).tolist() == whole  # and the p ⊕ x pass too
     plain_dpo = _plain_trainer(bos_model, tmp_path, sr_loss="dpo", max_length=max_length)
-    assert len(plain_dpo.train_dataset) == 3  # without Δ nothing is left out
+    # Plain DPO trains on the very same pairs (a fair comparison), though it never computes Δ.
+    assert plain_dpo.sr_dropped_pairs == {"train": 1}
+    assert [e["prompt"] for e in plain_dpo.train_dataset] == [e["prompt"] for e in kept]
 
 
 def test_the_logged_delta_is_the_one_the_ipo_loss_uses(bos_model, tmp_path):

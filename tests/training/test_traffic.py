@@ -4,7 +4,6 @@ labels, and a router trained on them learns which model the deployment's users w
 from __future__ import annotations
 
 import math
-import random
 import subprocess
 
 import numpy as np
@@ -12,7 +11,7 @@ import pytest
 import yaml
 
 from gateway.engine.usage import UsageStore, store_url
-from gateway.engine.usage.store import utc_now
+from gateway.engine.usage.store import row_id, utc_now
 from routers.data import load_routerbench_csv, load_routing_files
 from tests.support.servers import VENV_BIN
 from training.pareto import ParetoTrainingConfig, train_pareto_router
@@ -27,7 +26,7 @@ THEMES = ["the sea at night", "an old oak tree", "a city in the rain", "the firs
 
 
 def _row(question: str, model: str, request_id: str, **fields) -> dict:
-    return {"id": f"{random.getrandbits(128):032x}", "request_id": request_id, "created_at": utc_now(),
+    return {"id": row_id(), "request_id": request_id, "created_at": utc_now(),
             "key_name": "team-a", "endpoint": "chat", "model_asked": "auto", "model": model, "replica": None,
             "status": 200, "error_code": None, "prompt_tokens": 10, "completion_tokens": 20, "cached_tokens": None,
             "reasoning_tokens": None, "cost_usd": 0.01 if model == "strong" else 0.001, "latency_ms": 5.0,

@@ -70,7 +70,7 @@ def run_soup(run: SoupRun) -> dict[str, Any]:
         attach_reference(model, base, fit + test)
 
     def judged(weights: dict[str, torch.Tensor], on_test: bool = True) -> dict[str, float]:
-        result = {f"val_{k}": v for k, v in evaluate(model, weights, fit, settings.objective, settings.beta).items()}
+        result = {f"fit_{k}": v for k, v in evaluate(model, weights, fit, settings.objective, settings.beta).items()}
         if on_test:
             result |= {f"test_{k}": v for k, v in evaluate(model, weights, test, settings.objective,
                                                           settings.beta).items()}
@@ -99,7 +99,7 @@ def run_soup(run: SoupRun) -> dict[str, Any]:
     tick = time.monotonic()
     results["uniform"] = judged(with_base(base, _uniform(store)))
     timings["uniform"] = round(time.monotonic() - tick, 1)
-    ranked = sorted(results["members"], key=lambda n: results["members"][n]["val_nll"])
+    ranked = sorted(results["members"], key=lambda n: results["members"][n]["fit_nll"])
     results["best_single"] = {"name": ranked[0], **results["members"][ranked[0]]}
     if "greedy" in run.baselines:
         tick = time.monotonic()
@@ -149,12 +149,12 @@ def _greedy(store: MemberStore, ranked: list[str], judged: Any, base: dict[str, 
     names = [m.name for m in store.members]
     total = dict(store.load(names.index(ranked[0])))
     kept = [ranked[0]]
-    best = judged(with_base(base, total), on_test=False)["val_nll"]
+    best = judged(with_base(base, total), on_test=False)["fit_nll"]
     for name in ranked[1:]:
         delta = store.load(names.index(name))
         trial = {n: (total.get(n, torch.zeros_like(t)) + t) for n, t in delta.items()}
         trial |= {n: t for n, t in total.items() if n not in delta}
-        score = judged(with_base(base, {n: t / (len(kept) + 1) for n, t in trial.items()}), on_test=False)["val_nll"]
+        score = judged(with_base(base, {n: t / (len(kept) + 1) for n, t in trial.items()}), on_test=False)["fit_nll"]
         if score < best:
             total, best = trial, score
             kept.append(name)
@@ -210,7 +210,7 @@ def _new_lora(model: torch.nn.Module, fit: list[Example], test: list[Example], s
             value.backward()
             optimiser.step()
     peft_model.eval()
-    result = {f"val_{k}": v for k, v in evaluate(peft_model, {}, fit, settings.objective, settings.beta).items()}
+    result = {f"fit_{k}": v for k, v in evaluate(peft_model, {}, fit, settings.objective, settings.beta).items()}
     result |= {f"test_{k}": v for k, v in evaluate(peft_model, {}, test, settings.objective, settings.beta).items()}
     return result | {"rank": rank, "trainable_parameters": sum(p.numel() for p in trainable)}
 
@@ -250,9 +250,9 @@ def _plot(records: list[BatchRecord], results: dict[str, Any], path: Path) -> No
     losses = [value for r in records for value in r.losses]
     right.plot(losses, label="fitting loss per step", color="tab:blue")
     for name, colour in (("soup", "tab:green"), ("uniform", "tab:orange"), ("best_single", "tab:red")):
-        right.axhline(results[name]["val_nll"], color=colour, linestyle="--", label=f"{name} val NLL")
+        right.axhline(results[name]["fit_nll"], color=colour, linestyle="--", label=f"{name} fit NLL")
     right.set_xlabel("step (model batches one after another)")
-    right.set_title("validation objective")
+    right.set_title("objective on the fitting split")
     right.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -12,6 +12,7 @@ Reads (spend of a key, a request's row, reports) are plain blocking calls: the e
 from __future__ import annotations
 
 import logging
+import random
 import threading
 import time
 from collections import deque
@@ -241,6 +242,12 @@ class UsageStore:
         table_columns = [requests.c[name] for name in columns] if columns else [requests]
         with self.engine.connect() as connection:
             return [dict(row) for row in connection.execute(select(*table_columns)).mappings()]
+
+
+def row_id() -> str:
+    """A row's id: nanoseconds since the epoch, then 64 random bits (unique across replicas, and in time order, so
+    the primary key's index grows at its end)."""
+    return f"{time.time_ns():016x}{random.getrandbits(64):016x}"
 
 
 def utc_now() -> datetime:

@@ -39,8 +39,7 @@ def upgrade() -> None:
         sa.Column("query", sa.Text),
     )
     op.create_index("ix_requests_request_id", "requests", ["request_id"])
-    op.create_index("ix_requests_created_at", "requests", ["created_at"])
-    op.create_index("ix_requests_key_name", "requests", ["key_name"])
+    op.create_index("ix_requests_key_name_created_at", "requests", ["key_name", "created_at"])
     op.create_table(
         "feedback",
         sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
