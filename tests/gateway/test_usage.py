@@ -156,10 +156,14 @@ def test_postgres_store_down_mid_load_loses_no_request(upstream, make_gateway, p
             ids.append(client.chat.completions.with_raw_response.create(model="pub", messages=MESSAGES)
                        .headers["x-request-id"])
         assert time.monotonic() - started < 20
-        time.sleep(1.0)  # the writer tries, fails, and keeps the rows
-        metrics = httpx.get(f"{gateway.url}/metrics").text
+        deadline = time.monotonic() + 15
+        while True:  # the writer tries, fails, and keeps the rows
+            metrics = httpx.get(f"{gateway.url}/metrics").text
+            if float(re.search(r"^gateway_usage_rows_buffered (\S+)$", metrics, re.M)[1]) == 20:
+                break
+            assert time.monotonic() < deadline, "the rows were not kept while the store was down"
+            time.sleep(0.2)
         assert float(re.search(r"^gateway_usage_store_errors_total (\S+)$", metrics, re.M)[1]) >= 1
-        assert float(re.search(r"^gateway_usage_rows_buffered (\S+)$", metrics, re.M)[1]) == 20
     finally:
         postgres_server.start()
     assert store.flush(30)

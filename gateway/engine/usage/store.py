@@ -79,14 +79,15 @@ def migrate(engine: Engine) -> None:
 class UsageStore:
     """One row per request, written in batches by a thread; reads for spend, reports and feedback."""
 
-    def __init__(self, url: str, metrics: GatewayMetrics | None = None, *, batch_rows: int = 500,
+    def __init__(self, url: str, metrics: GatewayMetrics | None = None, *, batch_rows: int = 256,
                  flush_interval_s: float = 0.2, max_buffered: int = 20_000) -> None:
         self.url = url
         self.engine = create_store_engine(url)
         self._metrics = metrics
         self.batch_rows, self.flush_interval_s, self.max_buffered = batch_rows, flush_interval_s, max_buffered
         self._queue: deque[dict[str, Any]] = deque()
-        self._queued = self._done = 0  # rows ever queued / ever written or dropped (flush waits on these)
+        # Rows ever queued and dropped (the event loop counts) and written (the writer): flush waits on them.
+        self._queued = self._dropped = self._done = 0
         self._progress = threading.Condition()
         self._wake = threading.Event()
         self._stopping = False
@@ -106,30 +107,25 @@ class UsageStore:
         return self
 
     def record(self, row: dict[str, Any]) -> None:
-        """Queue one request's row (never blocks, never raises)."""
+        """Queue one request's row (never blocks, never raises). Called from the event loop only: the counters it
+        bumps have this one writer (the writer thread bumps ``_done``), so no lock is taken on the request path."""
+        self._queued += 1
         if len(self._queue) >= self.max_buffered:
-            with self._progress:
-                self._queued += 1
-                self._done += 1
+            self._dropped += 1
             if self._metrics is not None:
                 self._metrics.usage_rows_dropped.inc()
             return
-        with self._progress:
-            self._queued += 1
         self._queue.append(row)
-        if self._metrics is not None:
-            self._metrics.usage_backlog.set(len(self._queue))
         if len(self._queue) >= self.batch_rows:
             self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
         """Wait until every row queued so far is written (or dropped); False when ``timeout_s`` passed first."""
-        with self._progress:
-            target = self._queued
+        target = self._queued
         self._wake.set()
         deadline = time.monotonic() + timeout_s
         with self._progress:
-            while self._done < target:
+            while self._done + self._dropped < target:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -163,6 +159,7 @@ class UsageStore:
                 except (SQLAlchemyError, OSError) as exc:
                     if self._metrics is not None:
                         self._metrics.usage_store_errors.inc()
+                        self._metrics.usage_backlog.set(len(self._queue))
                     if not failing:  # one line per outage, not one per retry
                         logger.warning("usage store unavailable; rows wait in memory", extra={"fields": {
                             "error": str(exc).splitlines()[0][:200], "backlog": len(self._queue)}})
