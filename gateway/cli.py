@@ -78,6 +78,7 @@ def _usage(args: argparse.Namespace) -> int:
 
     from gateway.engine.usage import UsageStore, store_url
     from gateway.engine.usage.report import format_spend, spend_by_day
+    from gateway.engine.usage.store import EmptyStore, StoreUnavailable
 
     settings = Settings()
     if args.store:
@@ -91,10 +92,15 @@ def _usage(args: argparse.Namespace) -> int:
         since = datetime.strptime(args.since, "%Y-%m-%d") if args.since else None
     except ValueError:
         raise ConfigError(f"--since {args.since!r}: expected a date, YYYY-MM-DD") from None
-    store = UsageStore(store_url(configured, settings.cache_dir))
+    try:
+        store = UsageStore(store_url(configured, settings.cache_dir), read_only=True)  # a report never migrates
+    except SQLAlchemyError as exc:
+        raise ConfigError(f"usage store URL: {str(exc).splitlines()[0][:300]}") from None
     try:
         lines = spend_by_day(store, since)
-    except SQLAlchemyError as exc:
+    except EmptyStore:
+        lines = []
+    except (StoreUnavailable, SQLAlchemyError) as exc:
         raise ConfigError(f"cannot read the usage store: {str(exc).splitlines()[0][:300]}") from None
     finally:
         store.close()

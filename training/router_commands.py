@@ -266,9 +266,20 @@ def _collect_from_store(args: argparse.Namespace) -> int:
         config = load_config(args.config)
         if config.router is not None:  # configured model -> the checkpoint LLM it stands for
             names = {model: llm for llm, model in config.router.model_map.items()}
-    store = UsageStore(store_url(args.from_store, Settings().cache_dir))
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from gateway.engine.usage.store import EmptyStore, StoreUnavailable
+
+    try:
+        store = UsageStore(store_url(args.from_store, Settings().cache_dir), read_only=True)
+    except SQLAlchemyError as exc:
+        raise ValueError(f"--from-store: {str(exc).splitlines()[0][:300]}") from None
     try:
         answers = scored_answers(store)
+    except EmptyStore:
+        answers = []
+    except (StoreUnavailable, SQLAlchemyError) as exc:
+        raise ValueError(f"cannot read the usage store: {str(exc).splitlines()[0][:300]}") from None
     finally:
         store.close()
     if not answers:

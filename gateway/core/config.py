@@ -69,7 +69,7 @@ Balance = Literal["least-loaded", "round-robin", "prefix-affinity"]
 
 
 class ModelConfig(StrictModel):
-    name: str = Field(min_length=1, description="public model name clients send")
+    name: str = Field(min_length=1, max_length=200, description="public model name clients send")
     backend: Literal["local", "openai"]
     base_url: str | None = Field(default=None, description="openai: the upstream's /v1 URL")
     upstream_model: str | None = Field(default=None, description="openai: model name upstream (default: name)")
@@ -260,7 +260,7 @@ class ApiKeyConfig(StrictModel):
     key: SecretStr | None = Field(default=None, min_length=1, description="the key itself (prefer key_sha256)")
     key_sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$",
                                    description="hex sha256 of the key (llm-gateway keys hash)")
-    name: str = Field(min_length=1, description="shown in logs and metrics instead of the key")
+    name: str = Field(min_length=1, max_length=200, description="shown in logs and metrics instead of the key")
     requests_per_minute: int | None = Field(default=None, ge=1)
     tokens_per_minute: int | None = Field(default=None, ge=1)
     budget_usd: float | None = Field(default=None, gt=0, description="most US dollars the key may spend per "
@@ -346,9 +346,12 @@ class GatewayConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_store(self) -> GatewayConfig:
-        if isinstance(self.usage_store, str) and not self.usage_store.startswith(("sqlite:", "postgresql:",
-                                                                                   "postgresql+psycopg:")):
-            raise ValueError(f"usage_store '{self.usage_store}': expected sqlite:///PATH or postgresql://...")
+        if isinstance(self.usage_store, str):
+            if not self.usage_store.startswith(("sqlite:///", "postgresql://", "postgres://", "postgresql+psycopg://")):
+                raise ValueError(f"usage_store '{self.usage_store}': expected sqlite:///PATH or postgresql://...")
+            if self.usage_store in ("sqlite:///", "sqlite:///:memory:"):
+                raise ValueError("usage_store: an in-memory SQLite database would be lost at exit (and is one per "
+                                 "thread); give a file, sqlite:///PATH")
         budgeted = [key.name for key in self.auth.api_keys if key.budget_usd is not None]
         if budgeted and self.usage_store is False:
             raise ValueError(f"api keys with budget_usd ({', '.join(budgeted)}) need a usage_store: spend must "

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.backends import RelayedChunks
-from gateway.core.config import GatewayConfig
+from gateway.core.config import GatewayConfig, ModelConfig
 from gateway.core.errors import (
     BudgetExceededError,
     GatewayError,
@@ -171,6 +171,8 @@ class Accounting:
         self.store, self.budgets = store, budgets
         self._metric_label = metric_label
         self._routed_models = routed_models or {}  # routed public name -> the configured models it may reach
+        self._prices: dict[str, list[tuple[float, float]]] = {}
+        self._models: dict[str, ModelConfig] = {}
         self.stopping = False  # the listener is closed: new work is refused
         self._background: set[asyncio.Task[None]] = set()
 
@@ -236,16 +238,37 @@ class Accounting:
     def _token_estimate(self, request: AdmittedRequest) -> int:
         return prompt_characters(request) // CHARACTERS_PER_TOKEN + self._completion_estimate(request)
 
+    def _reachable_prices(self, model: str) -> list[tuple[float, float]]:
+        """The token prices of every model a request for ``model`` may reach (a routed name: all its candidates),
+        looked up once per configured name (unknown names are not kept: clients could grow the cache)."""
+        prices = self._prices.get(model)
+        if prices is None:
+            names = self._routed_models.get(model, [model])
+            found = [entry.token_prices for name in names if (entry := self.config.model(name)) is not None]
+            prices = [p for p in found if p is not None]
+            if model in self._routed_models or self.config.model(model) is not None:
+                self._prices[model] = prices
+        return prices
+
+    def _model_config(self, name: str) -> ModelConfig | None:
+        """``config.model(name)`` for the model that answered (a configured name), looked up once."""
+        entry = self._models.get(name)
+        if entry is None:
+            entry = self.config.model(name)
+            if entry is not None:
+                self._models[name] = entry
+        return entry
+
     def _worst_case_usd(self, model: str, request: AdmittedRequest) -> float | None:
-        """The most the request may cost: its estimated prompt and its completion limit at the prices of the
-        dearest model it may reach (a routed name reaches all its candidates); None when none has a price."""
-        names = self._routed_models.get(model, [model])
-        prices = [entry.token_prices for name in names if (entry := self.config.model(name)) is not None]
-        known = [p for p in prices if p is not None]
+        """The most the request may cost: its estimated prompt and its completion limit, ``n`` times, at the prices
+        of the dearest model it may reach (a routed name reaches all its candidates); None when none has a price.
+        A request without ``max_tokens`` reserves ``limits.reserve_completion_tokens`` for its completion, so a
+        longer answer is charged in full at settlement and can pass the budget by that much."""
+        known = self._reachable_prices(model)
         if not known:
             return None
         prompt_tokens = -(-prompt_characters(request) // CHARACTERS_PER_TOKEN)  # rounded up
-        completion_tokens = self._completion_estimate(request)
+        completion_tokens = self._completion_estimate(request) * (getattr(request, "n", None) or 1)
         return max(prompt_tokens * p + completion_tokens * c for p, c in known)
 
     # ---- the end of a request -------------------------------------------------------------------------
@@ -258,7 +281,7 @@ class Accounting:
             pending = self.limiter.settle(key, reservation, record.prompt_tokens + record.completion_tokens)
             if pending is not None:
                 self.keep(asyncio.ensure_future(self._settled(pending)))
-        cost = request_cost(self.config.model(record.model), record.usage())
+        cost = request_cost(self._model_config(record.model), record.usage())
         if key is not None and hold is not None:
             self._settle_budget(key, hold, cost or 0.0)
         if cost:

@@ -16,6 +16,8 @@ store has recorded for that key and period. Amounts are counted in integer nano-
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Awaitable
 from dataclasses import dataclass
@@ -24,7 +26,7 @@ from datetime import UTC, datetime, timedelta
 from gateway.core.errors import BudgetExceededError
 from gateway.engine.auth import ApiKey
 from gateway.engine.limits import LimiterUnavailable
-from gateway.engine.usage.store import StoreUnavailable, UsageStore
+from gateway.engine.usage.store import UsageStore
 
 NANO_PER_USD = 1_000_000_000
 
@@ -43,7 +45,22 @@ class Period:
 
 
 def current_period(kind: str, now: datetime | None = None) -> Period:
-    now = now or datetime.now(UTC).replace(tzinfo=None)
+    """The period ``now`` (default: this moment, UTC) is in; this moment's is cached until the period ends (it is
+    asked for on every budgeted request)."""
+    if now is None:
+        cached = _CURRENT.get(kind)
+        if cached is not None and time.time() < cached[1]:
+            return cached[0]
+    period = _period_at(kind, now or datetime.now(UTC).replace(tzinfo=None))
+    if now is None:
+        _CURRENT[kind] = (period, math.inf if period.end is None else period.end.replace(tzinfo=UTC).timestamp())
+    return period
+
+
+_CURRENT: dict[str, tuple[Period, float]] = {}  # kind -> (the current period, when it ends: epoch seconds)
+
+
+def _period_at(kind: str, now: datetime) -> Period:
     if kind == "day":
         start = now.replace(hour=0, minute=0, second=0, microsecond=0)
         return Period(f"day:{start:%Y-%m-%d}", start, start + timedelta(days=1))
@@ -79,6 +96,7 @@ class BudgetLedger(ABC):
 
     def __init__(self, store: UsageStore) -> None:
         self.store = store
+        self._reading: dict[tuple[str, str], asyncio.Future[int]] = {}
 
     @abstractmethod
     async def reserve(self, key: ApiKey, worst_case_usd: float) -> BudgetHold:
@@ -93,10 +111,22 @@ class BudgetLedger(ABC):
         pass
 
     async def _recorded(self, key: ApiKey, period: Period) -> int:
-        """Nano-dollars the store has for ``key`` in ``period`` (where a new counter starts)."""
+        """Nano-dollars the store has for ``key`` in ``period`` (where a new counter starts), read once however many
+        requests of this process wait for it; a failure is each waiter's ``LimiterUnavailable`` and the next
+        request tries again."""
+        slot = (key.name, period.id)
+        reading = self._reading.get(slot)
+        if reading is None:
+            reading = asyncio.ensure_future(self._read_store(key, period))
+            self._reading[slot] = reading
+            reading.add_done_callback(lambda _: self._reading.pop(slot, None))
+        # Shielded: a waiter that is cancelled (its client left) does not cancel the read the others wait for.
+        return await asyncio.shield(reading)
+
+    async def _read_store(self, key: ApiKey, period: Period) -> int:
         try:
             return nano(await asyncio.to_thread(self.store.spent, key.name, period.start))
-        except StoreUnavailable as exc:
+        except Exception as exc:  # the store down, or a schema it cannot use: no budget can be checked
             raise LimiterUnavailable(f"usage store: {exc}") from exc
 
 
@@ -106,14 +136,14 @@ class InMemoryBudgets(BudgetLedger):
     def __init__(self, store: UsageStore) -> None:
         super().__init__(store)
         self._spent: dict[tuple[str, str], int] = {}
-        self._starting: dict[tuple[str, str], asyncio.Future[int]] = {}
 
     async def reserve(self, key: ApiKey, worst_case_usd: float) -> BudgetHold:
         assert key.budget_usd is not None
         period = current_period(key.budget_period)
         slot = (key.name, period.id)
         if slot not in self._spent:
-            await self._start(key, period, slot)
+            recorded = await self._recorded(key, period)
+            self._spent.setdefault(slot, recorded)  # the first waiter to resume starts it; the others find it
         reserve = nano(worst_case_usd)
         spent = self._spent[slot]
         if spent + reserve > nano(key.budget_usd):
@@ -121,42 +151,28 @@ class InMemoryBudgets(BudgetLedger):
         self._spent[slot] = spent + reserve
         return BudgetHold(period, reserve)
 
-    async def _start(self, key: ApiKey, period: Period, slot: tuple[str, str]) -> None:
-        """The counter's first value, read from the store once however many requests wait for it."""
-        starting = self._starting.get(slot)
-        if starting is None:
-            starting = asyncio.get_running_loop().create_future()
-            self._starting[slot] = starting
-            try:
-                recorded = await self._recorded(key, period)
-            except LimiterUnavailable as exc:
-                starting.set_exception(exc)
-                starting.exception()  # retrieved: waiters re-raise it, nobody else needs to
-                del self._starting[slot]
-                raise
-            self._spent.setdefault(slot, recorded)
-            del self._starting[slot]
-            starting.set_result(recorded)
-        else:
-            await starting
-
     def settle(self, key: ApiKey, hold: BudgetHold, cost_usd: float) -> None:
         slot = (key.name, hold.period.id)
         if slot in self._spent:
             self._spent[slot] += nano(cost_usd) - hold.reserved
 
 
-# KEYS: the key's spend counter for the period. ARGV: budget, reserve (nano-dollars), ttl seconds (0: none).
+# KEYS: the key's spend counter for the period. ARGV: budget, reserve (nano-dollars).
 # Returns {0, spent} when reserved, {1, spent} over the budget, {2} when the counter does not exist yet.
 _RESERVE = """
 local spent = redis.call('GET', KEYS[1])
 if not spent then return {2} end
 spent = tonumber(spent)
-local budget, reserve, ttl = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local budget, reserve = tonumber(ARGV[1]), tonumber(ARGV[2])
 if spent + reserve > budget then return {1, spent} end
 redis.call('INCRBY', KEYS[1], reserve)
-if ttl > 0 then redis.call('EXPIRE', KEYS[1], ttl) end
 return {0, spent}
+"""
+# KEYS: the counter. ARGV: the change. A counter that is gone (Redis restarted empty) is left alone: the next
+# reservation starts it from the store, which has the request's row, instead of from a lone settlement.
+_SETTLE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then redis.call('INCRBY', KEYS[1], ARGV[1]) end
+return 0
 """
 
 
@@ -172,16 +188,17 @@ class RedisBudgets(BudgetLedger):
                                      retry_on_timeout=False)
         self._timeout_s, self._prefix = timeout_s, prefix
         self._reserve = self._redis.register_script(_RESERVE)
+        self._settle_script = self._redis.register_script(_SETTLE)
 
     def _counter(self, key: ApiKey, period: Period) -> str:
         return f"{{{self._prefix}:{key.name}}}:{period.id}"
 
     @staticmethod
-    def _ttl(period: Period) -> int:
-        # A counter outlives its period by a day (late settlements land), then Redis forgets it.
-        if period.start is None or period.end is None:
-            return 0
-        return int((period.end - period.start).total_seconds()) + 86_400
+    def _expires_at(period: Period) -> int | None:
+        """When Redis forgets the counter: a day after its period ends (late settlements land); never for total."""
+        if period.end is None:
+            return None
+        return int((period.end + timedelta(days=1)).replace(tzinfo=UTC).timestamp())
 
     async def _call(self, work: Awaitable[object]) -> object:
         from redis.exceptions import RedisError
@@ -195,13 +212,14 @@ class RedisBudgets(BudgetLedger):
     async def reserve(self, key: ApiKey, worst_case_usd: float) -> BudgetHold:
         assert key.budget_usd is not None
         period = current_period(key.budget_period)
-        counter, ttl = self._counter(key, period), self._ttl(period)
+        counter = self._counter(key, period)
         reserve = nano(worst_case_usd)
-        args = [nano(key.budget_usd), reserve, ttl]
+        args = [nano(key.budget_usd), reserve]
         verdict = await self._call(self._reserve(keys=[counter], args=args))
         if verdict[0] == 2:  # type: ignore[index]
             recorded = await self._recorded(key, period)
-            await self._call(self._redis.set(counter, recorded, nx=True, ex=ttl or None))
+            expires = self._expires_at(period)
+            await self._call(self._redis.set(counter, recorded, nx=True, exat=expires))
             verdict = await self._call(self._reserve(keys=[counter], args=args))
         if verdict[0] == 1:  # type: ignore[index]
             raise _refuse(key, period, int(verdict[1]), reserve)  # type: ignore[index]
@@ -216,7 +234,7 @@ class RedisBudgets(BudgetLedger):
         return self._settle(self._counter(key, hold.period), change)
 
     async def _settle(self, counter: str, change: int) -> None:
-        await self._call(self._redis.incrby(counter, change))
+        await self._call(self._settle_script(keys=[counter], args=[change]))
 
     async def aclose(self) -> None:
         await self._redis.aclose()

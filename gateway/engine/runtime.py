@@ -171,9 +171,11 @@ class Gateway:
             raise InvalidRequestError("feedback needs the usage store, and this gateway runs with 'usage_store: "
                                       "false'", param="request_id", code="usage_store_disabled")
         store = self.store
-        await asyncio.to_thread(store.flush, 5.0)  # the request may have ended a moment ago
         try:
             row = await asyncio.to_thread(store.request, request.request_id)
+            if row is None and store.backlog:  # it may have ended a moment ago: its row waits to be written
+                await asyncio.to_thread(store.flush, 5.0)
+                row = await asyncio.to_thread(store.request, request.request_id)
             # Another key's request is "not found" too: ids do not tell whether they exist.
             if row is None or (ctx.key is not None and row["key_name"] != ctx.key.name):
                 raise NotFoundError(f"no request '{request.request_id}' of this API key in the usage store",

@@ -12,5 +12,5 @@ class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     request_id: str = Field(min_length=1, max_length=128, description="the answer's x-request-id")
-    score: float = Field(ge=0, le=1, description="0 (bad) to 1 (good)")
+    score: float = Field(ge=0, le=1, strict=True, description="0 (bad) to 1 (good), a JSON number")
     comment: str | None = Field(default=None, max_length=4000)

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from gateway.engine.usage import UsageStore, store_url
+from tests.support.postgres import PostgresServer
 from tests.support.servers import VENV_BIN, GatewayProcess
 from tests.support.upstream import Reply
 
@@ -142,8 +143,18 @@ def test_a_budget_refuses_with_its_reset_time_and_a_restart_keeps_the_spend(upst
     assert 0 < int(refused.value.response.headers["retry-after"]) <= 86_400
 
 
-def test_postgres_store_down_mid_load_loses_no_request(upstream, make_gateway, postgres_server, postgres_url):
-    gateway = make_gateway(_config(upstream, postgres_url))
+@pytest.fixture
+def own_postgres():
+    """A PostgreSQL server of this test's own, to stop and start (the session's serves the other tests)."""
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+    server.remove()
+
+
+def test_postgres_store_down_mid_load_loses_no_request(upstream, make_gateway, own_postgres):
+    postgres_server = own_postgres
+    gateway = make_gateway(_config(upstream, postgres_server.create_database()))
     client = gateway.client(api_key=KEY)
     ids = [client.chat.completions.with_raw_response.create(model="pub", messages=MESSAGES).headers["x-request-id"]
            for _ in range(10)]
@@ -163,7 +174,10 @@ def test_postgres_store_down_mid_load_loses_no_request(upstream, make_gateway, p
                 break
             assert time.monotonic() < deadline, "the rows were not kept while the store was down"
             time.sleep(0.2)
-        assert float(re.search(r"^gateway_usage_store_errors_total (\S+)$", metrics, re.M)[1]) >= 1
+        time.sleep(2.0)
+        metrics = httpx.get(f"{gateway.url}/metrics").text
+        # The writer backs off while the store is down (0.5 s, 1 s, 2 s, ...): a few tries, not one per request.
+        assert 1 <= float(re.search(r"^gateway_usage_store_errors_total (\S+)$", metrics, re.M)[1]) <= 8
     finally:
         postgres_server.start()
     assert store.flush(30)
@@ -192,7 +206,9 @@ def test_a_budget_holds_across_two_gateway_processes_sharing_redis(upstream, red
         admitted = [o for o in outcomes if not isinstance(o, Exception)]
         refused = [o for o in outcomes if isinstance(o, Exception)]
         assert refused and all(r.body["code"] == "budget_exceeded" for r in refused)
-        assert len(admitted) * worst_case <= budget + worst_case
+        # Settled requests free what they reserved beyond their cost, so a few late ones may still get in; what is
+        # admitted never passes the budget (each real cost is within its reservation here).
+        assert len(admitted) >= budget // worst_case
         time.sleep(0.5)  # settlements are sent after the response
         counter = redis.Redis.from_url(redis_url).get(
             next(k for k in redis.Redis.from_url(redis_url).keys("*budget*team-a*")))
@@ -203,7 +219,7 @@ def test_a_budget_holds_across_two_gateway_processes_sharing_redis(upstream, red
         store.close()
     paid = sum(_cost(a.usage) for a in admitted)
     assert round(recorded, 2) == round(paid, 2) and recorded == pytest.approx(paid)
-    assert recorded <= budget + worst_case
+    assert recorded <= budget + 1e-9
     assert int(counter) == round(paid * 1e9)
     print(json.dumps({"admitted": len(admitted), "refused": len(refused), "spent_usd": recorded}))
 
@@ -236,5 +252,27 @@ def test_the_migrations_build_exactly_the_schema_the_code_uses(backend, tmp_path
         store.ensure_schema()
         with store.engine.connect() as connection:
             assert compare_metadata(MigrationContext.configure(connection), metadata) == []
+    finally:
+        store.close()
+
+
+def test_a_row_the_database_refuses_is_dropped_and_counted_not_retried_forever(postgres_url, tmp_path):
+    from gateway.core.metrics import GatewayMetrics
+    from gateway.engine.usage.store import row_id, utc_now
+
+    metrics = GatewayMetrics()
+    store = UsageStore(store_url(postgres_url, tmp_path), metrics).start()
+    try:
+        def row(request_id: str, **fields) -> dict:
+            return {"id": row_id(), "request_id": request_id, "created_at": utc_now(), "key_name": "k",
+                    "endpoint": "chat", "model_asked": "m", "model": "m", "status": 200, "prompt_tokens": 1,
+                    "completion_tokens": 1, "cost_usd": 0.0, "latency_ms": 1.0, **fields}
+
+        store.record(row("good-1"))
+        store.record(row("bad", status="not a number"))  # PostgreSQL refuses it: DataError
+        store.record(row("good-2", stages={"ecso": "safe"}))
+        assert store.flush(20)
+        assert sorted(r["request_id"] for r in store.rows()) == ["good-1", "good-2"]
+        assert metrics.usage_rows_dropped._value.get() == 1 and metrics.usage_rows_written._value.get() == 2
     finally:
         store.close()

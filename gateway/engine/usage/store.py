@@ -11,6 +11,7 @@ Reads (spend of a key, a request's row, reports) are plain blocking calls: the e
 
 from __future__ import annotations
 
+import json
 import logging
 import random
 import threading
@@ -21,15 +22,25 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from alembic.util.exc import CommandError
 from sqlalchemy import Engine, create_engine, event, func, select
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DataError, IntegrityError, SQLAlchemyError
 
 from gateway.core.metrics import GatewayMetrics
 from gateway.engine.usage.schema import feedback, requests
 
 logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+_COLUMNS = [column.name for column in requests.columns]
+_JSON_COLUMNS = frozenset({"stages", "route"})
+
+
+def _postgres_json(value: Any) -> Any:
+    from psycopg.types.json import Json
+
+    return Json(value)
 
 
 class StoreUnavailable(Exception):
@@ -76,12 +87,34 @@ def migrate(engine: Engine) -> None:
         command.upgrade(config, "head")
 
 
+class EmptyStore(StoreUnavailable):
+    """The store has no schema yet: no gateway has written to it."""
+
+
+def check_revision(engine: Engine) -> None:
+    """The store is at this code's schema (Alembic's head), without changing it."""
+    from alembic.config import Config
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    head = ScriptDirectory.from_config(config).get_current_head()
+    with engine.connect() as connection:
+        current = MigrationContext.configure(connection).get_current_revision()
+    if current is None:
+        raise EmptyStore("the usage store has no schema yet (no gateway has written to it)")
+    if current != head:
+        raise StoreUnavailable(f"the usage store's schema is at revision {current}, this version reads {head}: "
+                               "start this version's gateway on it once (it migrates), or use the matching CLI")
+
+
 class UsageStore:
     """One row per request, written in batches by a thread; reads for spend, reports and feedback."""
 
     def __init__(self, url: str, metrics: GatewayMetrics | None = None, *, batch_rows: int = 256,
-                 flush_interval_s: float = 0.2, max_buffered: int = 20_000) -> None:
-        self.url = url
+                 flush_interval_s: float = 0.2, max_buffered: int = 20_000, read_only: bool = False) -> None:
+        self.url, self.read_only = url, read_only
         self.engine = create_store_engine(url)
         self._metrics = metrics
         self.batch_rows, self.flush_interval_s, self.max_buffered = batch_rows, flush_interval_s, max_buffered
@@ -90,10 +123,13 @@ class UsageStore:
         self._queued = self._dropped = self._done = 0
         self._progress = threading.Condition()
         self._wake = threading.Event()
+        self._stop = threading.Event()
         self._stopping = False
         self._migrated = False
         self._migrate_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._sqlite = self.engine.dialect.name == "sqlite"
+        self._statements: dict[int, str] = {}  # multi-row INSERT by row count
 
     @property
     def backlog(self) -> int:
@@ -116,7 +152,7 @@ class UsageStore:
                 self._metrics.usage_rows_dropped.inc()
             return
         self._queue.append(row)
-        if len(self._queue) >= self.batch_rows:
+        if len(self._queue) == self.batch_rows:  # once per batch (a growing backlog must not spin the writer)
             self._wake.set()
 
     def flush(self, timeout_s: float = 10.0) -> bool:
@@ -140,6 +176,7 @@ class UsageStore:
                 logger.warning("usage store: rows not written at shutdown", extra={"fields": {
                     "rows": len(self._queue)}})
             self._stopping = True
+            self._stop.set()
             self._wake.set()
             self._thread.join(timeout=2)
             self._thread = None
@@ -151,18 +188,22 @@ class UsageStore:
         pause = self.flush_interval_s
         failing = False
         while not self._stopping:
-            self._wake.wait(pause)
+            if failing:  # back off whatever wakes it (flush, a full batch): only close cuts the pause short
+                self._stop.wait(pause)
+            else:
+                self._wake.wait(pause)
             self._wake.clear()
             while self._queue and not self._stopping:
                 try:
                     self._write_batch()
-                except (SQLAlchemyError, OSError) as exc:
+                except Exception as exc:  # the writer never dies: the store down, slow, or refusing
                     if self._metrics is not None:
                         self._metrics.usage_store_errors.inc()
                         self._metrics.usage_backlog.set(len(self._queue))
                     if not failing:  # one line per outage, not one per retry
                         logger.warning("usage store unavailable; rows wait in memory", extra={"fields": {
-                            "error": str(exc).splitlines()[0][:200], "backlog": len(self._queue)}})
+                            "error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}",
+                            "backlog": len(self._queue)}})
                     failing = True
                     pause = min(max(pause * 2, 0.5), 5.0)
                     break
@@ -173,29 +214,84 @@ class UsageStore:
     def _write_batch(self) -> None:
         self.ensure_schema()
         batch = [self._queue[i] for i in range(min(len(self._queue), self.batch_rows))]
-        with self.engine.begin() as connection:
-            connection.execute(self._insert_once(), batch)
+        written = len(batch)
+        try:
+            with self.engine.begin() as connection:
+                connection.exec_driver_sql(self._insert_statement(len(batch)), tuple(self._parameters(batch)))
+        except (DataError, IntegrityError) as exc:
+            # A row the database refuses for its data would block every row behind it: write them one by one
+            # and drop (and count) the ones refused.
+            written = self._write_one_by_one(batch, exc)
         for _ in batch:
             self._queue.popleft()
         with self._progress:
             self._done += len(batch)
             self._progress.notify_all()
         if self._metrics is not None:
-            self._metrics.usage_rows_written.inc(len(batch))
+            self._metrics.usage_rows_written.inc(written)
+            self._metrics.usage_rows_dropped.inc(len(batch) - written)
             self._metrics.usage_backlog.set(len(self._queue))
 
-    def _insert_once(self):  # type: ignore[no-untyped-def]
-        insert = postgresql.insert if self.engine.dialect.name == "postgresql" else sqlite.insert
-        return insert(requests).on_conflict_do_nothing(index_elements=["id"])
+    def _write_one_by_one(self, batch: list[dict[str, Any]], first_error: Exception) -> int:
+        """Rows written; the ones refused for their own data are dropped."""
+        written = 0
+        for row in batch:
+            try:
+                with self.engine.begin() as connection:
+                    connection.exec_driver_sql(self._insert_statement(1), tuple(self._parameters([row])))
+                written += 1
+            except (DataError, IntegrityError) as exc:  # this row's own data; anything else is an outage
+                logger.error("usage store refused a row; dropped", extra={"fields": {
+                    "request_id": row.get("request_id"), "error": str(exc).splitlines()[0][:200]}})
+        logger.warning("usage store: a batch was refused; its rows were written one by one", extra={"fields": {
+            "rows": len(batch), "written": written, "error": str(first_error).splitlines()[0][:200]}})
+        return written
+
+    # The batch goes as ONE multi-row INSERT, not executemany: the driver releases the GIL around each statement
+    # it runs, and on a busy core every release hands the GIL between this thread and the event loop (a context
+    # switch each). Row by row that cost the proxy a third of its throughput (benchmarks/hot_path.py
+    # --usage-row); one statement per batch hands it over once. The SQL is the table's plain columns, so
+    # SQLAlchemy's per-row bind processing is done here: times as SQLAlchemy's SQLite DATETIME stores them,
+    # JSON as JSON text (psycopg's Json on PostgreSQL).
+
+    def _insert_statement(self, rows: int) -> str:
+        statement = self._statements.get(rows)
+        if statement is None:
+            mark = "?" if self._sqlite else "%s"
+            row = "(" + ", ".join([mark] * len(_COLUMNS)) + ")"
+            statement = (f"INSERT INTO requests ({', '.join(f'{chr(34)}{c}{chr(34)}' for c in _COLUMNS)}) VALUES "
+                         + ", ".join([row] * rows) + ' ON CONFLICT ("id") DO NOTHING')
+            self._statements[rows] = statement
+        return statement
+
+    def _parameters(self, batch: list[dict[str, Any]]) -> list[Any]:
+        values: list[Any] = []
+        sqlite = self._sqlite
+        for row in batch:
+            for name in _COLUMNS:
+                value = row.get(name)
+                if value is not None:
+                    if name == "created_at" and sqlite:
+                        value = value.strftime("%Y-%m-%d %H:%M:%S.%f")
+                    elif name in _JSON_COLUMNS:
+                        value = json.dumps(value) if sqlite else _postgres_json(value)
+                values.append(value)
+        return values
 
     # ---- reads (blocking: run them in a thread) --------------------------------------------------------
 
     def ensure_schema(self) -> None:
-        """Migrate the schema to the head once per process (the writer does it before its first batch)."""
+        """Migrate the schema to the head once per process (the writer does it before its first batch); a store
+        opened ``read_only`` (reports) is checked instead: ``EmptyStore`` when it has no schema yet,
+        ``StoreUnavailable`` when it is at another revision than this code's."""
         with self._migrate_lock:
-            if not self._migrated:
+            if self._migrated:
+                return
+            if self.read_only:
+                check_revision(self.engine)
+            else:
                 migrate(self.engine)
-                self._migrated = True
+            self._migrated = True
 
     def spent(self, key_name: str, since: datetime | None) -> float:
         """US dollars recorded for ``key_name`` since ``since`` (UTC; None: ever)."""
@@ -206,7 +302,7 @@ class UsageStore:
                 query = query.where(requests.c.created_at >= since)
             with self.engine.connect() as connection:
                 return float(connection.execute(query).scalar_one())
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, CommandError) as exc:
             raise StoreUnavailable(str(exc).splitlines()[0][:200]) from exc
 
     def request(self, request_id: str) -> dict[str, Any] | None:
@@ -218,7 +314,7 @@ class UsageStore:
             with self.engine.connect() as connection:
                 row = connection.execute(query).mappings().first()
             return dict(row) if row is not None else None
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, CommandError) as exc:
             raise StoreUnavailable(str(exc).splitlines()[0][:200]) from exc
 
     def add_feedback(self, request_id: str, key_name: str | None, score: float, comment: str | None) -> int:
@@ -230,7 +326,7 @@ class UsageStore:
                     request_id=request_id, key_name=key_name, score=score, comment=comment,
                     created_at=utc_now()))
             return int(result.inserted_primary_key[0])  # type: ignore[index]
-        except (SQLAlchemyError, OSError) as exc:
+        except (SQLAlchemyError, OSError, CommandError) as exc:
             raise StoreUnavailable(str(exc).splitlines()[0][:200]) from exc
 
     def rows(self, columns: Sequence[str] | None = None) -> list[dict[str, Any]]:
