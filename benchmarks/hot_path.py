@@ -201,13 +201,6 @@ def gateway_config(upstream: str, stream_upstream: str, checkpoint: Path | None,
     return config
 
 
-def _store_rows(path: Path) -> Iterator[tuple]:
-    import sqlite3
-
-    with sqlite3.connect(path) as connection:
-        yield from connection.execute("SELECT id FROM requests")
-
-
 def row(name: str, c1: WrkResult | None, c32: WrkResult | None, base: WrkResult | None, note: str = "") -> None:
     added = f"{c1.p50_ms - base.p50_ms:8.2f}" if c1 and base else f"{'–':>8}"
     p50 = f"{c1.p50_ms:8.2f}{c1.p99_ms:8.2f}" if c1 else f"{'–':>8}{'–':>8}"
@@ -227,7 +220,8 @@ def main() -> None:
     parser.add_argument("--replicas-row", action="store_true",
                         help="add a model with two endpoints (prefix-affinity) in front of the same upstream")
     parser.add_argument("--usage-row", action="store_true",
-                        help="add the gateway without its usage store and budget (what they cost)")
+                        help="what the usage store and budget cost: the gateway with and without them, alternated")
+    parser.add_argument("--usage-rounds", type=int, default=4, help="--usage-row: alternations")
     parser.add_argument("--soak", type=int, default=0, metavar="N",
                         help="then send about N more requests (c=32) and print the gateway's RSS before and after")
     args = parser.parse_args()
@@ -288,19 +282,30 @@ def main() -> None:
                                        "gateway": f"{gateway_url}/v1/chat/completions"},
                                       {"upstream": "fake", "gateway": "bench-stream"})
             ttfb_direct, ttfb_gateway = ttfb["upstream"], ttfb["gateway"]
-        if args.usage_row:  # the same, without the usage store (and so without the budget, which needs it)
+        if args.usage_row:  # with and without the usage store (and so the budget, which needs it), alternated
             bare = yaml.safe_load(config_file.read_text())
             bare["usage_store"] = False
             for key in bare["auth"]["api_keys"]:
                 key.pop("budget_usd")
             bare_file = work / "gateway-no-store.yaml"
             bare_file.write_text(yaml.safe_dump(bare))
-            with process(pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(bare_file), "--port",
-                                    str(ports["gateway"])]), f"{gateway_url}/ready", work / "gateway-bare.log"):
-                without_store = measure(f"{gateway_url}/v1/chat/completions", "bench")
-                row("llm-gateway, model named", *without_store, direct[0], "no usage store, no budget")
-            rows = sum(1 for _ in _store_rows(work / "usage.sqlite3"))
-            print(f"{'':<34}(the store kept {rows:,} rows of the first gateway's requests)")
+            rounds: dict[str, list[float]] = {"usage store + budget": [], "no usage store, no budget": []}
+            for _ in range(args.usage_rounds):
+                for label, path in (("usage store + budget", config_file), ("no usage store, no budget", bare_file)):
+                    command = pinned(0, [str(BIN / "llm-gateway"), "serve", "--config", str(path), "--port",
+                                         str(ports["gateway"])])
+                    with process(command, f"{gateway_url}/ready", work / "gateway-ab.log"):
+                        wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32, 2)  # warm-up
+                        rounds[label].append(wrk(f"{gateway_url}/v1/chat/completions", scripts["bench"], 32,
+                                                 d).requests_per_s)
+            for label, values in rounds.items():
+                mean = sum(values) / len(values)
+                spread = (sum((v - mean) ** 2 for v in values) / max(1, len(values) - 1)) ** 0.5
+                print(f"{'llm-gateway, model named':<34}{'':>24}{mean:12,.0f}  {label}, {len(values)} alternated "
+                      f"runs: ±{spread:,.0f} ({', '.join(f'{v:,.0f}' for v in values)})")
+            with_store, without = (sum(v) / len(v) for v in rounds.values())
+            print(f"{'':<34}the usage store and budget cost {100 * (1 - with_store / without):.1f}% of the "
+                  "throughput (means)")
         if args.granian:  # the same app under granian instead of uvicorn
             command = pinned(0, [str(ensure_granian()), "--interface", "asgi", "--factory", "--host", "127.0.0.1",
                                  "--port", str(ports["granian"]), "--workers", "1", "--runtime-threads", "1",
