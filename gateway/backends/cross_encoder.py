@@ -22,7 +22,7 @@ class CrossEncoderBackend(NotAChatModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self._model: LoadedModel[Any] = LoadedModel("re-ranker", config.name, self._load)
-        self._busy = asyncio.Semaphore(config.max_concurrency)
+        self._busy = asyncio.Semaphore(config.max_concurrency or 1)
 
     async def start(self) -> None:
         self._model.start()

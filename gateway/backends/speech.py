@@ -47,8 +47,9 @@ class WhisperBackend(NotAChatModel):
     def __init__(self, config: ModelConfig) -> None:
         super().__init__(config)
         self._model: LoadedModel[Any] = LoadedModel("speech model", config.name, self._load)
-        self._executor = ThreadPoolExecutor(max_workers=config.max_concurrency, thread_name_prefix=f"asr-{config.name}")
-        self._work = BoundedWork(config.name, config.max_concurrency, config.max_queue, unit="clips")
+        workers = config.max_concurrency or 1
+        self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"asr-{config.name}")
+        self._work = BoundedWork(config.name, workers, config.max_queue, unit="clips")
 
     @property
     def english_only(self) -> bool:
@@ -145,7 +146,7 @@ class EspeakBackend(NotAChatModel):
         super().__init__(config)
         self._binary = shutil.which("espeak-ng")
         self._voices: set[str] = set()
-        self._semaphore = asyncio.Semaphore(max(1, config.max_concurrency))
+        self._semaphore = asyncio.Semaphore(config.max_concurrency or 1)
 
     async def start(self) -> None:
         if self._binary is None:

@@ -95,7 +95,12 @@ class ModelConfig(StrictModel):
                                                        "served as trained: its step experts switch at the step "
                                                        "markers (the model loads from DIR/base unless 'path')")
     device: str = Field(default="auto", description="local: cpu, cuda, cuda:1 or auto")
-    max_concurrency: int = Field(default=1, ge=1, description="local: generations running at once")
+    engine: Literal["auto", "onnx", "transformers"] = Field(
+        default="auto", description="local generate: onnx (ONNX Runtime from quantized weights, running generations "
+                                    "batched; CPU only) or transformers (any model, adapters, MoTE, vision, GPUs); "
+                                    "auto: onnx for the embedded model on CPU, transformers otherwise")
+    max_concurrency: int | None = Field(default=None, ge=1, description="local: generations running at once "
+                                        "(default: 8 on the onnx engine, which batches them; 1 otherwise)")
     max_queue: int = Field(default=32, ge=0, description="local: requests waiting beyond that; more get 503")
     default_max_tokens: int = Field(default=512, ge=1, description="local: completion length when unset")
 
@@ -169,6 +174,10 @@ class ModelConfig(StrictModel):
                                       or self.vision):
             raise ValueError(f"model '{self.name}': 'mote' is for backend 'local' and task 'generate', without "
                              "adapters or vision (serve the run's per-step adapters as another model)")
+        if self.engine == "onnx" and (self.backend != "local" or self.task != "generate" or self.adapters
+                                      or self.mote or self.vision or self.device.startswith("cuda")):
+            raise ValueError(f"model '{self.name}': engine 'onnx' is for a local text model on the CPU, without "
+                             "adapters, mote or vision (use engine 'transformers' for those)")
         if self.backend == "openai" and self.adapters:
             raise ValueError(f"model '{self.name}': 'adapters' is only for backend 'local' (with vLLM, configure "
                              "each --lora-modules name as its own model with upstream_model)")
