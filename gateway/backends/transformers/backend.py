@@ -186,6 +186,11 @@ def _template_flags(request: ChatCompletionRequest) -> tuple[bool, bool]:
     return continue_final, generation_prompt
 
 
+def _add(total: int | None, more: int | None) -> int | None:
+    """Sum of counts that may be unknown (None: none known yet)."""
+    return total if more is None else (total or 0) + more
+
+
 def _same(value: Any, allowed: Any) -> bool:
     """Equal, with booleans kept apart from numbers (``presence_penalty: 0.0`` is neutral, ``top_k: False`` not)."""
     return value == allowed and isinstance(value, bool) == isinstance(allowed, bool)
@@ -289,7 +294,7 @@ class LocalBackend(Backend):
         refuse_unsupported_fields(self.name, request)
         plan = await self._output_plan(request)
         prompts = await self._prompts(request, plan)
-        choices, prompt_tokens, completion_tokens = [], 0, 0
+        choices, prompt_tokens, completion_tokens, cached = [], 0, 0, None
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
             params = self._params(request, prompt.ids, index, plan)
@@ -299,8 +304,9 @@ class LocalBackend(Backend):
             choices.append(self._choice(endpoint, index, echo, text, outcome, plan))
             prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
+            cached = _add(cached, outcome.cached_tokens)
         return response_dict(endpoint, new_completion_id(endpoint), self.name, choices,
-                             usage_dict(prompt_tokens, completion_tokens))
+                             usage_dict(prompt_tokens, completion_tokens, cached))
 
     async def stream(self, endpoint: Endpoint, request: Request,
                      adapter: str | None = None) -> AsyncIterator[dict[str, Any]]:
@@ -309,6 +315,7 @@ class LocalBackend(Backend):
         prompts = await self._prompts(request, plan)
         completion_id = new_completion_id(endpoint)
         prompt_tokens = completion_tokens = 0
+        cached: int | None = None
         for index, (prompt, echo) in enumerate(self._choices(request, prompts)):
             outcome = Generation()
             params = self._params(request, prompt.ids, index, plan)
@@ -341,7 +348,9 @@ class LocalBackend(Backend):
                              text=None if endpoint == "chat" else "", finish_reason=finish_reason)
             prompt_tokens += len(prompt.ids)
             completion_tokens += outcome.completion_tokens
-        yield chunk_dict(endpoint, completion_id, self.name, usage=usage_dict(prompt_tokens, completion_tokens))
+            cached = _add(cached, outcome.cached_tokens)
+        yield chunk_dict(endpoint, completion_id, self.name,
+                         usage=usage_dict(prompt_tokens, completion_tokens, cached))
 
     async def _output_plan(self, request: Request) -> OutputPlan:
         plan = output_plan(request)

@@ -125,6 +125,17 @@ class OnnxDecoder:
             buffer[target, :, start:end] = buffer[source, :, start:end]
 
 
+@dataclass
+class EngineCounters:
+    """What the engine has done since it started."""
+
+    decode_passes: int = 0
+    decoded_tokens: int = 0  # tokens decoded, over all passes (divided by the passes: the mean batch)
+    widest_pass: int = 0  # rows in the widest decoding pass
+    prefilled_tokens: int = 0  # prompt tokens computed
+    reused_tokens: int = 0  # prompt tokens whose keys and values came from a row's cache instead
+
+
 @dataclass(eq=False)
 class _Sequence:
     """One generation: its prompt and tokens so far, its row and how much of it is in the row's cache."""
@@ -135,9 +146,9 @@ class _Sequence:
     emit: Emit
     cancel: threading.Event
     outcome: Generation
-    processors: list[Any]  # before the chooser
-    chooser: TokenChooser
     future: Future[None] = field(default_factory=Future)
+    processors: list[Any] = field(default_factory=list)  # before the chooser (built on the engine's thread)
+    chooser: TokenChooser | None = None
     tokens: list[int] = field(default_factory=list)
     ids: torch.Tensor = field(init=False)  # the tokens as the processors read them, [1, room]
     row: int = -1
@@ -176,6 +187,7 @@ class BatchedGenerator(TextGenerator):
         self._owners: list[_Sequence | None] = [None] * max_concurrency
         self._cached: list[list[int]] = [[] for _ in range(max_concurrency)]  # a free row's valid tokens
         self._closed = False
+        self.counters = EngineCounters()
         self._thread = threading.Thread(target=self._loop, name=f"generate-{name}", daemon=True)
         self._thread.start()
 
@@ -189,13 +201,7 @@ class BatchedGenerator(TextGenerator):
         if extra_inputs or adapter is not None:
             raise InvalidRequestError(f"model '{self.name}' runs on the onnx engine, which takes no images or "
                                       "adapters (set engine: transformers)")
-        temperature, top_p = default_draw(params, self.generation_config)
-        processors = token_processors(params, len(prompt_ids), temperature, top_p, seeded_generator(params.seed),
-                                      outcome, self.grammar_tokenizer if params.grammar is not None else None)
-        chooser = processors.pop()
-        assert isinstance(chooser, TokenChooser)
-        sequence = _Sequence(next(self._arrived), list(prompt_ids), params, emit, cancel, outcome, processors,
-                             chooser)
+        sequence = _Sequence(next(self._arrived), list(prompt_ids), params, emit, cancel, outcome)
         self._arrivals.put(sequence)
         return sequence.future
 
@@ -226,10 +232,27 @@ class BatchedGenerator(TextGenerator):
             item = self._arrivals.get(block=wait)
             while True:
                 if item is not None:
-                    self._waiting.append(item)
+                    self._admit(item)
                 item = self._arrivals.get_nowait()
         except queue.Empty:
             pass
+
+    def _admit(self, sequence: _Sequence) -> None:
+        """A new request waits for a row, with its processors and draw built (a grammar compiles here, off the
+        event loop)."""
+        params = sequence.params
+        try:
+            temperature, top_p = default_draw(params, self.generation_config)
+            processors = token_processors(params, len(sequence.prompt), temperature, top_p,
+                                          seeded_generator(params.seed), sequence.outcome,
+                                          self.grammar_tokenizer if params.grammar is not None else None)
+        except Exception as exc:
+            self._finish(sequence, exc)
+            return
+        chooser = processors.pop()
+        assert isinstance(chooser, TokenChooser)
+        sequence.processors, sequence.chooser = processors, chooser
+        self._waiting.append(sequence)
 
     def _assign_rows(self) -> None:
         """Each waiting request, oldest first, takes the lowest free row (a prefix it shares with another row's
@@ -238,7 +261,8 @@ class BatchedGenerator(TextGenerator):
             sequence = self._waiting.pop(0)
             row = self._owners.index(None)
             self._owners[row], sequence.row = sequence, row
-            sequence.computed = self._reusable(sequence, self._cached[row])
+            sequence.computed = sequence.outcome.cached_tokens = self._reusable(sequence, self._cached[row])
+            self.counters.reused_tokens += sequence.computed
             self._cached[row] = []
 
     def _compact(self) -> None:
@@ -283,6 +307,7 @@ class BatchedGenerator(TextGenerator):
         end = min(len(prompt), start + PREFILL_CHUNK)
         logits = self.decoder.forward(sequence.row, np.array([prompt[start:end]]), [end])[0]
         sequence.computed = end
+        self.counters.prefilled_tokens += end - start
         if sequence.params.prompt_logprobs:
             top = sequence.params.logprobs or 0
             if start == 0:
@@ -305,6 +330,8 @@ class BatchedGenerator(TextGenerator):
                 best, source = shared, row
         if source >= 0:
             self.decoder.copy(source, sequence.row, sequence.computed, best)
+            sequence.outcome.cached_tokens = (sequence.outcome.cached_tokens or 0) + best - sequence.computed
+            self.counters.reused_tokens += best - sequence.computed
             sequence.computed = best
 
     def _decode(self, decoding: list[_Sequence]) -> None:
@@ -325,6 +352,10 @@ class BatchedGenerator(TextGenerator):
                     self._cached[row] = self._cached[row][:valid]
                 lengths[row] = valid + 1
         logits = self.decoder.forward(0, ids, lengths)
+        counters = self.counters
+        counters.decode_passes += 1
+        counters.decoded_tokens += len(decoding)
+        counters.widest_pass = max(counters.widest_pass, width)
         for sequence in decoding:  # (rows move only in _compact, between passes)
             sequence.computed += 1
             self._advance(sequence, logits[sequence.row, 0])
@@ -337,6 +368,7 @@ class BatchedGenerator(TextGenerator):
             scores = torch.from_numpy(logits)[None]
             for processor in sequence.processors:
                 scores = processor(ids, scores)
+            assert sequence.chooser is not None  # built when admitted
             token = sequence.chooser.choose(ids, scores)
         except Exception as exc:
             self._finish(sequence, exc)

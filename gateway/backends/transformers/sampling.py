@@ -58,6 +58,7 @@ class Generation:
     """Outcome of one generation, filled in while its text is consumed."""
 
     completion_tokens: int = 0
+    cached_tokens: int | None = None  # prompt tokens whose keys and values came from a cache (None: no cache)
     finish_reason: str | None = None
     token_ids: list[int] = field(default_factory=list)
     # Filled by the engine's thread; entry i exists before token i reaches the event loop.
