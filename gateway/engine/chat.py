@@ -22,7 +22,7 @@ from gateway.core.errors import (
 from gateway.core.metrics import GatewayMetrics
 from gateway.engine.accounting import RequestRecord
 from gateway.engine.answers import KEEPALIVE, KEEPALIVE_S, Answer, StreamAnswer, primed, with_keepalive
-from gateway.engine.audio_chat import AudioChat, AudioOutput
+from gateway.engine.audio_chat import AudioChat, AudioPlan
 from gateway.engine.pipeline import STAGES_HEADER, Pipeline, PoolCaller, build_stages, stage_headers
 from gateway.engine.pool import ModelPool
 from gateway.engine.routing import (
@@ -195,7 +195,7 @@ class CompletionService:
                                                  request if audio is None else audio.request_for(backend), record,
                                                  relay=relay and audio is None)
                     if audio is not None and audio.output is not None and not backend.config.audio:
-                        answer = await self._spoken(answer, audio.output)
+                        answer = await self._spoken(answer, audio, backend)
             except TimeoutError:
                 error = UpstreamTimeoutError(f"no candidate of '{request.model}' answered within router.deadline_s "
                                              f"= {deadline_s:g} s" + (f" (tried: {'; '.join(failures)}; then "
@@ -229,10 +229,14 @@ class CompletionService:
             return answer
         raise AssertionError("unreachable: a plan has at least one backend")
 
-    async def _spoken(self, answer: Answer | StreamAnswer, output: AudioOutput) -> Answer | StreamAnswer:
+    async def _spoken(self, answer: Answer | StreamAnswer, audio: AudioPlan, backend: Backend) -> Answer | StreamAnswer:
+        """The answer spoken, in the style the answering model chooses meanwhile (EMOVA's emotion and pitch)."""
+        assert audio.output is not None
+        chosen = asyncio.ensure_future(self.audio_chat.choose_style(backend, audio))
         if isinstance(answer, StreamAnswer):
-            return StreamAnswer(self.audio_chat.speak_stream(_not_relayed(answer), output, KEEPALIVE), answer.headers)
-        return Answer(await self.audio_chat.speak_answer(answer.body, output), answer.headers)
+            return StreamAnswer(self.audio_chat.speak_stream(_not_relayed(answer), audio.output, KEEPALIVE, chosen),
+                                answer.headers)
+        return Answer(await self.audio_chat.speak_answer(answer.body, audio.output, chosen), answer.headers)
 
     async def _attempt(self, backend: Backend, endpoint: Endpoint, request: Request,
                        record: RequestRecord, relay: bool) -> Answer | StreamAnswer:

@@ -194,3 +194,71 @@ def test_a_spoken_harmful_request_meets_the_safety_stage(upstream, make_gateway)
     assert part["type"] == "text" and word_error_rate(question, transcript) <= 0.25
     assert upstream.calls[1].body["messages"][-1]["content"] == prompts.aligncot_safety_check(transcript, direct)
     assert json.dumps(upstream.calls[0].body).count("input_audio") == 0
+
+
+JOY = "I just got accepted into my dream university! I can't stop smiling, this is the best day of my life!"
+GRIEF = "My grandmother passed away last night. I miss her so much and I don't know how to cope."
+
+
+@pytest.mark.slow
+def test_a_joyful_and_a_grieving_message_are_answered_in_different_voices(embedded_gateway):
+    """EMOVA's point: the model hears the user's emotion and chooses its reply's; the two spoken answers differ in
+    pitch as measured on the audio."""
+    from gateway.engine.voice import voice_profile
+
+    client = embedded_gateway.client()
+    voices = {}
+    for name, text in (("joy", JOY), ("grief", GRIEF)):
+        reply = client.chat.completions.create(model="smollm2-135m", max_tokens=30, temperature=0,
+                                               messages=[{"role": "user", "content": text}],
+                                               modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"})
+        audio = reply.choices[0].message.audio
+        pitch = voice_profile(decode_audio(base64.b64decode(audio.data)), 16_000).median_pitch_hz
+        voices[name] = (audio.emotion, audio.pitch, pitch)
+    assert voices["joy"][0] != "neutral" and voices["joy"][:2] != voices["grief"][:2], voices
+    assert voices["joy"][2] > voices["grief"][2] * 1.1, voices  # the happy voice is higher than the sad one
+
+
+@pytest.mark.slow
+def test_a_spoken_turn_is_heard_for_its_pitch_and_its_style_named_in_the_stream(embedded_gateway):
+    from gateway.engine.voice import style_request, voice_profile
+
+    low, high = spoken(GRIEF, voice="en-us", pitch=10), spoken(JOY, voice="en-us+f3", pitch=95)
+    heard = {name: voice_profile(decode_audio(wav), 16_000) for name, wav in (("low", low), ("high", high))}
+    assert heard["low"].pitch == "low" and heard["high"].pitch == "high", heard
+    assert "(spoken in a low voice (median pitch" in style_request("m", "text", heard["low"]).messages[-1].text
+    chunks = list(embedded_gateway.client().chat.completions.create(
+        model="smollm2-135m", max_tokens=20, temperature=0, stream=True, stream_options={"include_usage": True},
+        modalities=["text", "audio"], audio={"voice": "alloy", "format": "wav"},
+        messages=[{"role": "user", "content": [_audio_part(high)]}]))
+    pieces = [c.choices[0].delta.audio for c in chunks if c.choices and c.choices[0].delta.audio]
+    styled = [p for p in pieces if getattr(p, "data", None)]
+    assert styled and all(p.emotion in ("happy", "surprised") for p in styled), styled[:1]
+    assert chunks[-1].usage.prompt_tokens > 150  # the answer's prompt and the style question's
+
+
+def test_an_upstream_model_chooses_the_style_under_its_json_schema(upstream, make_gateway):
+    def respond(body):  # type: ignore[no-untyped-def]
+        if body.get("response_format"):
+            return Reply(text='{"emotion":"sad","pitch":"low"}')
+        return Reply(text="I am sorry for your loss.")
+
+    upstream.responder = respond
+    gateway = make_gateway({"models": [{"name": "m", "backend": "openai", "base_url": upstream.base_url},
+                                       *LOCAL_SPEECH]})
+    reply = gateway.client().chat.completions.create(model="m", messages=[{"role": "user", "content": GRIEF}],
+                                                     modalities=["text", "audio"], audio={"voice": "alloy",
+                                                                                          "format": "wav"})
+    audio = reply.choices[0].message.audio
+    assert (audio.emotion, audio.pitch, audio.transcript) == ("sad", "low", "I am sorry for your loss.")
+    (question,) = [call.body for call in upstream.calls if call.body.get("response_format")]
+    assert question["messages"][-1]["content"] == GRIEF and question["temperature"] == 0
+    schema = question["response_format"]["json_schema"]["schema"]
+    assert schema["properties"]["emotion"]["enum"][0] == "neutral" and "low" in schema["properties"]["pitch"]["enum"]
+
+    upstream.responder = lambda body: (Reply(status=400, error_message="response_format is not supported")
+                                       if body.get("response_format") else Reply(text="Hello."))
+    fallback = gateway.client().chat.completions.create(model="m", messages=[{"role": "user", "content": "Hi"}],
+                                                        modalities=["text", "audio"],
+                                                        audio={"voice": "alloy", "format": "wav"})
+    assert fallback.choices[0].message.audio.emotion == "neutral"  # no style chosen: spoken as before

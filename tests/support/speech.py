@@ -6,10 +6,10 @@ import re
 import subprocess
 
 
-def spoken(text: str, voice: str = "en-us", words_per_minute: int = 160) -> bytes:
-    """``text`` read aloud, as a WAV file."""
-    return subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "--stdout"], input=text.encode(),
-                          capture_output=True, check=True, timeout=60).stdout
+def spoken(text: str, voice: str = "en-us", words_per_minute: int = 160, pitch: int = 50) -> bytes:
+    """``text`` read aloud, as a WAV file (``pitch``: espeak-ng's 0-99)."""
+    return subprocess.run(["espeak-ng", "-v", voice, "-s", str(words_per_minute), "-p", str(pitch), "--stdout"],
+                          input=text.encode(), capture_output=True, check=True, timeout=60).stdout
 
 
 def words(text: str) -> str:
