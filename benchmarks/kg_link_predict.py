@@ -1,7 +1,7 @@
 """KICGPT on WN18RR, side by side in one run: the retriever alone, re-ranked by an upstream that knows the
 answers (the pipeline's ceiling), and re-ranked by the embedded SmolLM2-135M.
 
-    .venv/bin/python benchmarks/kg_link_predict.py --sample 250 --top-m 50 --smollm-top-m 10 --out /tmp/kg-bench
+    .venv/bin/python benchmarks/kg_link_predict.py --sample 250 --top-m 50 --smollm-top-m 50 --out /tmp/kg-bench
 
 Every run is ``llm-gateway kg link-predict`` on the same random sample of test triples (both directions) with
 the same trained retriever (trained once, copied). Runs resume from their predictions when started again.
@@ -65,8 +65,9 @@ def main() -> None:
     parser.add_argument("--sample", type=int, default=250, help="test triples, each asked in both directions")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--top-m", type=int, default=50)
-    parser.add_argument("--smollm-top-m", type=int, default=10, help="SmolLM2 writes ~10 tokens/s on CPU: a list "
-                                                                     "of 50 names takes it minutes per query")
+    parser.add_argument("--smollm-top-m", type=int, default=50, help="candidates SmolLM2 re-ranks (KICGPT: 50)")
+    parser.add_argument("--concurrency", type=int, default=4, help="SmolLM2 re-rankings in flight (the onnx "
+                                                                   "engine decodes them in one batch)")
     parser.add_argument("--skip-smollm", action="store_true")
     args = parser.parse_args()
 
@@ -81,7 +82,8 @@ def main() -> None:
     if not args.skip_smollm:
         out = with_retriever(args.out / "retriever", args.out / f"smollm2-m{args.smollm_top_m}")
         reports[f"smollm2-135m, m={args.smollm_top_m}"] = link_predict(
-            out, args, "--model", "smollm2-135m", "--top-m", str(args.smollm_top_m))
+            out, args, "--model", "smollm2-135m", "--top-m", str(args.smollm_top_m), "--concurrency",
+            str(args.concurrency))
 
     print(f"\nWN18RR test, {args.sample} random triples x 2 directions (seed {args.seed}), filtered")
     print(f"{'run':<24}{'queries':>8}{'MRR':>8}{'H@1':>7}{'H@3':>7}{'H@10':>7}{'H@m':>7}{'s/query':>9}{'placed':>8}")

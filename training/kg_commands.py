@@ -83,7 +83,8 @@ def _gateway_reranker(base_url: str, model: str, api_key: str | None, timeout_s:
 
     client = httpx.Client(timeout=timeout_s, headers={"authorization": f"Bearer {api_key}"} if api_key else {})
 
-    def rerank(query: str, candidates: list[str], demonstrations: list[str]) -> tuple[list[int], dict[str, Any]]:
+    def rerank(query: str, candidates: list[str],
+               demonstrations: list[dict[str, Any]]) -> tuple[list[int], dict[str, Any]]:
         response = client.post(f"{base_url}/rerank", json={
             "model": model, "query": query, "documents": candidates, "demonstrations": demonstrations,
             "return_documents": False})

@@ -13,8 +13,8 @@ EMOVA (Chen et al., 2024, arXiv 2409.18042) is one model that hears speech and a
   question: asked bare, SmolLM2-135M chose "fearful" for 6 of 10 neutral messages and "happy" for 2 of 10 grieving
   ones; with them, "happy" for 10 of 10 joyful ones, "neutral" for 10 of 10 neutral ones and "sad" or "fearful" for
   the grieving ones (``benchmarks/emova_styles.py``). It chooses the pitch label "normal" every time: the pitch of
-  the voice comes from the emotion's preset (happy is spoken higher than sad); The style call runs beside the answer, so a streamed answer
-  does not wait for it;
+  the voice comes from the emotion's preset (happy is spoken higher than sad). The style call runs beside the
+  answer, so a streamed answer does not wait for it;
 - **speaking**: the answer is synthesised in that style, and ``message.audio`` says which (``emotion``,
   ``pitch``).
 

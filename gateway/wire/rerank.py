@@ -24,6 +24,16 @@ MAX_DOCUMENTS = 1000
 LISTWISE_PROMPT_FILE = Path(__file__).parent / "prompts" / "listwise_rerank.yaml"
 
 
+class DemonstrationGroup(BaseModel):
+    """Knowledge of one kind for a listwise re-ranking, shown as one turn under its label."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label: str = Field(min_length=1, max_length=500, description="what these facts are, e.g. 'Examples used to "
+                                                                 "analogy:'")
+    facts: list[str] = Field(min_length=1)
+
+
 class RerankRequest(BaseModel):
     """Cohere v1/v2, Jina and vLLM re-rank bodies; unknown vendor fields go on to re-rank upstreams."""
 
@@ -36,8 +46,11 @@ class RerankRequest(BaseModel):
                                                               "their fields as 'key: value' lines)")
     top_n: int | None = Field(default=None, ge=1, description="return only the best top_n (default: all)")
     return_documents: bool = Field(default=True, description="include each document in its result")
-    demonstrations: list[str] | None = Field(default=None, description="listwise (chat model) re-ranking: "
-                                             "knowledge shown to the model before the query, e.g. related facts")
+    demonstrations: list[str | DemonstrationGroup] | None = Field(
+        default=None, description="listwise (chat model) re-ranking: knowledge shown to the model before the "
+                                  "query, e.g. related facts: strings (grouped into turns), or labelled groups "
+                                  "({\"label\": ..., \"facts\": [...]}, a turn each, KICGPT's analogy and "
+                                  "supplement examples)")
 
     # Rate limits reserve the default completion allowance (a listwise re-ranking generates an answer).
     completion_token_limit: ClassVar[int | None] = None
@@ -103,6 +116,7 @@ class ListwisePrompt:
     max_name_chars: int
     answer_marker: str
     system: str | None = None
+    labelled_demonstration_turn: str = "{label}\n{demonstrations}"
 
     @classmethod
     def load(cls, path: Path | str = LISTWISE_PROMPT_FILE) -> ListwisePrompt:
@@ -129,16 +143,14 @@ def candidate_labels(texts: list[str], prompt: ListwisePrompt) -> tuple[list[str
 
 
 def listwise_messages(prompt: ListwisePrompt, query: str, texts: list[str],
-                      demonstrations: list[str] | None = None) -> list[dict[str, str]]:
-    """The conversation: instruction, acknowledged knowledge turns, then the query with its candidates."""
+                      demonstrations: list[str | DemonstrationGroup] | None = None) -> list[dict[str, str]]:
+    """The conversation: instruction, acknowledged knowledge turns (a labelled group is a turn of its own;
+    strings go ``demonstrations_per_turn`` to a turn), then the query with its candidates."""
     messages = [{"role": "system", "content": prompt.system}] if prompt.system else []
     messages += [{"role": "user", "content": prompt.instruction.strip()},
                  {"role": "assistant", "content": prompt.acknowledgement}]
-    shown = (demonstrations or [])[: prompt.demonstrations_per_turn * prompt.max_demonstration_turns]
-    for start in range(0, len(shown), prompt.demonstrations_per_turn):
-        batch = "\n".join(shown[start:start + prompt.demonstrations_per_turn])
-        messages += [{"role": "user", "content": prompt.demonstration_turn.strip().format(demonstrations=batch)},
-                     {"role": "assistant", "content": prompt.acknowledgement}]
+    for turn in _knowledge_turns(prompt, demonstrations or [])[:prompt.max_demonstration_turns]:
+        messages += [{"role": "user", "content": turn}, {"role": "assistant", "content": prompt.acknowledgement}]
     labels, numbered = candidate_labels(texts, prompt)
     if numbered:
         listing = prompt.numbered_candidates.strip().format(
@@ -149,6 +161,27 @@ def listwise_messages(prompt: ListwisePrompt, query: str, texts: list[str],
     messages.append({"role": "user", "content": prompt.query_turn.strip().format(query=query, candidates=listing,
                                                                                  count=len(texts))})
     return messages
+
+
+def _knowledge_turns(prompt: ListwisePrompt, demonstrations: list[str | DemonstrationGroup]) -> list[str]:
+    turns: list[str] = []
+    loose: list[str] = []
+
+    def flush() -> None:
+        for start in range(0, len(loose), prompt.demonstrations_per_turn):
+            batch = "\n".join(loose[start:start + prompt.demonstrations_per_turn])
+            turns.append(prompt.demonstration_turn.strip().format(demonstrations=batch))
+        loose.clear()
+
+    for item in demonstrations:
+        if isinstance(item, str):
+            loose.append(item)
+            continue
+        flush()
+        turns.append(prompt.labelled_demonstration_turn.strip().format(label=item.label,
+                                                                        demonstrations="\n".join(item.facts)))
+    flush()
+    return turns
 
 
 def parse_final_order(answer: str, texts: list[str], prompt: ListwisePrompt) -> list[int]:

@@ -68,6 +68,19 @@ def test_the_conversation_has_acknowledged_knowledge_turns():
     assert "Candidates: [apple | banana | cherry | damson]" in messages[-1]["content"]
 
 
+def test_labelled_knowledge_groups_are_a_turn_each_under_their_label():
+    from gateway.wire.rerank import DemonstrationGroup
+
+    groups = [DemonstrationGroup(label="Examples used to analogy:", facts=["(cherry, is, red)", "(lime, is, green)"]),
+              "a loose fact", DemonstrationGroup(label="Examples that give supplement information:",
+                                                 facts=["(apple, grows on, trees)"])]
+    messages = listwise_messages(PROMPT, "which fruit is red?", FRUITS, groups)
+    turns = [m["content"] for m in messages if m["role"] == "user"][1:-1]
+    assert turns == ["Examples used to analogy:\n(cherry, is, red)\n(lime, is, green)", "Knowledge:\na loose fact",
+                     "Examples that give supplement information:\n(apple, grows on, trees)"]
+    assert all(m["content"] == PROMPT.acknowledgement for m in messages if m["role"] == "assistant")
+
+
 def test_completing_an_order_never_loses_or_repeats_a_candidate():
     """The fallback invariant: whatever the model answers, the final ranking is a permutation that keeps the
     given order for what the model left out, so a relevant candidate in the top m stays in the top m."""

@@ -108,6 +108,25 @@ def test_the_analogy_pool_spreads_over_entities_and_the_supplement_pool_is_bm25_
     supplement = graph.supplement_pool(query, "what q sings", texts, 3)
     assert supplement[0] == ("q", "s", "y") and set(supplement) == set(texts)
     assert graph.filtered_out(Query(("a", "r", "b"), "tail")) == {"c"}
+    assert graph.link_base(query, 4) == [("q", "r", "x")]  # the same question's known answer
+    assert graph.link_base(Query(("z", "t", "q"), "head"), 4) == [("z", "t", "q")]
+
+
+def test_the_knowledge_turns_follow_kicgpt_link_base_first_labelled_and_within_the_budget(toy):
+    from dataclasses import replace
+
+    from training.kg.link_predict import load_task
+
+    task = load_task(toy / "graph", toy / "wordnet")
+    query = next(q for q in task.graph.queries("test") if task.graph.link_base(q, 4))
+    groups = task.demonstrations(query, ["a candidate", "another"])
+    labels = [group["label"] for group in groups]
+    assert labels[0] == task.prompts.link_base_label and len(groups) >= 2
+    assert set(labels[1:]) <= {task.prompts.analogy_label, task.prompts.supplement_label}
+    facts = [fact for group in groups for fact in group["facts"]]
+    assert len(facts) == len(set(facts))  # a fact is shown once
+    tight = replace(task, prompts=replace(task.prompts, token_budget=len(task.query_text(query)) // 4 + 40))
+    assert len(tight.demonstrations(query, ["a candidate", "another"])) < len(groups)
 
 
 def _run(toy, out, config, *extra):
@@ -164,4 +183,5 @@ def test_a_model_that_answers_badly_never_loses_the_retrievers_top_m(toy, tmp_pa
             assert record["rank"] <= 5
         else:
             assert record["rank"] == record["retriever_rank"]
-    assert upstream.calls and "Knowledge:" in upstream.calls[0].body["messages"][2]["content"]
+    knowledge = upstream.calls[0].body["messages"][2]["content"]
+    assert knowledge.startswith(("Known answers of the same question:", "Examples used to analogy:")), knowledge

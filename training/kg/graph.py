@@ -1,13 +1,13 @@
-"""A knowledge graph's splits, the link-prediction queries, filtered ranking, and KICGPT's two
-demonstration pools: **analogy** (training triples of the query's relation, picked for entity diversity)
-and **supplement** (training triples that contain the query's entity, ordered by BM25 against the query)."""
+"""A knowledge graph's splits, the link-prediction queries, filtered ranking, and KICGPT's demonstration pools:
+the **link base** (training triples of the query itself: its entity and relation, another answer on the missing
+side), **analogy** (training triples of the query's relation, picked for entity diversity) and **supplement**
+(training triples that contain the query's entity, ordered by BM25 against the query)."""
 
 from __future__ import annotations
 
 import gzip
 import random
 from collections import defaultdict
-from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -103,6 +103,15 @@ class KnowledgeGraph:
                     seen.update((triple[0], triple[2]))
         return chosen
 
+    def link_base(self, query: Query, limit: int) -> list[Triple]:
+        """Training triples that answer the same question as ``query`` (its known entity and relation, the same
+        missing side): KICGPT shows these first. Only the training split is drawn from."""
+        if query.direction == "tail":
+            triples = [t for t in self._by_entity[query.known] if t[0] == query.known and t[1] == query.relation]
+        else:
+            triples = [t for t in self._by_entity[query.known] if t[2] == query.known and t[1] == query.relation]
+        return triples[:limit]
+
     def facts_about(self, entity: str) -> list[Triple]:
         """Training triples with ``entity`` as head or tail."""
         return self._by_entity[entity]
@@ -130,17 +139,3 @@ def _triple(line: str, path: Path) -> Triple:
 
 def _words(text: str) -> list[str]:
     return [w for w in "".join(c.lower() if c.isalnum() else " " for c in text).split() if w]
-
-
-def interleave(*pools: Iterable[Triple]) -> list[Triple]:
-    """One from each pool in turn (KICGPT alternates analogy and supplement demonstrations), no repeats."""
-    iterators = [iter(pool) for pool in pools]
-    out: list[Triple] = []
-    while iterators:
-        for iterator in list(iterators):
-            triple = next(iterator, None)
-            if triple is None:
-                iterators.remove(iterator)
-            elif triple not in out:
-                out.append(triple)
-    return out

@@ -22,7 +22,7 @@ import numpy as np
 import yaml
 
 from training.kg import PROMPTS_FILE
-from training.kg.graph import KnowledgeGraph, Query, Triple, interleave
+from training.kg.graph import KnowledgeGraph, Query, Triple
 from training.kg.retriever import (
     RetrieverSettings,
     filtered_rank,
@@ -46,9 +46,13 @@ class KGPrompts:
     query_tail: str
     query_head: str
     fact: str
-    analogy_demonstrations: int
-    supplement_demonstrations: int
-    demonstration_token_budget: int
+    link_base_label: str
+    analogy_label: str
+    supplement_label: str
+    link_base_facts: int
+    facts_per_step: int
+    max_steps: int
+    token_budget: int
 
     @classmethod
     def load(cls, path: Path = PROMPTS_FILE) -> KGPrompts:
@@ -96,20 +100,52 @@ class LinkPredictionTask:
                   side: self.entities.labels[query.known], f"{side}_definition": self.entities.definitions[query.known]}
         return template.format(relation=self.prompts.relation(query.relation), **fields)
 
-    def demonstrations(self, query: Query, seed: int = 0) -> list[str]:
-        """Analogy and supplement facts, alternated, within the token budget."""
-        analogy = self.graph.analogy_pool(query, self.prompts.analogy_demonstrations, seed)
+    def demonstrations(self, query: Query, candidates: list[str], seed: int = 0) -> list[dict[str, Any]]:
+        """KICGPT's knowledge turns (``/v1/rerank``'s labelled groups): the link base first, then steps of an
+        analogy turn and a supplement turn, while the conversation with its query and ``candidates`` (their names)
+        stays within the token budget. A fact is shown once."""
+        prompts = self.prompts
+        analogy_per_step = prompts.facts_per_step // 2
+        supplement_per_step = prompts.facts_per_step - analogy_per_step
+        analogy = self.graph.analogy_pool(query, analogy_per_step * prompts.max_steps, seed)
         texts = {t: self.fact(t) for t in self.graph.facts_about(query.known)}
         supplement = self.graph.supplement_pool(query, self.query_text(query), texts,
-                                                self.prompts.supplement_demonstrations)
-        chosen, used = [], 0
-        for triple in interleave(analogy, supplement):
-            text = self.fact(triple)
-            used += len(text) // CHARACTERS_PER_TOKEN + 1
-            if used > self.prompts.demonstration_token_budget:
+                                                supplement_per_step * prompts.max_steps)
+        link_base = self.graph.link_base(query, prompts.link_base_facts)
+        used = _tokens(self.query_text(query)) + sum(_tokens(name) + 1 for name in candidates)
+        shown: set[Triple] = set(link_base)
+        groups: list[dict[str, Any]] = []
+
+        def add(label: str, triples: list[Triple]) -> bool:
+            """One turn of these facts; False when it would not fit the budget (nothing more is shown then)."""
+            nonlocal used
+            if not triples:
+                return True
+            facts = [self.fact(t) for t in triples]
+            cost = _tokens(label) + sum(_tokens(f) + 1 for f in facts)
+            if used + cost > prompts.token_budget:
+                return False
+            groups.append({"label": label, "facts": facts})
+            used += cost
+            return True
+
+        if not add(prompts.link_base_label, link_base):
+            return groups
+        for step in range(prompts.max_steps):
+            step_analogy = [t for t in analogy[step * analogy_per_step:(step + 1) * analogy_per_step]
+                            if t not in shown]
+            step_supplement = [t for t in supplement[step * supplement_per_step:(step + 1) * supplement_per_step]
+                               if t not in shown]
+            if not step_analogy and not step_supplement:
                 break
-            chosen.append(text)
-        return chosen
+            shown.update(step_analogy + step_supplement)
+            if not add(prompts.analogy_label, step_analogy) or not add(prompts.supplement_label, step_supplement):
+                break
+        return groups
+
+
+def _tokens(text: str) -> int:
+    return len(text) // CHARACTERS_PER_TOKEN + 1
 
 
 def load_task(data: Path, wordnet_dir: Path = WORDNET_DIR, prompts: Path = PROMPTS_FILE) -> LinkPredictionTask:
@@ -147,7 +183,7 @@ class RunSettings:
     retriever: RetrieverSettings = field(default_factory=RetrieverSettings)
 
 
-Rerank = Callable[[str, list[str], list[str]], tuple[list[int], dict[str, Any]]]
+Rerank = Callable[[str, list[str], list[dict[str, Any]]], tuple[list[int], dict[str, Any]]]
 
 
 def run(task: LinkPredictionTask, out: Path, settings: RunSettings, rerank: Rerank | None,
@@ -193,8 +229,8 @@ def run(task: LinkPredictionTask, out: Path, settings: RunSettings, rerank: Rera
             return record
         candidates = top_candidates(task.graph, query, scores, settings.top_m)
         started = time.monotonic()
-        order, info = rerank(task.query_text(query), [task.entities.labels[c] for c in candidates],
-                             task.demonstrations(query, settings.seed))
+        names = [task.entities.labels[c] for c in candidates]
+        order, info = rerank(task.query_text(query), names, task.demonstrations(query, names, settings.seed))
         record["seconds"] = round(time.monotonic() - started, 3)
         record.update(info)
         reranked = [candidates[i] for i in order]
