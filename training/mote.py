@@ -45,15 +45,24 @@ TOKEN_RULES = ("frozen-start", "paper")
 
 # ---- data -------------------------------------------------------------------------------------------------
 
-def chain_text(record: dict[str, Any]) -> list[tuple[str, str]]:
-    """The steps of an AlignCoT record as (step, text); a skipped record is its direct answer alone."""
+def chain_text(record: dict[str, Any], skip_steps: bool = False) -> list[tuple[str, str]]:
+    """The steps of an AlignCoT record as (step, text); a skipped record is its direct answer alone, and with
+    ``skip_steps`` a chain is its safe answer alone (its intermediate steps skipped)."""
     if record.get("skipped"):
         return [("answer", record["direct"])]
+    if skip_steps:
+        return [("answer", record["answer"])]
     return [(step, record[step]) for step in ALIGNCOT_STEPS]
 
 
+def skipped_chains(records: Sequence[dict[str, Any]], probability: float, seed: int) -> list[bool]:
+    """Which chains train with their steps skipped: each with ``probability``, drawn once (seeded)."""
+    draw = torch.rand(len(records), generator=torch.Generator().manual_seed(seed + 1)).tolist()
+    return [not record.get("skipped") and value < probability for record, value in zip(records, draw, strict=True)]
+
+
 def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int,
-                  token_rules: str = "frozen-start") -> dict[str, list[int]]:
+                  token_rules: str = "frozen-start", skip_steps: bool = False) -> dict[str, list[int]]:
     """input_ids and labels: the query (chat template) is context, only the steps are learned. ``frozen-start``:
     a start marker before each step, never a target; ``paper``: start and end markers around each step, both
     targets (the model learns to open and close its steps)."""
@@ -61,7 +70,7 @@ def encode_record(tokenizer: Any, record: dict[str, Any], max_length: int,
                                            tokenize=False)
     ids = tokenizer(prompt, add_special_tokens=False)["input_ids"]
     labels = [-100] * len(ids)
-    for step, text in chain_text(record):
+    for step, text in chain_text(record, skip_steps):
         marker = tokenizer.convert_tokens_to_ids(ALIGNCOT_START_MARKERS[step])
         piece = tokenizer(text.strip(), add_special_tokens=False)["input_ids"]
         if token_rules == "paper":
@@ -89,6 +98,10 @@ class MoTEConfig:
     batch_size: int = field(default=4, metadata={"help": "sequences per step (paper: 16)"})
     max_length: int = field(default=512, metadata={"help": "tokens per sequence"})
     token_rules: str = field(default="frozen-start", metadata={"help": "frozen-start or paper (see the module)"})
+    skip_steps: float = field(default=0.0, metadata={
+        "help": "step skipping: the share of chains trained as their safe answer alone (the question, then the "
+                "answer step), so the model learns that it may answer at once; served under the paper's rules it "
+                "decides itself whether to write the steps (0: every chain whole)"})
     marker_learning_rate: float | None = field(default=None, metadata={
         "help": "paper rules: learning rate of the marker embeddings (default: learning_rate); new rows start at "
                 "the mean embedding and must move far for the model to predict its markers"})
@@ -97,6 +110,8 @@ class MoTEConfig:
     def __post_init__(self) -> None:
         if not 0 <= self.mix <= 1:
             raise ValueError("mix (α) must be between 0 and 1")
+        if not 0 <= self.skip_steps <= 1:
+            raise ValueError("skip_steps must be between 0 and 1")
         if self.token_rules not in TOKEN_RULES:
             raise ValueError(f"token_rules must be one of {', '.join(TOKEN_RULES)}, not {self.token_rules!r}")
 
@@ -139,7 +154,9 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
     routing, layers = attach_mote(model, n_steps=len(ALIGNCOT_STEPS), rank=config.rank,
                                   lora_alpha=config.lora_alpha, mix=config.mix)
     marker_ids = [tokenizer.convert_tokens_to_ids(ALIGNCOT_START_MARKERS[s]) for s in ALIGNCOT_STEPS]
-    encoded = [encode_record(tokenizer, r, config.max_length, config.token_rules) for r in records]
+    skipped = skipped_chains(records, config.skip_steps, config.seed)
+    encoded = [encode_record(tokenizer, r, config.max_length, config.token_rules, skip)
+               for r, skip in zip(records, skipped, strict=True)]
     trainable = [p for layer in layers.values() for p in (layer.lora_A, layer.lora_B)]
     groups: list[dict[str, Any]] = [{"params": trainable}]
     marker_tables = _learnable_marker_rows(model, old_vocabulary) if paper else []
@@ -187,7 +204,8 @@ def train_mote(model_path: Path, records: Sequence[dict[str, Any]], out: Path, c
         for row in history:
             handle.write(json.dumps(row) + "\n")
     plot_curves(history, ["loss"], out / "loss.png", f"MoTE SFT (rank {config.rank}, α {config.mix})")
-    summary = {"records": len(records), "steps": step, "seconds": round(seconds, 1), "first_loss": history[0]["loss"],
+    summary = {"records": len(records), "chains_skipped": sum(skipped), "steps": step,
+               "seconds": round(seconds, 1), "first_loss": history[0]["loss"],
                "last_loss": history[-1]["loss"], "config": asdict(config),
                "adapters": {k: str(v) for k, v in adapters.items()}}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

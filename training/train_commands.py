@@ -59,6 +59,8 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     mote.add_argument("--steps", type=int, default=None, help="stop after N optimiser steps")
     mote.add_argument("--batch-size", type=int, default=4)
     mote.add_argument("--max-length", type=int, default=512)
+    mote.add_argument("--skip-steps", type=float, default=0.0, metavar="P",
+                      help="step skipping: train this share of the chains as their safe answer alone")
     mote.set_defaults(handler=_mote)
 
     evaluate = sub.add_parser("aligncot-eval", help="harmless rate and helpfulness: base, prompted chain, MoTE")
@@ -172,7 +174,7 @@ def _mote(args: argparse.Namespace) -> int:
         raise ValueError(f"{args.data}: no records")
     config = MoTEConfig(rank=args.rank, mix=args.alpha, learning_rate=args.lr, epochs=args.epochs,
                         max_steps=args.steps, batch_size=args.batch_size, max_length=args.max_length,
-                        token_rules=args.token_rules, marker_learning_rate=args.marker_lr)
+                        token_rules=args.token_rules, marker_learning_rate=args.marker_lr, skip_steps=args.skip_steps)
     summary = train_mote(resolve_model_path(args.model), records, args.out, config)
     print(json.dumps(summary, indent=2))
     return 0

@@ -439,3 +439,41 @@ def test_marker_learning_rate_moves_the_marker_rows_at_its_own_pace(tiny_causal_
         rows = AutoModelForCausalLM.from_pretrained(out / BASE).get_input_embeddings().weight.detach()[-6:]
         moved[rate] = (rows - rows.mean(dim=0)).abs().max().item()  # they all start at the mean embedding
     assert moved[1e-1] > 100 * moved[1e-4]
+
+
+def test_step_skipping_trains_chains_as_their_answer_and_teaches_the_model_to_answer_at_once(tiny_causal_lm,
+                                                                                             tmp_path):
+    """What step skipping is for: under the paper's rules the model opens its own first step; trained with every
+    chain skipped, the answer's marker becomes its first choice, trained whole, the analysis'."""
+    from transformers import AutoTokenizer
+
+    from gateway.backends.transformers.backend import load_causal_lm
+    from training.mote import encode_record, skipped_chains
+
+    records = [_records()[0]] * 8
+    assert skipped_chains(records, 0.0, 0) == [False] * 8 and skipped_chains(records, 1.0, 0) == [True] * 8
+    assert sum(skipped_chains([_records()[0]] * 200, 0.25, 0)) in range(30, 71)  # about a quarter, seeded
+    assert skipped_chains([_records()[1]], 1.0, 0) == [False]  # a record skipped at generation stays as it is
+    tokenizer = AutoTokenizer.from_pretrained(tiny_causal_lm)
+    tokenizer.add_special_tokens({"additional_special_tokens": [*ALIGNCOT_START_MARKERS.values(),
+                                                                *ALIGNCOT_END_MARKERS.values()]})
+    skipped = encode_record(tokenizer, records[0], 512, "paper", skip_steps=True)
+    text = tokenizer.decode(skipped["input_ids"])
+    assert "<|analysis|>" not in text and "<|answer|>I can't help with that" in text
+
+    first_choice = {}
+    for share in (0.0, 1.0):
+        out = tmp_path / f"skip-{share}"
+        train_mote(tiny_causal_lm, records, out, MoTEConfig(rank=2, max_steps=12, batch_size=4, learning_rate=3e-2,
+                                                            token_rules="paper", skip_steps=share), progress=False)
+        served, served_tokenizer, _ = load_causal_lm(out / BASE, "cpu")
+        load_mote(served, served_tokenizer, out)
+        prompt = served_tokenizer.apply_chat_template([{"role": "user", "content": records[0]["prompt"]}],
+                                                      add_generation_prompt=True, tokenize=False)
+        ids = served_tokenizer(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        with torch.no_grad():
+            logits = served(input_ids=ids).logits[0, -1]
+        analysis, answer = (served_tokenizer.convert_tokens_to_ids(ALIGNCOT_START_MARKERS[s])
+                            for s in ("analysis", "answer"))
+        first_choice[share] = "answer" if logits[answer] > logits[analysis] else "analysis"
+    assert first_choice == {0.0: "analysis", 1.0: "answer"}
