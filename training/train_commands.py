@@ -100,7 +100,9 @@ def add_train_commands(commands: argparse._SubParsersAction) -> argparse._SubPar
     soup.add_argument("--max-examples", type=int, default=120, help="pairs the coefficients are fitted on")
     soup.add_argument("--test-examples", type=int, default=80, help="pairs held out from everything")
     soup.add_argument("--epochs", type=int, default=2, help="over the fitting pairs, per model batch")
-    soup.add_argument("--lr", type=float, default=0.05, help="AdamW on the coefficients (cosine schedule)")
+    soup.add_argument("--lr", type=float, default=0.05, help="AdamW on the coefficients (warm-up, then cosine)")
+    soup.add_argument("--no-normalise", dest="normalise", action="store_false",
+                      help="raw directions θᵢ − c (default: unit norm per block, as MEHL-Soup's reference)")
     soup.add_argument("--batch-size", type=int, default=8)
     soup.add_argument("--max-length", type=int, default=256)
     soup.add_argument("--beta", type=float, default=0.1, help="DPO's β (--objective dpo)")
@@ -119,7 +121,7 @@ def _soup(args: argparse.Namespace) -> int:
         raise ValueError("--model-batch and --epochs must be at least 1")
     settings = SoupSettings(model_batch=args.model_batch, blocks=args.blocks, objective=args.objective,
                             epochs=args.epochs, learning_rate=args.lr, batch_size=args.batch_size, beta=args.beta,
-                            seed=args.seed)
+                            seed=args.seed, normalise=args.normalise)
     report = run_soup(SoupRun(base=args.base, members=args.members, data=args.data, out=args.out, settings=settings,
                               max_examples=args.max_examples, test_examples=args.test_examples,
                               max_length=args.max_length, baselines=tuple(args.baselines)))

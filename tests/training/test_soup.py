@@ -97,6 +97,36 @@ def test_only_the_coefficients_learn_and_only_b_members_are_held(tmp_path):
     assert set(soup) == set(lora_delta(members[0].path, before))
 
 
+def test_directions_are_unit_norm_per_block_as_the_reference_scales_them(tmp_path):
+    """MEHL-Soup's reference divides each member's direction by its norm within every block, so a coefficient is a
+    distance in weight space: the soup with member i's coefficient at its recorded norm is member i itself."""
+    from training.soup.mehl import _fit_batch
+
+    model = _tiny_model()
+    model.requires_grad_(False)
+    base = dict(model.named_parameters())
+    members = [Member(f"m{i}", _adapter(model, tmp_path / f"m{i}", seed=i), "lora") for i in range(2)]
+    store = MemberStore(members, {n: p.detach() for n, p in base.items()})
+    deltas = [lora_delta(m.path, {n: p.detach() for n, p in base.items()}) for m in members]
+    examples = [Example(prompt=[1, 2, 3], chosen=[4, 5, 6], rejected=[7, 8, 9])]
+    settings = SoupSettings(model_batch=2, epochs=1, batch_size=1, learning_rate=0.0, blocks="layer")
+    _, record = _fit_batch(model, base, store, [0, 1], None, examples, settings, None)
+    centre = {n: (deltas[0][n] + deltas[1][n]) / 2 for n in deltas[0]}
+    for i, delta in enumerate(deltas):
+        for column, block in enumerate(record.blocks):
+            expected = sum(float((delta[n] - centre[n]).square().sum()) for n in delta
+                           if block_of(n, "layer") == block) ** 0.5
+            assert record.direction_norms[i][column] == pytest.approx(expected, rel=1e-5)
+    # with normalised directions, member i is the centre plus its recorded norms along its own direction
+    directions = [{n: (d[n] - centre[n]) / record.direction_norms[i][record.blocks.index(block_of(n, "layer"))]
+                   for n in d} for i, d in enumerate(deltas)]
+    index = {n: record.blocks.index(block_of(n, "layer")) for n in centre}
+    coefficients = torch.zeros(2, len(record.blocks))
+    coefficients[0] = torch.tensor(record.direction_norms[0])
+    rebuilt = affine_soup(centre, directions, coefficients, index)
+    assert all(torch.allclose(rebuilt[n], deltas[0][n], atol=1e-6) for n in centre)
+
+
 @pytest.mark.slow
 def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path, make_gateway):
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM

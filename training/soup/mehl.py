@@ -1,11 +1,13 @@
 """MEHL-Soup (Li et al., ECCV 2024): learn a soup in the affine hull of the members, a batch of b at a time.
 
-Per batch of members: a centre c (the first batch's mean, then the soup so far) and directions Pᵢ = θᵢ − c;
-coefficients X (members × blocks) start at 0 and the soup is θ = c + Σᵢ Xᵢ·Pᵢ per block, so coefficients
-may be negative (extrapolation). Only X is trained (AdamW, cosine schedule, on the fitting split); then the
-next batch is merged in around the new soup (block-coordinate descent). Blocks are single tensors
-(MEHL-Soup+) or whole transformer layers. Everything happens in weight-delta space (θ − θ_base), and only b
-members are ever held at once.
+Per batch of members: a centre c (the first batch's mean, then the soup so far) and directions Pᵢ = θᵢ − c,
+each scaled to unit norm within every block (as the reference code does: a coefficient is then a distance in
+weight space, the same for every member and block, so one learning rate suits them all); coefficients X
+(members × blocks) start at 0 and the soup is θ = c + Σᵢ Xᵢ·Pᵢ per block, so coefficients may be negative
+(extrapolation). Only X is trained (AdamW; a cosine schedule after a linear warm-up over the first 20% of the
+steps, as the reference; on the fitting split); then the next batch is merged in around the new soup
+(block-coordinate descent). Blocks are single tensors (MEHL-Soup+) or whole transformer layers. Everything
+happens in weight-delta space (θ − θ_base), and only b members are ever held at once.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ class SoupSettings:
     batch_size: int = 8
     beta: float = 0.1
     seed: int = 0
+    normalise: bool = True  # unit-norm directions per block (the reference); False: raw θᵢ − c
+    warmup: float = 0.2  # share of the steps the learning rate rises over
 
 
 def block_of(name: str, blocks: str) -> str:
@@ -62,8 +66,9 @@ def with_base(base: Weights, delta: Delta) -> Weights:
 class BatchRecord:
     members: list[str]
     blocks: list[str]
-    coefficients: list[list[float]]  # members × blocks, as trained
+    coefficients: list[list[float]]  # members × blocks, as trained (in units of the directions' norms)
     losses: list[float]  # per step
+    direction_norms: list[list[float]]  # members × blocks: ‖θᵢ − c‖ per block, before normalising
 
 
 def train_soup(model: torch.nn.Module, base: Weights, store: MemberStore, examples: list[Example],
@@ -99,10 +104,16 @@ def _fit_batch(model: torch.nn.Module, base: Weights, store: MemberStore, indice
                 direction[name] = -centre[name]
     block_names = sorted({block_of(n, settings.blocks) for n in names})
     block_index = {n: block_names.index(block_of(n, settings.blocks)) for n in names}
+    norms = block_norms(directions, block_index, len(block_names))
+    if settings.normalise:
+        for direction, member_norms in zip(directions, norms, strict=True):
+            for name, tensor in direction.items():
+                norm = member_norms[block_index[name]]
+                if norm > 0:
+                    tensor.div_(norm)
     coefficients = torch.zeros(len(directions), len(block_names), requires_grad=True)
     optimiser = torch.optim.AdamW([coefficients], lr=settings.learning_rate, weight_decay=0.0)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=max(steps_per_batch(len(examples),
-                                                                                             settings), 1))
+    schedule = warmup_cosine(optimiser, steps_per_batch(len(examples), settings), settings.warmup)
     losses = []
     for epoch in range(settings.epochs):
         for batch in batches(examples, settings.batch_size, shuffle_seed=settings.seed * 1000 + indices[0] + epoch):
@@ -118,7 +129,29 @@ def _fit_batch(model: torch.nn.Module, base: Weights, store: MemberStore, indice
     with torch.no_grad():
         merged = affine_soup(centre, directions, coefficients.detach(), block_index)
     return merged, BatchRecord([store.members[i].name for i in indices], block_names,
-                               coefficients.detach().tolist(), losses)
+                               coefficients.detach().tolist(), losses, norms.tolist())
+
+
+def block_norms(directions: list[Delta], block_index: dict[str, int], blocks: int) -> torch.Tensor:
+    """‖Pᵢ‖ within each block: members × blocks."""
+    squares = torch.zeros(len(directions), blocks, dtype=torch.float64)
+    for i, direction in enumerate(directions):
+        for name, tensor in direction.items():
+            squares[i, block_index[name]] += float(tensor.double().square().sum())
+    return squares.sqrt().float()
+
+
+def warmup_cosine(optimiser: torch.optim.Optimizer, steps: int, warmup: float) -> torch.optim.lr_scheduler.LambdaLR:
+    """A linear rise over the first ``warmup`` share of the steps, then a cosine decay to 0 (the reference's)."""
+    rise = max(1, round(steps * warmup))
+    total = max(steps, rise + 1)
+
+    def factor(step: int) -> float:
+        if step < rise:
+            return (step + 1) / rise
+        return 0.5 * (1 + math.cos(math.pi * (step - rise) / (total - rise)))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
 
 
 def steps_per_batch(examples: int, settings: SoupSettings) -> int:
