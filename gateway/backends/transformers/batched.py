@@ -216,20 +216,30 @@ class BatchedGenerator(TextGenerator):
 
     def _loop(self) -> None:
         while not self._closed:
-            self._take_arrivals(wait=not self._waiting and not self._active())
-            for sequence in [*self._waiting, *self._active()]:
-                if sequence.cancel.is_set():
-                    self._finish(sequence)
-            self._compact()
-            self._assign_rows()
-            prefilling = [s for s in self._active() if s.prefilling]
-            if prefilling:
-                self._run(self._prefill, [min(prefilling, key=lambda s: s.order)])
-            decoding = [s for s in self._active() if not s.prefilling]
-            if decoding:
-                self._run(self._decode, decoding)
+            try:
+                self._turn()
+            except Exception as exc:  # a fault of the engine itself: end what it holds, keep serving
+                logger.exception("local model '%s': the engine failed; its running generations end", self.name)
+                for sequence in [*self._waiting, *self._active()]:
+                    self._finish(sequence, exc)
+                self._cached = [[] for _ in self._owners]  # nothing in the rows is trusted any more
         for sequence in [*self._waiting, *self._active()]:
             self._finish(sequence)
+
+    def _turn(self) -> None:
+        """One turn of the loop (module docstring)."""
+        self._take_arrivals(wait=not self._waiting and not self._active())
+        for sequence in [*self._waiting, *self._active()]:
+            if sequence.cancel.is_set():
+                self._finish(sequence)
+        self._compact()
+        self._assign_rows()
+        prefilling = [s for s in self._active() if s.prefilling]
+        if prefilling:
+            self._run(self._prefill, [min(prefilling, key=lambda s: s.order)])
+        decoding = [s for s in self._active() if not s.prefilling]
+        if decoding:
+            self._run(self._decode, decoding)
 
     def _take_arrivals(self, wait: bool) -> None:
         try:
@@ -281,7 +291,8 @@ class BatchedGenerator(TextGenerator):
             low, high = free[0], busy[-1]
             sequence = self._owners[high]
             assert sequence is not None
-            self.decoder.copy(high, low, 0, sequence.computed)
+            if sequence.computed:  # (a row not yet prefilled may not even be allocated: nothing to copy)
+                self.decoder.copy(high, low, 0, sequence.computed)
             self._owners[low], self._owners[high], sequence.row = sequence, None, low
             self._cached[low], self._cached[high] = [], sequence.tokens[:sequence.computed]
 

@@ -144,13 +144,17 @@ def test_clients_that_leave_free_their_rows_at_once(engines):
     assert asyncio.run(scenario()) < 5  # 4 x 2000 tokens would take over a minute
 
 
-def test_shutdown_ends_running_generations():
+def _fresh_engine(tokenizer: Any, max_concurrency: int) -> BatchedGenerator:
     cache = Settings().cache_dir
     hf_dir = embedded_model_dir(cache)
     spec = OnnxModelSpec.read(onnx_model_dir(hf_dir, cache, gguf_package_dir() / GGUF_FILE))
-    tokenizer = AutoTokenizer.from_pretrained(hf_dir)
-    onnx = BatchedGenerator(spec, tokenizer, GenerationConfig.from_pretrained(hf_dir), name="smol", max_concurrency=2,
-                            max_queue=2)
+    return BatchedGenerator(spec, tokenizer, GenerationConfig.from_pretrained(hf_dir), name="smol",
+                            max_concurrency=max_concurrency, max_queue=4)
+
+
+def test_shutdown_ends_running_generations():
+    tokenizer = AutoTokenizer.from_pretrained(embedded_model_dir(Settings().cache_dir))
+    onnx = _fresh_engine(tokenizer, max_concurrency=2)
     prompt = tokenizer("Count from one to a thousand:")["input_ids"]
 
     async def run() -> tuple[int, float]:
@@ -165,3 +169,21 @@ def test_shutdown_ends_running_generations():
 
     deltas, after = asyncio.run(run())
     assert deltas < 20 and after < 2.0
+
+
+def test_a_request_that_finishes_while_others_wait_for_their_prefill(engines):
+    """Rows are compacted as requests finish, also when the request that moves down has not been prefilled yet
+    (its row never allocated): the engine keeps serving every request."""
+    _, _, tokenizer = engines
+    onnx = _fresh_engine(tokenizer, max_concurrency=4)  # rows not allocated yet
+    quick = chat(tokenizer, QUESTIONS[0])
+    slow = [chat(tokenizer, STORY * 6 + f"Question {i}: what did the keeper see?") for i in range(3)]
+
+    async def together() -> list[Generation]:
+        return await asyncio.gather(generate(onnx, quick, max_new_tokens=1),
+                                    *(generate(onnx, prompt, max_new_tokens=4) for prompt in slow))
+
+    outcomes = asyncio.run(together())
+    onnx.shutdown()
+    assert [outcome.completion_tokens for outcome in outcomes] == [1, 4, 4, 4]
+    assert all(outcome.finish_reason == "length" for outcome in outcomes)
