@@ -141,6 +141,9 @@ def _load_routerdc(directory: Path, metadata: dict[str, Any], encoder: TextEncod
         tensors = {f"head0.{key}": value for key, value in tensors.items()}
         metadata = {**metadata, "head": {k: metadata[k] for k in ("input_dim", "hidden_dim", "temperature")}}
     heads = []
+    if int(metadata.get("head", {}).get("experts", 1)) > 1 and "head0.cluster_expert" not in tensors:
+        raise CheckpointError(f"{directory}: a MoCE checkpoint from before the experts were cluster-conditional (a "
+                              "dense mixture); train it again with this version")
     for index in range(int(metadata.get("heads", 1))):
         head = RouterDCModel.from_shape(metadata["head"], len(names))
         prefix = f"head{index}."

@@ -31,7 +31,7 @@ from routers.baselines import best_single_llm
 from routers.checkpoint import save_router
 from routers.data import RoutingDataset
 from routers.encoders import DEFAULT_ENCODER, SentenceTransformerEncoder, TextEncoder, build_encoder, with_cache
-from routers.routerdc import Decision, RouterDCModel, RouterDCRouter, decide_scores
+from routers.routerdc import Decision, RouterDCModel, RouterDCRouter, decide_scores, fit_cluster_gate
 from training.cluster_prior import (
     REFINE_GRID,
     REFINE_MARGIN,
@@ -74,7 +74,8 @@ class RouterTrainingConfig:
                 "step, loss averaged over the K (0 = off; the paper's best K is about 5)"})
     mix_alpha: float = field(default=0.4, metadata={"help": "multi-mix: α of Beta(α, α)"})
     experts: int = field(default=1, metadata={
-        "help": "MoCE: expert heads, gated by the query's nearest training cluster (1 = one head)"})
+        "help": "MoCE: expert heads; a query goes to the expert of its nearest training cluster (clusters grouped "
+                "by their outcome profiles), so each expert trains on its clusters only (1 = one head)"})
     ensemble: int = field(default=1, metadata={"help": "heads trained with seeds seed..seed+N-1, logits averaged"})
     cluster_prior: bool = field(default=True, metadata={
         "help": "route by the cluster prior (tasks' outcome profiles mixed by a linear gate), the heads' logits "
@@ -237,6 +238,12 @@ class _TrainingData:
         self.val_encoded = [x[rows] for x, (_, rows) in zip(encoded, splits, strict=True) if len(rows)]
         self.sizes = [len(d) for d in train]
 
+    def cluster_profiles(self) -> np.ndarray:
+        """[C, L]: the mean outcome of every LLM on each cluster of ``clusters`` (what the MoCE gate groups by)."""
+        labels = self.clusters.numpy()
+        scores = self.scores.numpy()
+        return np.stack([scores[labels == c].mean(axis=0) for c in np.unique(labels)])
+
     def centroids(self) -> np.ndarray:
         """Unit-norm mean vector of every cluster of ``clusters`` (the MoCE gate's inputs)."""
         x = self.train_x.numpy()
@@ -258,9 +265,12 @@ def _train_head(data: _TrainingData, base_encoder: TextEncoder, validator: _Vali
     rng = np.random.default_rng(seed)
     generator = torch.Generator().manual_seed(seed)
     n_llms = data.scores.shape[1]
+    moce = config.experts > 1
     model = RouterDCModel(base_encoder.dim, n_llms, hidden_dim=config.hidden_dim or 0,
                           temperature=config.temperature, dropout=config.dropout, experts=config.experts,
-                          centroids=data.centroids() if config.experts > 1 else None)
+                          centroids=data.centroids() if moce else None,
+                          cluster_expert=fit_cluster_gate(data.cluster_profiles(), config.experts, seed) if moce
+                          else None)
     finetune = config.mode == "finetune"
     st_model = base_encoder.model if isinstance(base_encoder, SentenceTransformerEncoder) and finetune else None
     parameters = list(model.parameters()) + (list(st_model.parameters()) if st_model is not None else [])
