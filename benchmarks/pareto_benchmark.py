@@ -1,10 +1,13 @@
-"""Price-aware routing on RouterBench, side by side in one run: one LORPMAN checkpoint per seed (and with
-multi-mix), the baselines (static-price re-rank, kNN and logistic p(correct) − λ·price, RouteLLM's GPT-4 vs
-Mixtral threshold router, one scalarised router trained per preference), every single LLM and the oracle, on
-the three test files pooled; then leave-one-task-out (train on two tasks, test on the third).
+"""Price-aware routing on RouterBench, side by side in one run, every method read on the same preference grid
+(cost weight 0 to 1 in steps of 0.02, 51 points) and every trained one with ``--seeds`` seeds: LORPMAN (one
+checkpoint per seed; and with multi-mix), the same network trained on quality alone plus a price term, one
+scalarised router trained per grid preference, today's router re-ranked by price, kNN / logistic p(correct) and
+the kind prior plus a price term, RouteLLM's GPT-4 vs Mixtral threshold router; every single LLM and the oracle,
+on the three test files pooled; then leave-one-task-out (train on two tasks, test on the third).
 
-Prints, per router: hypervolume, the cheapest cost (as % of GPT-4's) reaching 95% of GPT-4's accuracy
-(83.0%) and GPT-4's own accuracy (87.4%), and training time. Writes JSON + PNG fronts into --out.
+Prints, per run and per method over its seeds (mean ± standard deviation): the hypervolume, the cheapest cost
+(as % of GPT-4's) reaching 95% of GPT-4's accuracy (83.0%) and GPT-4's own accuracy (87.4%), and training time.
+Writes JSON + PNG fronts into --out.
 
     .venv/bin/python benchmarks/pareto_benchmark.py --data-dir ../shared/datasets/routerbench --out reports/pareto
 """
@@ -12,6 +15,7 @@ Prints, per router: hypervolume, the cheapest cost (as % of GPT-4's) reaching 95
 from __future__ import annotations
 
 import argparse
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,17 @@ from training.front import (
     write_front,
 )
 from training.pareto import ParetoTrainingConfig, train_pareto_router
-from training.pareto_baselines import QUICK_BASELINES, TestSet, scalarised_front
+from training.pareto_baselines import (
+    TestSet,
+    correctness_front,
+    kind_prior_front,
+    quality_head_front,
+    routellm_front,
+    scalarised_front,
+    static_price_front,
+)
 
 GPT4 = "gpt-4-1106-preview"
-SCALARISED = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0)
 
 
 def describe(name: str, points: list[FrontPoint], test: TestSet, seconds: float | None) -> dict[str, Any]:
@@ -60,6 +71,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True)
     parser.add_argument("--out", type=Path, default=Path("reports/pareto"))
     parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--scalarised-seeds", type=int, default=None, help="default: --seeds (51 routers a seed)")
     parser.add_argument("--encoder", default="static:minilm")
     parser.add_argument("--skip-scalarised", action="store_true")
     args = parser.parse_args()
@@ -71,35 +83,74 @@ def main() -> None:
     test = TestSet(tests, encoder)
     print(f"{sum(len(d) for d in train)} training and {len(test.outcomes)} test questions; unscored cells: "
           f"{int(sum((~d.scored).sum() for d in train))} train, {int(sum((~d.scored).sum() for d in tests))} test")
+    seeds = range(args.seeds)
+    runs: dict[str, list[tuple[int | None, Any]]] = {  # method -> (seed, build) per run
+        "LORPMAN, one checkpoint": [(seed, lambda seed=seed: lorpman(train, test, args.encoder, cache_dir, seed))
+                                    for seed in seeds],
+        "LORPMAN + multi-mix K=3": [(seed, lambda seed=seed: lorpman(train, test, args.encoder, cache_dir, seed,
+                                                                      mix_k=3)) for seed in seeds],
+        "quality-only head + price (no conditioning)": [
+            (seed, lambda seed=seed: quality_head_front(train, test, cache_dir, seed)) for seed in seeds],
+        "static-price re-rank (today's router)": [
+            (seed, lambda seed=seed: static_price_front(train, test, cache_dir, seed)) for seed in seeds],
+        "kind prior: accuracy per task + price": [(None, lambda: kind_prior_front(train, test, encoder))],
+        "logistic p(correct) + price": [(None, lambda: correctness_front("logistic", train, test, encoder))],
+        "kNN p(correct) + price": [(None, lambda: correctness_front("knn", train, test, encoder))],
+        "RouteLLM threshold (GPT-4 vs Mixtral)": [(None, lambda: routellm_front(train, test, encoder))],
+    }
+    if not args.skip_scalarised:
+        runs["scalarised: 51 routers, one per grid preference"] = [
+            (seed, lambda seed=seed: scalarised_front(train, test, cache_dir, seed=seed)[0])
+            for seed in range(args.scalarised_seeds if args.scalarised_seeds is not None else args.seeds)]
     rows: dict[str, Any] = {}
     fronts: dict[str, list[FrontPoint]] = {}
-    first = None
-    for label, extra in [(f"LORPMAN seed {seed}", {"seed": seed}) for seed in range(args.seeds)] + [
-            ("LORPMAN + multi-mix K=3, seed 0", {"seed": 0, "mix_k": 3})]:
-        result = train_pareto_router(train, ParetoTrainingConfig(encoder=args.encoder, **extra), cache_dir=cache_dir,
-                                     progress=False)
-        points = route_front(result.router, test.encoded, test.outcomes, test.costs, FRONT_PREFERENCES)
-        rows[label] = describe(label, points, test, result.seconds)
-        fronts[label] = points
-        first = first or points
-    for name, build in QUICK_BASELINES.items():
-        started = time.monotonic()
-        points = build(train, test, encoder, cache_dir)
-        rows[name] = describe(name, points, test, time.monotonic() - started)
-        fronts[name] = points
-    if not args.skip_scalarised:
-        points, seconds = scalarised_front(train, test, cache_dir, SCALARISED)
-        name = f"scalarised, {len(SCALARISED)} routers (one per preference)"
-        rows[name] = describe(name, points, test, seconds)
-        fronts[name] = points
-    assert first is not None
-    baselines = {name: points for name, points in fronts.items() if not name.startswith("LORPMAN seed 0")}
+    for method, builds in runs.items():
+        measured = []
+        for seed, build in builds:
+            started = time.monotonic()
+            points = build()
+            name = method if seed is None else f"{method}, seed {seed}"
+            measured.append(describe(name, points, test, time.monotonic() - started))
+            fronts[name] = points
+        rows[method] = {"runs": measured, **spread(measured)}
+    print("\nper method, mean ± standard deviation over its seeds (cost as % of GPT-4's; 'reached n/N': seeds that "
+          "reach the accuracy at all)")
+    for method, row in rows.items():
+        print(f"{method:<48} HV {row['hypervolume']}   95% of GPT-4's accuracy: {row['at_95pct_gpt4_accuracy']}   "
+              f"GPT-4's accuracy: {row['at_gpt4_accuracy']}", flush=True)
+    first = fronts["LORPMAN, one checkpoint, seed 0"]
+    baselines = {name: points for name, points in fronts.items() if name != "LORPMAN, one checkpoint, seed 0"}
     report = front_report(first, test.llm_names, test.outcomes, test.costs, baselines)
     report["summary"] = rows
     report["leave_one_task_out"] = leave_one_task_out(train, tests, encoder, cache_dir, args.encoder)
     args.out.mkdir(parents=True, exist_ok=True)
     png = write_front(report, args.out / "front.json")
     print(f"wrote {args.out / 'front.json'} and {png}")
+
+
+def lorpman(train: list[RoutingDataset], test: TestSet, encoder_spec: str, cache_dir: Path, seed: int,
+            mix_k: int = 0) -> list[FrontPoint]:
+    result = train_pareto_router(train, ParetoTrainingConfig(encoder=encoder_spec, seed=seed, mix_k=mix_k),
+                                 cache_dir=cache_dir, progress=False)
+    return route_front(result.router, test.encoded, test.outcomes, test.costs, FRONT_PREFERENCES)
+
+
+def spread(runs: list[dict[str, Any]]) -> dict[str, str]:
+    """Mean ± standard deviation of each figure over the runs (a cost point over the runs that reach it)."""
+    def summary(values: list[float], reached: int) -> str:
+        if not values:
+            return f"not reached (0/{len(runs)})"
+        deviation = statistics.stdev(values) if len(values) > 1 else 0.0
+        text = f"{statistics.fmean(values):.1f}% ± {deviation:.1f}"
+        return text if reached == len(runs) else f"{text} (reached {reached}/{len(runs)})"
+
+    volumes = [run["hypervolume"] for run in runs]
+    out = {"hypervolume": f"{statistics.fmean(volumes):.3f} ± "
+                          f"{statistics.stdev(volumes) if len(volumes) > 1 else 0.0:.3f}"}
+    for label in ("at_95pct_gpt4_accuracy", "at_gpt4_accuracy"):
+        values = [run[label]["pct_of_gpt4_cost"] for run in runs if run[label] is not None]
+        out[label] = summary(values, len(values))
+    return out
 
 
 def leave_one_task_out(train: list[RoutingDataset], tests: list[RoutingDataset], encoder: Any, cache_dir: Path,

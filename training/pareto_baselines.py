@@ -1,14 +1,18 @@
-"""Baselines for the quality–cost front, each with its own knob swept on the same test questions:
+"""Baselines for the quality–cost front, every one read on the same preference grid as LORPMAN (``GRID``: cost
+weight c from 0 to 1 in steps of 0.02, 51 points), so no method gets more chances to land near a target than
+another. A baseline that estimates each LLM's quality q chooses ``argmax (1 − c)·q − c·price`` with prices in
+LORPMAN's own cost unit (``training.pareto.cost_unit``), so a preference means the same trade-off for all:
 
-- ``static-price``: today's router (quality only: ``training.routerdc`` with its cluster prior) re-ranked by
-  ``score − w · normalised price`` (the ``cost_weight`` knob);
+- ``static-price``: today's router (quality only: ``training.routerdc`` with its cluster prior), its scores as q;
 - ``knn`` / ``logistic``: per-LLM probability of being correct (k nearest training questions / one logistic
-  regression per LLM) and the choice ``argmax p − λ · normalised price``;
+  regression per LLM) as q;
 - ``kind prior``: no per-query model at all: each LLM's accuracy on the kind of question (the cluster prior the
-  checkpoints carry: a gate over the training tasks) and the choice ``argmax accuracy − λ · normalised price``;
+  checkpoints carry: a gate over the training tasks) as q;
+- ``quality-only head``: LORPMAN's own network trained on the quality objective alone (no preference
+  conditioning), its values as q: what the conditioning adds;
 - ``routellm``: RouteLLM's two-model threshold router: a classifier of "the strong model is needed" (GPT-4
-  right where Mixtral is wrong), strong model above the threshold;
-- ``scalarised``: one LORPMAN-shaped router trained per preference (what one LORPMAN checkpoint replaces).
+  right where Mixtral is wrong), strong model where it says so with probability ≥ c;
+- ``scalarised``: one LORPMAN-shaped router trained per grid preference (what one LORPMAN checkpoint replaces).
 """
 
 from __future__ import annotations
@@ -21,11 +25,9 @@ import numpy as np
 
 from routers.data import RoutingDataset
 from routers.encoders import TextEncoder
+from training.front import FRONT_PREFERENCES as GRID
 from training.front import FrontPoint, knob_front, route_front, summarise
 
-LAMBDAS = (0.0, 0.002, 0.005, 0.01, 0.015, 0.02, 0.03, 0.04, 0.05, 0.07, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5,
-           0.7, 1.0, 2.0)
-THRESHOLDS = tuple(round(0.05 * i, 2) for i in range(21))
 STRONG, WEAK = "gpt-4-1106-preview", "mistralai/mixtral-8x7b-chat"
 
 
@@ -41,10 +43,18 @@ class TestSet:
         self.costs = np.concatenate([d.costs if d.costs is not None else np.zeros(d.scores.shape) for d in tests])
 
 
-def normalised_prices(train: Sequence[RoutingDataset]) -> np.ndarray:
-    """Mean price per question of each LLM over the training data, the most expensive = 1."""
+def unit_prices(train: Sequence[RoutingDataset]) -> np.ndarray:
+    """Mean price per question of each LLM over the training data, in LORPMAN's cost unit."""
+    from training.pareto import cost_unit
+
     mean = np.nanmean(np.concatenate([d.costs for d in train if d.costs is not None]), axis=0)
-    return mean / mean.max()  # type: ignore[no-any-return]
+    return mean * cost_unit(train, mean)  # type: ignore[no-any-return]
+
+
+def preference_front(quality: np.ndarray, train: Sequence[RoutingDataset], test: TestSet) -> list[FrontPoint]:
+    """A quality estimate [n, n_llms] read on the preference grid: ``argmax (1 − c)·quality − c·price``."""
+    prices = unit_prices(train)
+    return knob_front(lambda c: (1 - c) * quality - c * prices, test.outcomes, test.costs, GRID)
 
 
 def _training_arrays(train: Sequence[RoutingDataset], encoder: TextEncoder
@@ -53,14 +63,14 @@ def _training_arrays(train: Sequence[RoutingDataset], encoder: TextEncoder
             np.concatenate([d.outcome() for d in train]), np.concatenate([d.scored for d in train]))
 
 
-def static_price_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: Path | None) -> list[FrontPoint]:
+def static_price_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: Path | None,
+                       seed: int = 0) -> list[FrontPoint]:
     from training.routerdc import RouterTrainingConfig, train_router
 
-    router = train_router([d.fully_scored() for d in train], RouterTrainingConfig(encoder=test.encoder_spec),
+    router = train_router([d.fully_scored() for d in train], RouterTrainingConfig(encoder=test.encoder_spec,
+                                                                                 seed=seed),
                           cache_dir=cache_dir, progress=False).router
-    scores = router.score_encoded(test.encoded)
-    prices = normalised_prices(train)
-    return knob_front(lambda w: scores - w * prices, test.outcomes, test.costs, LAMBDAS)
+    return preference_front(router.score_encoded(test.encoded), train, test)
 
 
 def correctness_front(kind: str, train: Sequence[RoutingDataset], test: TestSet, encoder: TextEncoder,
@@ -81,17 +91,25 @@ def correctness_front(kind: str, train: Sequence[RoutingDataset], test: TestSet,
             rows = scored[:, m]
             model = LogisticRegression(C=1.0, max_iter=3000).fit(features[rows], outcomes[rows, m])
             probability[:, m] = model.predict_proba(test.encoded)[:, 1]
-    prices = normalised_prices(train)
-    return knob_front(lambda lam: probability - lam * prices, test.outcomes, test.costs, LAMBDAS)
+    return preference_front(probability, train, test)
 
 
 def kind_prior_front(train: Sequence[RoutingDataset], test: TestSet, encoder: TextEncoder) -> list[FrontPoint]:
     from training.cluster_prior import Group, fit_cluster_prior
 
     prior = fit_cluster_prior([Group(d.task, encoder.encode(d.questions), d.outcome(), d.scored) for d in train])
-    accuracy = prior.expected(test.encoded)
-    prices = normalised_prices(train)
-    return knob_front(lambda lam: accuracy - lam * prices, test.outcomes, test.costs, LAMBDAS)
+    return preference_front(prior.expected(test.encoded), train, test)
+
+
+def quality_head_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: Path | None,
+                       seed: int = 0) -> list[FrontPoint]:
+    """LORPMAN's network trained on quality alone (the preference fixed at (1, 0)), its values as the quality."""
+    from training.pareto import ParetoTrainingConfig, train_pareto_router
+
+    config = ParetoTrainingConfig(encoder=test.encoder_spec, fixed_preference=(1.0, 0.0), seed=seed)
+    router = train_pareto_router(train, config, cache_dir=cache_dir, progress=False).router
+    quality = router.head_scores(test.encoded, np.array([0.0]))[0]
+    return preference_front(quality, train, test)
 
 
 def routellm_front(train: Sequence[RoutingDataset], test: TestSet, encoder: TextEncoder,
@@ -108,11 +126,11 @@ def routellm_front(train: Sequence[RoutingDataset], test: TestSet, encoder: Text
     needed = (outcomes[rows, s] > outcomes[rows, w]).astype(int)
     model = LogisticRegression(C=1.0, max_iter=3000).fit(features[rows], needed)
     probability = model.predict_proba(test.encoded)[:, 1]
-    return [summarise(np.where(probability >= t, s, w), test.outcomes, test.costs, t) for t in THRESHOLDS]
+    return [summarise(np.where(probability >= c, s, w), test.outcomes, test.costs, c) for c in GRID]
 
 
 def scalarised_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: Path | None,
-                     cost_weights: Sequence[float], seed: int = 0) -> tuple[list[FrontPoint], float]:
+                     cost_weights: Sequence[float] = GRID, seed: int = 0) -> tuple[list[FrontPoint], float]:
     """One router trained per preference; returns the points and the total training time (s)."""
     from training.pareto import ParetoTrainingConfig, train_pareto_router
 
@@ -126,11 +144,11 @@ def scalarised_front(train: Sequence[RoutingDataset], test: TestSet, cache_dir: 
 
 QUICK_BASELINES: dict[str, Callable[..., list[FrontPoint]]] = {
     "static-price re-rank": lambda train, test, encoder, cache_dir: static_price_front(train, test, cache_dir),
-    "kNN p(correct) − λ·price": lambda train, test, encoder, cache_dir: correctness_front("knn", train, test,
+    "kNN p(correct) + price": lambda train, test, encoder, cache_dir: correctness_front("knn", train, test,
                                                                                           encoder),
-    "logistic p(correct) − λ·price": lambda train, test, encoder, cache_dir: correctness_front("logistic", train,
+    "logistic p(correct) + price": lambda train, test, encoder, cache_dir: correctness_front("logistic", train,
                                                                                                test, encoder),
-    "kind prior: accuracy per task − λ·price": lambda train, test, encoder, cache_dir: kind_prior_front(
+    "kind prior: accuracy per task + price": lambda train, test, encoder, cache_dir: kind_prior_front(
         train, test, encoder),
     "RouteLLM threshold (GPT-4 vs Mixtral)": lambda train, test, encoder, cache_dir: routellm_front(train, test,
                                                                                                     encoder),

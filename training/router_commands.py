@@ -162,7 +162,7 @@ def _front(args: argparse.Namespace) -> int:
     from routers.pareto import ParetoRouter
     from training.front import FRONT_PREFERENCES, format_front, front_report, route_front, write_front
     from training.pareto import MissingCostsError, check_costs
-    from training.pareto_baselines import QUICK_BASELINES, TestSet, scalarised_front
+    from training.pareto_baselines import QUICK_BASELINES, TestSet, quality_head_front, scalarised_front
 
     cache_dir = Settings().cache_dir
     router = load_router(args.checkpoint)
@@ -185,8 +185,8 @@ def _front(args: argparse.Namespace) -> int:
         for name, build in QUICK_BASELINES.items():
             baselines[name] = build(train, test, encoder, cache_dir)
         if args.baselines == "all":
-            baselines["scalarised, one router per preference"] = scalarised_front(
-                train, test, cache_dir, [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.8, 1.0])[0]
+            baselines["quality-only head + price"] = quality_head_front(train, test, cache_dir)
+            baselines["scalarised, one router per grid preference"] = scalarised_front(train, test, cache_dir)[0]
     report = front_report(points, router.llm_names, test.outcomes, test.costs, baselines)
     print(format_front(report))
     if args.json:
