@@ -50,8 +50,8 @@ def add_router_commands(commands: argparse._SubParsersAction) -> argparse.Argume
     front.add_argument("--json", type=Path, help="write the front here, and a PNG plot next to it")
     front.add_argument("--baselines", choices=["quick", "all", "none"], default="quick",
                        help="baselines on the same test set, built from the checkpoint's training files: quick "
-                            "(static-price re-rank, kNN, logistic, RouteLLM threshold); all adds one scalarised "
-                            "router trained per preference (minutes)")
+                            "(static-price re-rank, kNN, logistic, kind prior, RouteLLM threshold); all adds the "
+                            "quality-only head and one scalarised router per grid preference (tens of minutes)")
     front.set_defaults(handler=_front)
 
     evaluate = sub.add_parser("eval", help="evaluate a checkpoint or a baseline on test files")
