@@ -39,7 +39,8 @@ PAPER = {"cluster_prior": False}
 VARIANTS: dict[str, dict[str, Any]] = {
     "routerdc-paper (heads only)": PAPER,
     "  + multi-mix K=5": {**PAPER, "mix_k": 5},
-    "  + MoCE 4 experts": {**PAPER, "experts": 4},
+    "  + single mixup K=1": {**PAPER, "mix_k": 1},
+    "  + MoCE 4 experts (cluster-conditional)": {**PAPER, "experts": 4},
     "  + ensemble of 3 seeds": {**PAPER, "ensemble": 3},
     "  λ=0 (no sample-sample loss)": {**PAPER, "lam": 0.0},
     "  temperature 0.2": {**PAPER, "temperature": 0.2},

@@ -70,6 +70,18 @@ def evaluate(router: Router, datasets: Sequence[RoutingDataset], best_single: st
     return EvaluationReport(router_name, best_single, tasks, shares)
 
 
+def within_task_auc(scores: np.ndarray, dataset: RoutingDataset) -> float:
+    """How well per-query scores [Q, L] tell, inside one task, the questions an LLM gets right from those it gets
+    wrong: per LLM the ROC AUC of its score against its outcome (an LLM right or wrong on every question is left
+    out), averaged over the LLMs. 0.5: the scores know nothing per question beyond the task."""
+    from sklearn.metrics import roc_auc_score  # type: ignore[import-untyped]
+
+    outcome = dataset.outcome() > 0.5
+    values = [roc_auc_score(outcome[:, column], scores[:, column]) for column in range(outcome.shape[1])
+              if 0 < outcome[:, column].sum() < len(outcome)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 def format_table(report: EvaluationReport) -> str:
     width = max(12, *(len(name) for name in report.tasks)) + 2
     lines = [f"router: {report.router_name}    best single LLM: {report.best_single_llm}",
