@@ -130,11 +130,15 @@ def _soup(args: argparse.Namespace) -> int:
     rows += [(name, report[name]) for name in ("greedy", "peft_ties", "peft_dare_linear", "peft_svd", "new_lora")
              if name in report and "fit_nll" in report[name]]
     rows += [(f"member {name}", value) for name, value in report["members"].items()] + [("base", report["base"])]
-    print(f"{'':<40}{'fit NLL':>10}{'test NLL':>10}")
+    dpo = args.objective == "dpo"
+    print(f"{'':<40}{'fit NLL':>10}{'test NLL':>10}" + (f"{'fit DPO':>10}{'test DPO':>10}{'test acc':>10}" if dpo
+                                                        else ""))
     for name, value in rows:
-        print(f"{name:<40}{value['fit_nll']:>10.4f}{value['test_nll']:>10.4f}")
+        print(f"{name:<40}{value['fit_nll']:>10.4f}{value['test_nll']:>10.4f}"
+              + (f"{value['fit_dpo_loss']:>10.4f}{value['test_dpo_loss']:>10.4f}{value['test_accuracy']:>10.3f}"
+                 if dpo else ""))
     print(f"peak RSS (MB): {report['peak_rss_mb']}; members held at once: {report['peak_members_held']}; "
-          f"wrote {args.out / 'model'}, report.json, soup.png")
+          f"seconds: {report['seconds']}; wrote {args.out / 'model'}, report.json, soup.png")
     return 0
 
 
