@@ -8,7 +8,9 @@
 # The objective is DPO against the base, the members' own, and the test figures are DPO loss and preference
 # accuracy as well as the NLL of the chosen replies.
 #   benchmarks/soup_benchmark.sh          (PREF=/tmp/pref-bench: run benchmarks/sr_dpo_benchmark.sh first;
-#                                          OUT=/tmp/soup-bench)
+#                                          OUT=/tmp/soup-bench; SEEDS="0 1 2": the member runs' seeds;
+#                                          SOUPS="3:2 6:2 12:2": N:b for each soup, N members at b a batch;
+#                                          SOUP_ARGS: extra `train soup` flags, the last of a flag wins)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PREF=${PREF:-/tmp/pref-bench}
@@ -25,22 +27,25 @@ lines = gzip.open(sys.argv[1], "rt").read().splitlines()
 (Path(sys.argv[2]) / "soup.jsonl").write_text("\n".join(lines[:400]) + "\n")
 EOF
 
+SEEDS=${SEEDS:-0 1 2}
+SOUPS=${SOUPS:-3:2 6:2 12:2}
 MEMBERS=()
-for seed in 0 1 2; do for loss in dpo sr-dpo ipo sr-ipo; do
+for seed in $SEEDS; do for loss in dpo sr-dpo ipo sr-ipo; do
   adapter="$PREF/runs/$loss-s$seed/adapter"
   [ -f "$adapter/adapter_config.json" ] || { echo "missing $adapter: run benchmarks/sr_dpo_benchmark.sh" >&2; exit 1; }
   MEMBERS+=("$adapter")
 done; done
 
-soup() {  # N OUT_NAME
+soup() {  # N B OUT_NAME
   local started=$SECONDS
+  [ "$1" -le "${#MEMBERS[@]}" ] || { echo "soup of $1: only ${#MEMBERS[@]} members" >&2; exit 1; }
   /usr/bin/time -v $BIN/llm-gateway train soup --base smollm2-135m --members "${MEMBERS[@]:0:$1}" \
-    --data "$OUT/soup.jsonl" --out "$OUT/$2" --objective dpo --model-batch 2 --max-examples 64 --test-examples 64 \
-    --max-length 192 --epochs 2 --lr 0.05 > "$OUT/$2.log" 2> "$OUT/$2.err"
-  cat "$OUT/$2.log"
-  echo "soup of $1 members: $((SECONDS - started)) s for the whole command;" \
-       "$(grep 'Maximum resident set size' "$OUT/$2.err" | awk '{printf "peak RSS %.0f MiB", $6 / 1024}')"
+    --data "$OUT/soup.jsonl" --out "$OUT/$3" --objective dpo --model-batch "$2" --max-examples 64 --test-examples 64 \
+    --max-length 192 --epochs 2 --lr 0.05 ${SOUP_ARGS:-} > "$OUT/$3.log" 2> "$OUT/$3.err"
+  cat "$OUT/$3.log"
+  echo "soup of $1 members at b = $2: $((SECONDS - started)) s for the whole command;" \
+       "$(grep 'Maximum resident set size' "$OUT/$3.err" | awk '{printf "peak RSS %.0f MiB", $6 / 1024}')"
 }
-soup 3 soup-n3
-soup 6 soup-n6
-soup 12 soup-n12
+for soup_shape in $SOUPS; do
+  soup "${soup_shape%%:*}" "${soup_shape##*:}" "soup-n${soup_shape%%:*}-b${soup_shape##*:}"
+done

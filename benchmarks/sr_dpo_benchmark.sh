@@ -4,7 +4,8 @@
 # self-refinement margin Δ to move (it is exactly 0 at the first step, when the policy is the reference).
 # Prints each run, then per loss the held-out preference accuracy and margin over the seeds, and how far Δ moved.
 # The twelve runs are also the members of benchmarks/soup_benchmark.sh.
-#   benchmarks/sr_dpo_benchmark.sh        (OUT=/tmp/pref-bench, STEPS=120, SEEDS="0 1 2")
+#   benchmarks/sr_dpo_benchmark.sh        (OUT=/tmp/pref-bench, STEPS=120, SEEDS="0 1 2"; EVAL=0 skips the
+#                                          benchmarks/preference_eval.py pass over every run)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp/pref-bench}
@@ -64,3 +65,6 @@ for loss in ("dpo", "sr-dpo", "ipo", "sr-ipo"):
           f"{statistics.fmean(margin):>9.4f} ± {spread(margin):.4f}"
           f"{' '.join(f'{a:.0f}' for a in accuracy):>22}{moved:>32}")
 PY
+
+# The runs' own held-out splits are small after the length limit; every run again on 400 pairs none trained on.
+[ "${EVAL:-1}" = 0 ] || $BIN/python benchmarks/preference_eval.py --runs "$OUT/runs"

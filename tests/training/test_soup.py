@@ -188,3 +188,30 @@ def test_the_dpo_objective_fits_the_coefficients_against_the_base(tmp_path):
     started = evaluate(model, with_base(base, centre), examples, "dpo", beta=0.5)
     assert records[0].losses[-1] < records[0].losses[0] and fitted["dpo_loss"] < started["dpo_loss"]
     assert set(fitted) == {"nll", "dpo_loss", "accuracy"}
+
+
+def test_reply_log_probabilities_match_the_whole_sequence_computation_and_bf16_stays_close():
+    """The objective projects only reply positions onto the vocabulary; the sums must equal those of the plain
+    per-example computation (prompts of different lengths in one batch), and bf16 autocast must stay close."""
+    from torch.nn import functional as F
+
+    from training.soup.mehl import uses_bf16
+    from training.soup.objective import reply_logprobs
+
+    model = _tiny_model().eval()
+    weights = dict(model.named_parameters())
+    examples = [Example(prompt=[1, 2, 3, 4, 5, 6], chosen=[10, 11], rejected=[20]),
+                Example(prompt=[7, 8], chosen=[12, 13, 14, 15], rejected=[21, 22])]
+    with torch.no_grad():
+        sums, counts = reply_logprobs(model, weights, examples, "chosen")
+        for example, total, count in zip(examples, sums.tolist(), counts.tolist(), strict=True):
+            ids = torch.tensor([example.prompt + example.chosen])
+            logprobs = F.log_softmax(model(ids).logits[0, :-1], dim=-1)
+            start = len(example.prompt) - 1
+            expected = sum(float(logprobs[start + i, token]) for i, token in enumerate(example.chosen))
+            assert count == len(example.chosen)
+            assert total == pytest.approx(expected, abs=1e-4)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            low, _ = reply_logprobs(model, weights, examples, "chosen")
+    assert torch.allclose(low, sums, atol=0.1, rtol=0.02)
+    assert uses_bf16("fp32") is False and uses_bf16("bf16") is True

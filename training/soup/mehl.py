@@ -38,6 +38,14 @@ class SoupSettings:
     seed: int = 0
     normalise: bool = True  # unit-norm directions per block (the reference); False: raw θᵢ − c
     warmup: float = 0.2  # share of the steps the learning rate rises over
+    precision: str = "auto"  # the model's matmuls: "bf16" (autocast), "fp32", or "auto" (bf16 where the CPU has it)
+
+
+def uses_bf16(precision: str) -> bool:
+    """Whether ``precision`` means bfloat16 autocast here ("auto": when the CPU runs bf16 matmuls natively)."""
+    if precision == "auto":
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return precision == "bf16"
 
 
 def block_of(name: str, blocks: str) -> str:

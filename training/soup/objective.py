@@ -61,10 +61,13 @@ def reply_logprobs(model: torch.nn.Module, weights: Weights, examples: list[Exam
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per example: the summed log-probability of its reply and the reply's token count."""
     ids, mask, labels = _batch(examples, side)
-    logits = functional_call(model, weights, args=(ids,), kwargs={"attention_mask": mask}, strict=False,
-                             tie_weights=True).logits[:, :-1]
-    targets = labels[:, 1:]
-    logprobs = -F.cross_entropy(logits.transpose(1, 2), targets.clamp(min=0), reduction="none")
+    # Logits only from the first reply token on (the vocabulary projection of prompt positions is wasted work).
+    first = min(len(e.prompt) for e in examples) - 1
+    keep = torch.arange(max(first, 0), ids.shape[1] - 1)
+    logits = functional_call(model, weights, args=(ids,), kwargs={"attention_mask": mask, "logits_to_keep": keep},
+                             strict=False, tie_weights=True).logits
+    targets = labels[:, keep + 1]
+    logprobs = -F.cross_entropy(logits.float().transpose(1, 2), targets.clamp(min=0), reduction="none")
     counted = targets != -100
     return (logprobs * counted).sum(dim=1), counted.sum(dim=1)
 

@@ -15,7 +15,7 @@ import torch
 
 from training.models import resolve_model_path
 from training.preference_data import load_preference_pairs, split_pairs
-from training.soup.mehl import BatchRecord, SoupSettings, steps_per_batch, train_soup, with_base
+from training.soup.mehl import BatchRecord, SoupSettings, steps_per_batch, train_soup, uses_bf16, with_base
 from training.soup.members import Delta, Member, MemberStore, find_member, lora_delta
 from training.soup.objective import Example, attach_reference, evaluate, loss, tokenize_pairs
 
@@ -44,6 +44,13 @@ def _peak_rss_mb() -> float:
 
 
 def run_soup(run: SoupRun) -> dict[str, Any]:
+    """Fit the soup, judge it beside the baselines, write ``run.out``; the model runs under the settings'
+    precision throughout (every entry of the report judged alike), the saved model is fp32."""
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=uses_bf16(run.settings.precision)):
+        return _run(run)
+
+
+def _run(run: SoupRun) -> dict[str, Any]:
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
