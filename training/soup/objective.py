@@ -90,7 +90,7 @@ def evaluate(model: torch.nn.Module, weights: Weights, examples: list[Example], 
     """Token-weighted NLL of the chosen replies; with ``dpo`` also the DPO loss and the preference accuracy
     (chosen more likely than rejected relative to the base)."""
     nll_sum, token_count, dpo_sum, correct = 0.0, 0, 0.0, 0
-    for batch in batches(examples, batch_size):
+    for batch in batches(by_length(examples), batch_size):
         chosen, tokens = reply_logprobs(model, weights, batch, "chosen")
         nll_sum += float(-chosen.sum())
         token_count += int(tokens.sum())
@@ -108,11 +108,16 @@ def evaluate(model: torch.nn.Module, weights: Weights, examples: list[Example], 
 
 @torch.no_grad()
 def attach_reference(model: torch.nn.Module, weights: Weights, examples: list[Example], batch_size: int = 8) -> None:
-    for batch in batches(examples, batch_size):
+    for batch in batches(by_length(examples), batch_size):
         chosen, _ = reply_logprobs(model, weights, batch, "chosen")
         rejected, _ = reply_logprobs(model, weights, batch, "rejected")
         for example, c, r in zip(batch, chosen.tolist(), rejected.tolist(), strict=True):
             example.reference = (c, r)
+
+
+def by_length(examples: list[Example]) -> list[Example]:
+    """Longest first: batches of similar lengths pad less (for passes whose order does not matter)."""
+    return sorted(examples, key=lambda e: len(e.prompt) + max(len(e.chosen), len(e.rejected)), reverse=True)
 
 
 def batches(examples: list[Example], size: int, shuffle_seed: int | None = None) -> Iterator[list[Example]]:
