@@ -156,6 +156,7 @@ def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path,
         assert isinstance(entry["fit_nll"], float) and isinstance(entry["test_nll"], float), (name, entry)
         assert not any(key.startswith("val_") for key in entry), (name, entry)
     assert report["peak_members_held"] <= 2 and report["member_loads_during_soup"] == 3
+    assert report["new_lora"]["fit_nll"] != report["base"]["fit_nll"]  # it trained (bf16 once swallowed it)
     assert (out / "soup.png").stat().st_size > 10_000 and (out / "metrics.jsonl").read_text().count("\n") == 6
     assert "fit NLL" in result.stdout and "test NLL" in result.stdout
     gateway = make_gateway({"models": [{"name": "soup", "backend": "local", "path": str(out / "model"),

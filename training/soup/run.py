@@ -23,6 +23,7 @@ logger = logging.getLogger(__name__)
 
 PEFT_METHODS = ("ties", "dare_linear", "svd")
 BASELINES = ("greedy", "peft", "new-lora")
+NEW_LORA_RANK = 16
 
 
 @dataclass
@@ -118,7 +119,9 @@ def _run(run: SoupRun) -> dict[str, Any]:
         timings["peft_merges"] = round(time.monotonic() - tick, 1)
     if "new-lora" in run.baselines:
         tick = time.monotonic()
-        results["new_lora"] = _new_lora(model, fit, test, settings)
+        delta, trainable = _new_lora(model, base, fit, settings)
+        results["new_lora"] = judged(with_base(base, delta)) | {"rank": NEW_LORA_RANK,
+                                                                "trainable_parameters": trainable}
         timings["new_lora"] = round(time.monotonic() - tick, 1)
     rss["end"] = _peak_rss_mb()
 
@@ -196,9 +199,12 @@ def _peft_merges(model_path: Path, members: list[Member], base: dict[str, torch.
     return results
 
 
-def _new_lora(model: torch.nn.Module, fit: list[Example], test: list[Example], settings: SoupSettings,
-              rank: int = 16, learning_rate: float = 2e-4) -> dict[str, Any]:
-    """One new LoRA trained on the same fitting split with the same objective and epochs."""
+def _new_lora(model: torch.nn.Module, base: dict[str, torch.Tensor], fit: list[Example], settings: SoupSettings,
+              rank: int = NEW_LORA_RANK, learning_rate: float = 5e-4) -> tuple[Delta, int]:
+    """One new LoRA trained on the same fitting split with the same objective and epochs, at the members' learning
+    rate; returned as its dense delta, to be judged as the members are. Trained in fp32 whatever the soup's
+    precision: its first updates are far below bf16's resolution of the layer outputs they add to, and vanish
+    there (measured: under bf16 autocast the new LoRA judged exactly as the base)."""
     import copy
 
     from peft import LoraConfig, get_peft_model
@@ -210,16 +216,18 @@ def _new_lora(model: torch.nn.Module, fit: list[Example], test: list[Example], s
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(trainable, lr=learning_rate)
     peft_model.train()
-    for epoch in range(settings.epochs):
-        for batch in batches(fit, settings.batch_size, shuffle_seed=settings.seed * 1000 + epoch):
-            value = loss(peft_model, {}, batch, settings.objective, settings.beta)
-            optimiser.zero_grad()
-            value.backward()
-            optimiser.step()
-    peft_model.eval()
-    result = {f"fit_{k}": v for k, v in evaluate(peft_model, {}, fit, settings.objective, settings.beta).items()}
-    result |= {f"test_{k}": v for k, v in evaluate(peft_model, {}, test, settings.objective, settings.beta).items()}
-    return result | {"rank": rank, "trainable_parameters": sum(p.numel() for p in trainable)}
+    with torch.autocast("cpu", enabled=False):
+        for epoch in range(settings.epochs):
+            for batch in batches(fit, settings.batch_size, shuffle_seed=settings.seed * 1000 + epoch):
+                value = loss(peft_model, {}, batch, settings.objective, settings.beta)
+                optimiser.zero_grad()
+                value.backward()
+                optimiser.step()
+    merged = dict(peft_model.merge_and_unload().named_parameters())
+    with torch.no_grad():
+        delta = {name: merged[name].detach() - tensor for name, tensor in base.items()
+                 if not torch.equal(merged[name], tensor)}
+    return delta, sum(p.numel() for p in trainable)
 
 
 @torch.no_grad()
