@@ -9,26 +9,27 @@ benchmark trains on the rest), at a longer limit, the same pairs for every run:
   is positive (π_ref: the base model), with its binomial standard error;
 - the mean margin (β = 0.1) and the per-token NLL of the chosen replies.
 
-    .venv/bin/python benchmarks/preference_eval.py --runs /tmp/pref-bench/runs [--pairs 400] [--max-length 384]
+    .venv/bin/python benchmarks/preference_eval.py --runs /tmp/pref-bench/runs [--max-length 384]
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from training.models import resolve_model_path
-from training.preference_data import load_preference_pairs
-from training.soup.mehl import uses_bf16, with_base
-from training.soup.members import lora_delta
-from training.soup.objective import attach_reference, reply_logprobs, tokenize_pairs
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from benchmarks.preference_split import records  # noqa: E402
+from training.models import resolve_model_path  # noqa: E402
+from training.preference_data import parse_preference_lines  # noqa: E402
+from training.soup.mehl import uses_bf16, with_base  # noqa: E402
+from training.soup.members import lora_delta  # noqa: E402
+from training.soup.objective import attach_reference, batches, pair_margins, tokenize_pairs  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "hh-rlhf" / "harmless-base-test.jsonl.gz"
 
@@ -38,12 +39,9 @@ def margins(model: torch.nn.Module, weights: dict[str, torch.Tensor], examples: 
             ) -> tuple[list[float], float]:
     """Per pair the log-ratio margin against the base, and the token-weighted NLL of the chosen replies."""
     values, nll, tokens = [], 0.0, 0
-    for start in range(0, len(examples), batch_size):
-        batch = examples[start:start + batch_size]
-        chosen, counts = reply_logprobs(model, weights, batch, "chosen")
-        rejected, _ = reply_logprobs(model, weights, batch, "rejected")
-        reference = torch.tensor([e.reference for e in batch])
-        values += ((chosen - reference[:, 0]) - (rejected - reference[:, 1])).tolist()
+    for batch in batches(examples, batch_size):
+        chosen, counts, margin = pair_margins(model, weights, batch)
+        values += margin.tolist()
         nll, tokens = nll - float(chosen.sum()), tokens + int(counts.sum())
     return values, nll / max(tokens, 1)
 
@@ -52,18 +50,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=Path, required=True, help="a directory of runs, each with adapter/")
     parser.add_argument("--data", type=Path, default=DATA)
-    parser.add_argument("--pairs", type=int, default=400, help="the first records of --data")
     parser.add_argument("--max-length", type=int, default=384)
     parser.add_argument("--beta", type=float, default=0.1)
     args = parser.parse_args()
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    lines = gzip.open(args.data, "rt").read().splitlines()[: args.pairs]
-    with tempfile.NamedTemporaryFile("w", suffix=".jsonl") as handle:
-        handle.write("\n".join(lines) + "\n")
-        handle.flush()
-        pairs, report = load_preference_pairs(handle.name)
+    pairs, report = parse_preference_lines(records(args.data, "soup"))
     model_path = resolve_model_path("smollm2-135m")
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     examples = tokenize_pairs(pairs, tokenizer, args.max_length)

@@ -20,12 +20,7 @@ BIN=.venv/bin
 export HF_HUB_OFFLINE=1
 mkdir -p "$OUT"
 
-$BIN/python - "$DATA" "$OUT" <<'EOF'
-import gzip, sys
-from pathlib import Path
-lines = gzip.open(sys.argv[1], "rt").read().splitlines()
-(Path(sys.argv[2]) / "soup.jsonl").write_text("\n".join(lines[:400]) + "\n")
-EOF
+$BIN/python benchmarks/preference_split.py "$DATA" soup "$OUT/soup.jsonl"
 
 SEEDS=${SEEDS:-0 1 2}
 SOUPS=${SOUPS:-3:2 6:2 12:2}
@@ -41,7 +36,7 @@ soup() {  # N B OUT_NAME
   [ "$1" -le "${#MEMBERS[@]}" ] || { echo "soup of $1: only ${#MEMBERS[@]} members" >&2; exit 1; }
   /usr/bin/time -v $BIN/llm-gateway train soup --base smollm2-135m --members "${MEMBERS[@]:0:$1}" \
     --data "$OUT/soup.jsonl" --out "$OUT/$3" --objective dpo --model-batch "$2" --max-examples 64 --test-examples 64 \
-    --max-length 192 --epochs 2 --lr 0.05 ${SOUP_ARGS:-} > "$OUT/$3.log" 2> "$OUT/$3.err"
+    --max-length 192 --epochs 2 --lr 0.05 --baselines greedy peft new-lora ${SOUP_ARGS:-} > "$OUT/$3.log" 2> "$OUT/$3.err"
   cat "$OUT/$3.log"
   echo "soup of $1 members at b = $2: $((SECONDS - started)) s for the whole command;" \
        "$(grep 'Maximum resident set size' "$OUT/$3.err" | awk '{printf "peak RSS %.0f MiB", $6 / 1024}')"

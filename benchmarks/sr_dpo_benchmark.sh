@@ -17,13 +17,7 @@ export HF_HUB_OFFLINE=1
 mkdir -p "$OUT/runs"
 
 # The soup benchmark keeps the first 400 records for itself; these runs never see them.
-$BIN/python - "$DATA" "$OUT" <<'EOF'
-import gzip, sys
-from pathlib import Path
-lines = gzip.open(sys.argv[1], "rt").read().splitlines()
-(Path(sys.argv[2]) / "runs.jsonl").write_text("\n".join(lines[400:]) + "\n")
-print(f"training pool: {len(lines) - 400} records (the first 400 are the soup's)")
-EOF
+$BIN/python benchmarks/preference_split.py "$DATA" runs "$OUT/runs.jsonl"
 
 for seed in $SEEDS; do
   for loss in dpo sr-dpo ipo sr-ipo; do

@@ -14,6 +14,7 @@ import json
 import random
 import re
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,23 +78,28 @@ def load_preference_pairs(path: Path | str) -> tuple[list[dict[str, Any]], Conve
     """Read JSONL (optionally .gz) of TRL or HH-RLHF records; returns the pairs and what was skipped."""
     path = Path(path)
     opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
+        return parse_preference_lines(handle)
+
+
+def parse_preference_lines(lines: Iterable[str]) -> tuple[list[dict[str, Any]], ConversionReport]:
+    """JSONL lines of TRL or HH-RLHF records → the pairs and what was skipped."""
     report = ConversionReport()
     pairs = []
-    with opener(path, "rt", encoding="utf-8") as handle:  # type: ignore[operator]
-        for line in handle:
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                report.skipped["unreadable JSON"] += 1
-                continue
-            pair, reason = _preference_record(record) if isinstance(record, dict) else (None, "not an object")
-            if pair is None:
-                report.skipped[reason or "unknown"] += 1
-                continue
-            pairs.append(pair)
-            report.kept += 1
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            report.skipped["unreadable JSON"] += 1
+            continue
+        pair, reason = _preference_record(record) if isinstance(record, dict) else (None, "not an object")
+        if pair is None:
+            report.skipped[reason or "unknown"] += 1
+            continue
+        pairs.append(pair)
+        report.kept += 1
     return pairs, report
 
 

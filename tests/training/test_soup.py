@@ -145,7 +145,8 @@ def test_the_soup_command_end_to_end_and_the_gateway_serves_the_result(tmp_path,
     result = subprocess.run(
         [str(VENV_BIN / "llm-gateway"), "train", "soup", "--base", str(tmp_path / "base"), "--members", *members,
          "--data", str(DATA), "--out", str(out), "--model-batch", "2", "--max-examples", "12",
-         "--test-examples", "8", "--epochs", "1", "--batch-size", "4", "--max-length", "128"],
+         "--test-examples", "8", "--epochs", "1", "--batch-size", "4", "--max-length", "128",
+         "--baselines", "greedy", "peft", "new-lora"],
         capture_output=True, text=True, timeout=900, env={"HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((out / "report.json").read_text())

@@ -147,15 +147,25 @@ def test_stream_matches_vllm(direct: openai.OpenAI, through: openai.OpenAI, case
 
 
 def assembled(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """A chat stream's choices put back together, by index."""
+    """A chat stream's choices put back together, by index. Log-probabilities to 4 decimals: the engine batches
+    the choices differently run to run, and a batch of another shape moves them in the last float bits (seen:
+    -2.698392152786255 against -2.698392629623413 for the same token)."""
     choices: dict[int, dict[str, Any]] = {}
     for event in events:
         for choice in event["choices"]:
             whole = choices.setdefault(choice["index"], {"content": "", "logprobs": [], "finish_reason": None})
             whole["content"] += choice["delta"].get("content") or ""
-            whole["logprobs"] += (choice.get("logprobs") or {}).get("content") or []
+            whole["logprobs"] += [_rounded(entry) for entry in (choice.get("logprobs") or {}).get("content") or []]
             whole["finish_reason"] = choice["finish_reason"] or whole["finish_reason"]
     return {"choices": choices, "usage": events[-1].get("usage"), "model": {e["model"] for e in events}}
+
+
+def _rounded(entry: dict[str, Any]) -> dict[str, Any]:
+    """A token's logprob entry with its log-probabilities (its own and the top ones') to 4 decimals."""
+    rounded = {**entry, "logprob": round(entry["logprob"], 4)}
+    if entry.get("top_logprobs"):
+        rounded["top_logprobs"] = [_rounded(top) for top in entry["top_logprobs"]]
+    return rounded
 
 
 COMPLETION_CASES = {

@@ -75,13 +75,21 @@ def reply_logprobs(model: torch.nn.Module, weights: Weights, examples: list[Exam
 def loss(model: torch.nn.Module, weights: Weights, examples: list[Example], objective: str, beta: float
          ) -> torch.Tensor:
     """The mean loss of a batch: per-token NLL of the chosen replies, or DPO against the base model."""
-    chosen, tokens = reply_logprobs(model, weights, examples, "chosen")
     if objective == "nll":
+        chosen, tokens = reply_logprobs(model, weights, examples, "chosen")
         return -chosen.sum() / tokens.sum()
+    _, _, margin = pair_margins(model, weights, examples)
+    return -F.logsigmoid(beta * margin).mean()
+
+
+def pair_margins(model: torch.nn.Module, weights: Weights, examples: list[Example]
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pair: the chosen reply's summed log-probability and token count, and the implicit reward margin
+    log π/π_ref(chosen) − log π/π_ref(rejected) against the reference held by each example."""
+    chosen, tokens = reply_logprobs(model, weights, examples, "chosen")
     rejected, _ = reply_logprobs(model, weights, examples, "rejected")
     reference = torch.tensor([e.reference for e in examples])
-    margin = (chosen - reference[:, 0]) - (rejected - reference[:, 1])
-    return -F.logsigmoid(beta * margin).mean()
+    return chosen, tokens, (chosen - reference[:, 0]) - (rejected - reference[:, 1])
 
 
 @torch.no_grad()
@@ -91,15 +99,14 @@ def evaluate(model: torch.nn.Module, weights: Weights, examples: list[Example], 
     (chosen more likely than rejected relative to the base)."""
     nll_sum, token_count, dpo_sum, correct = 0.0, 0, 0.0, 0
     for batch in batches(by_length(examples), batch_size):
-        chosen, tokens = reply_logprobs(model, weights, batch, "chosen")
-        nll_sum += float(-chosen.sum())
-        token_count += int(tokens.sum())
         if objective == "dpo":
-            rejected, _ = reply_logprobs(model, weights, batch, "rejected")
-            reference = torch.tensor([e.reference for e in batch])
-            margin = (chosen - reference[:, 0]) - (rejected - reference[:, 1])
+            chosen, tokens, margin = pair_margins(model, weights, batch)
             dpo_sum += float(-F.logsigmoid(beta * margin).sum())
             correct += int((margin > 0).sum())
+        else:
+            chosen, tokens = reply_logprobs(model, weights, batch, "chosen")
+        nll_sum += float(-chosen.sum())
+        token_count += int(tokens.sum())
     result = {"nll": round(nll_sum / max(token_count, 1), 5)}
     if objective == "dpo":
         result |= {"dpo_loss": round(dpo_sum / len(examples), 5), "accuracy": round(correct / len(examples), 4)}
