@@ -3,7 +3,8 @@
 # Sr-DPO, IPO, Sr-IPO x three seeds, 120 steps each, trained on records the soup never sees); they differ in
 # loss and in data order. Three soups, every baseline in the same report each time, on pairs of their own (the
 # first 400 HH-RLHF records: 64 to fit the coefficients, 64 held out for the test figures):
-#   1. N = 3, b = 2: the time target (<= 10 minutes for the whole command on two cores);
+#   1. N = 3, b = 2: the figures, and the time target (<= 10 minutes for the whole command on two cores, with
+#      the command's default baselines: SOUP_ARGS="--baselines greedy peft"; the benchmark adds new-lora);
 #   2. N = 6 and 3. N = 12, b = 2: peak RSS (the method's claim: memory follows b, not N).
 # The objective is DPO against the base, the members' own, and the test figures are DPO loss and preference
 # accuracy as well as the NLL of the chosen replies.
