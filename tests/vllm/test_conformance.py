@@ -139,7 +139,9 @@ def test_stream_matches_vllm(direct: openai.OpenAI, through: openai.OpenAI, case
     if kwargs.get("n", 1) > 1:
         # vLLM interleaves and groups the choices' chunks as its engine steps finish them, which differs run to
         # run: compare what each choice adds up to (text, logprobs, finish_reason) and the usage chunk.
-        from_vllm, from_gateway = assembled(from_vllm), assembled(from_gateway)
+        (from_vllm, vllm_values), (from_gateway, gateway_values) = (split_logprobs(assembled(events))
+                                                                      for events in (from_vllm, from_gateway))
+        assert gateway_values == pytest.approx(vllm_values, abs=1e-4)
     assert from_gateway == from_vllm
     if kwargs.get("stream_options"):
         usage = from_gateway["usage"] if isinstance(from_gateway, dict) else from_gateway[-1]["usage"]
@@ -147,25 +149,31 @@ def test_stream_matches_vllm(direct: openai.OpenAI, through: openai.OpenAI, case
 
 
 def assembled(events: list[dict[str, Any]]) -> dict[str, Any]:
-    """A chat stream's choices put back together, by index. Log-probabilities to 4 decimals: the engine batches
-    the choices differently run to run, and a batch of another shape moves them in the last float bits (seen:
-    -2.698392152786255 against -2.698392629623413 for the same token)."""
+    """A chat stream's choices put back together, by index."""
     choices: dict[int, dict[str, Any]] = {}
     for event in events:
         for choice in event["choices"]:
             whole = choices.setdefault(choice["index"], {"content": "", "logprobs": [], "finish_reason": None})
             whole["content"] += choice["delta"].get("content") or ""
-            whole["logprobs"] += [_rounded(entry) for entry in (choice.get("logprobs") or {}).get("content") or []]
+            whole["logprobs"] += (choice.get("logprobs") or {}).get("content") or []
             whole["finish_reason"] = choice["finish_reason"] or whole["finish_reason"]
     return {"choices": choices, "usage": events[-1].get("usage"), "model": {e["model"] for e in events}}
 
 
-def _rounded(entry: dict[str, Any]) -> dict[str, Any]:
-    """A token's logprob entry with its log-probabilities (its own and the top ones') to 4 decimals."""
-    rounded = {**entry, "logprob": round(entry["logprob"], 4)}
-    if entry.get("top_logprobs"):
-        rounded["top_logprobs"] = [_rounded(top) for top in entry["top_logprobs"]]
-    return rounded
+def split_logprobs(stream: dict[str, Any]) -> tuple[dict[str, Any], list[float]]:
+    """An assembled stream with every log-probability (each token's and its top ones') taken out, and those values
+    in order. The engine batches the choices differently run to run, and a batch of another shape moves them in
+    the last float bits (seen: -2.698392152786255 against -2.698392629623413 for the same token): they are
+    compared to a tolerance, everything else exactly."""
+    values: list[float] = []
+
+    def take(entry: dict[str, Any]) -> dict[str, Any]:
+        values.append(entry["logprob"])
+        return {**entry, "logprob": None, "top_logprobs": [take(top) for top in entry.get("top_logprobs") or []]}
+
+    choices = {index: {**whole, "logprobs": [take(entry) for entry in whole["logprobs"]]}
+               for index, whole in stream["choices"].items()}
+    return {**stream, "choices": choices}, values
 
 
 COMPLETION_CASES = {
