@@ -5,7 +5,7 @@ Safety Check, with step skipping.
   model calls) and the chain never runs.
 - Otherwise each step runs on its model: the served model for every step, or one model per step (``experts:
   {analysis: m1, guidance: m2, answer: m3}``: MoTE experts, e.g. vLLM serving each step's LoRA adapter under its
-  own name). The final answer is checked again; if it still fails, a refusal is returned.
+  own name). The final answer is checked again; if it still fails, or is empty, a refusal is returned.
 
 How a step is asked (``format``):
 - ``prompted`` (default): an instruction per step (``safety.prompts``), for any chat model.
@@ -185,6 +185,12 @@ class AlignCoTStage(Stage):
 
     async def _passes_check(self, ctx: StageContext, query: str, answer: str, calls: list[dict[str, Any]],
                             chain: list[dict[str, str]]) -> bool:
+        """Whether ``answer`` may be returned. An empty answer never passes (a step adapter that closes its step
+        at once writes nothing, and any check passes nothing): a direct one goes on to the chain, a final one is
+        refused, so no client gets an empty message."""
+        if not answer.strip():
+            chain.append({"step": "safety_check", "text": "no answer: not returned"})
+            return False
         model = self.settings.check_model or ctx.model
         check = await ctx.models.complete(model, ChatCompletionRequest.model_validate({
             "model": model, "temperature": 0, "max_tokens": 8,

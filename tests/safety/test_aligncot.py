@@ -233,3 +233,32 @@ def test_paper_rules_one_generation_writes_its_own_steps(make_upstream, make_gat
     first = base.calls[0].body
     assert first["messages"][-1] == {"role": "user", "content": QUERY} and first["add_generation_prompt"] is True
     assert first["stop"] == [END["answer"]] and first["skip_special_tokens"] is False
+
+
+@pytest.mark.parametrize("final", [SAFE, ""])
+def test_an_empty_answer_is_never_returned(make_upstream, make_gateway, final):
+    """A step adapter that closes its step at once writes nothing. Measured with SmolLM2's adapters fed the
+    trained sequence: 14 of 16 answers came back empty (a Safety Check passes nothing). An empty direct answer
+    goes on to the chain; an empty final answer is refused."""
+    base = make_upstream("base")
+    trained = _trained_model(direct_safe=True)
+
+    def respond(body):
+        last = body["messages"][-1]
+        if last["role"] == "assistant" and last["content"] == START["answer"]:
+            return Reply(text="")  # the direct answer: a step marker at once, the stop string, nothing written
+        if last["role"] == "assistant" and last["content"].endswith(START["answer"]):
+            return Reply(text=final)
+        return trained(body)
+
+    base.responder = respond
+    gateway = _trained_gateway(make_gateway, [base])
+    response = _ask(gateway, aligncot={"return_chain": True})
+    body = response.json()
+    expected = SAFE if final else prompts.ALIGNCOT_REFUSAL
+    assert body["choices"][0]["message"]["content"] == expected
+    assert response.headers["x-gateway-aligncot"] == ("chain" if final else "refused")
+    steps = [(e["step"], e["text"]) for e in body["aligncot_chain"]]
+    assert steps[:2] == [("direct", ""), ("safety_check", "no answer: not returned")]
+    checks = [c for c in base.calls if c.body["messages"][-1]["content"].startswith("Safety Check.")]
+    assert len(checks) == (1 if final else 0)  # nothing empty reaches the check model
